@@ -12,7 +12,7 @@ from transformers import PreTrainedConfig
 
 TOKEN_KEEP_STRATEGIES = ("cls_attn", "random")
 FUSION_TOKEN_KEEP_STRATEGIES = ("cls_attn", "avg_attn", "random")
-SPARSE_ATTENTION_BACKENDS = ("gather", "dense_masked", "flex")
+SPARSE_ATTENTION_BACKENDS = ("gather", "dense_masked")
 TEMPORAL_INTERPOLATION_MODES = ("nearest", "linear")
 CONTRASTIVE_LOSSES = ("infonce", "egonce")
 
@@ -57,7 +57,7 @@ class SViTTVisionConfig(PreTrainedConfig):
         num_random_blocks (`int`, defaults to 3): random key blocks per query block, drawn once per layer and
             forward, shared by batch and heads. Clamped to the blocks that exist; never a duplicate key.
         sparse_attention_backend (`str`, defaults to `"gather"`): `"gather"` computes only the kept blocks;
-            `"dense_masked"` is the masked dense reference (tests); `"flex"` uses FlexAttention (GPU).
+            `"dense_masked"` is the masked dense reference the fast path is tested against.
         mask_padded_keys (`bool`, defaults to `False`): the release leaves the zero-padded slots of the last
             partial block in the softmax (each adds `exp(bias[token->cls])` to the denominator). `True` masks
             them (the fix); converted checkpoints then shift slightly.
