@@ -141,7 +141,8 @@ class SViTTVisionConfig(PreTrainedConfig):
         _check_choice("sparse_attention_backend", self.sparse_attention_backend, SPARSE_ATTENTION_BACKENDS)
         _check_keep_rate("token_keep_rate", self.token_keep_rate)
         _check_choice("token_keep_strategy", self.token_keep_strategy, TOKEN_KEEP_STRATEGIES)
-        _check_layers("token_drop_layers", self.token_drop_layers, self.num_hidden_layers, "video tower")
+        if self.token_keep_rate < 1.0:
+            _check_layers("token_drop_layers", self.token_drop_layers, self.num_hidden_layers, "video tower")
         _check_choice("temporal_bias_interpolation", self.temporal_bias_interpolation, TEMPORAL_INTERPOLATION_MODES)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"`drop_path_rate` must be in [0, 1), got {self.drop_path_rate}.")

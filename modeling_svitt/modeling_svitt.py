@@ -5,7 +5,6 @@ attention (edge sparsity, `sparse_attention.py`) and [CLS]-attention token pruni
 `token_selection.py`). Text tower: BERT whose last layers ("fusion layers") cross-attend to the video.
 """
 
-from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from .relative_position import (
     relative_position_index,
     resample_relative_position_bias_table,
 )
+from .remote_code import copy_model_sources, model_auto_map
 from .sparse_attention import (
     BlockSparseLayout,
     block_sparse_attention,
@@ -745,6 +745,13 @@ class SViTTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
 
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
+        """Also writes the full `auto_map` and the model source, so the folder loads with `trust_remote_code=True`."""
+        self.config.auto_map = model_auto_map()
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            copy_model_sources(save_directory)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -756,6 +763,8 @@ class SViTTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SViTTVisionLayer) and module.lambda_1 is not None:
             init.constant_(module.lambda_1, module.config.layer_scale_init_value)
             init.constant_(module.lambda_2, module.config.layer_scale_init_value)
+        elif isinstance(module, SViTTTextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, SViTTModel):
             init.constant_(module.temperature, self.config.temperature)
         elif isinstance(module, nn.LayerNorm):

@@ -264,8 +264,37 @@ def _dense_masked_block_attention(
     return torch.matmul(probs[..., : c + n], value)
 
 
+def load_random_block_patterns(path, call: int = 0) -> dict[int, torch.Tensor]:
+    """Read recorded random blocks (`layer{L}_call{C}` tensors of a safetensors file) for forward call `call`.
+
+    Returns `{layer: (num_blocks, num_random_blocks)}`, what the video tower takes as `random_blocks=`.
+    """
+    from safetensors.torch import load_file
+
+    suffix = f"_call{call}"
+    patterns = {
+        int(name[len("layer") : -len(suffix)]): tensor
+        for name, tensor in load_file(str(path)).items()
+        if name.startswith("layer") and name.endswith(suffix)
+    }
+    if not patterns:
+        raise ValueError(f"{path} holds no random-block patterns for call {call} (keys `layer{{L}}_call{call}`).")
+    return patterns
+
+
+def save_random_block_patterns(random_blocks, path, call: int = 0) -> None:
+    """Write per-layer random blocks (e.g. `SViTTVisionModelOutput.random_blocks`) in the same format."""
+    from safetensors.torch import save_file
+
+    items = random_blocks.items() if isinstance(random_blocks, dict) else enumerate(random_blocks)
+    tensors = {f"layer{layer}_call{call}": blocks.contiguous() for layer, blocks in items if blocks is not None}
+    save_file(tensors, str(path))
+
+
 __all__ = [
     "BlockSparseLayout",
+    "load_random_block_patterns",
+    "save_random_block_patterns",
     "block_sparse_attention",
     "build_block_sparse_layout",
     "local_block_window",
