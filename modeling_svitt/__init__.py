@@ -3,6 +3,13 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .modeling_heads import (
+    SViTTForMultipleChoice,
+    SViTTForPreTraining,
+    SViTTForVideoQuestionAnswering,
+    SViTTForVideoTextRetrieval,
+    register_head_auto_classes,
+)
 from .modeling_svitt import (
     SViTTModel,
     SViTTOutput,
@@ -12,6 +19,8 @@ from .modeling_svitt import (
     SViTTVisionModel,
     SViTTVisionModelOutput,
 )
+from .processing_svitt import SViTTProcessor, SViTTVideoProcessor, register_processing_auto_classes
+from .tokenization_svitt import SViTTTokenizer
 
 
 def _register_core_auto_classes() -> None:
@@ -23,15 +32,24 @@ def _register_core_auto_classes() -> None:
 
 
 _register_core_auto_classes()
+register_head_auto_classes()
+register_processing_auto_classes()
 
 __all__ = [
     "SViTTConfig",
+    "SViTTForMultipleChoice",
+    "SViTTForPreTraining",
+    "SViTTForVideoQuestionAnswering",
+    "SViTTForVideoTextRetrieval",
     "SViTTModel",
     "SViTTOutput",
     "SViTTPreTrainedModel",
+    "SViTTProcessor",
     "SViTTTextConfig",
     "SViTTTextModel",
     "SViTTTextModelOutput",
+    "SViTTTokenizer",
+    "SViTTVideoProcessor",
     "SViTTVisionConfig",
     "SViTTVisionModel",
     "SViTTVisionModelOutput",

@@ -273,9 +273,11 @@ def _to_plain(config: Any) -> dict[str, Any] | None:
     try:
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(config, resolve=True)
+        if OmegaConf.is_config(config):
+            return OmegaConf.to_container(config, resolve=True)
     except ImportError:
-        return dict(config)
+        pass
+    return dict(vars(config)) if hasattr(config, "__dict__") else dict(config)
 
 
 def model_class_for_kind(kind: str):
