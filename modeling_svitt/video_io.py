@@ -463,11 +463,12 @@ def read_video(
 def _segment_positions(metadata: VideoMetadata, start: float | None, end: float | None) -> tuple[int, int]:
     """Grid positions `[first, first + count)` covering the time segment `[start, end]`."""
     start = 0.0 if start is None else float(start)
-    end = metadata.duration if end is None else min(float(end), metadata.duration)
+    end = metadata.duration if end is None else float(end)
     if start < 0 or end < start:
         raise ValueError(f"Invalid time segment [{start}, {end}] for '{metadata.path}'.")
     if metadata.is_still_image:
         return 0, 1
+    end = min(end, metadata.duration)
     step = metadata.frame_step
     first = int(round(start / step))
     if first >= metadata.num_frames:

@@ -1,0 +1,234 @@
+"""SViTTVideoProcessor (release transforms in torch) and SViTTProcessor (saving, Auto classes, remote code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_svitt.processing_svitt import (
+    SViTTProcessor,
+    SViTTVideoProcessor,
+    random_resized_crop_box,
+    register_processing_auto_classes,
+)
+from modeling_svitt.tokenization_svitt import SViTTTokenizer
+from modeling_svitt.video_io import VideoDecodingError
+from test_tokenization import bert_vocab_dir
+from test_video_io import write_index_video
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> SViTTTokenizer:
+    return SViTTTokenizer.from_pretrained(bert_vocab_dir())
+
+
+@pytest.fixture
+def noise_video() -> torch.Tensor:
+    """4 different random frames, uint8 (T, 3, H, W), 40 x 48."""
+    return torch.randint(0, 256, (4, 3, 40, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def release_eval_transform(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """The release's test transform as torchvision 0.11 ran it on uint8 tensors, written out by hand."""
+    resized = F.interpolate(frames.float(), size=(size, size), mode="bicubic", align_corners=False)
+    return (resized.round().clamp(0, 255) / 255 - 0.5) / 0.5
+
+
+def test_eval_transform_matches_the_release(noise_video):
+    processor = SViTTVideoProcessor(size=32)
+    pixel_values = processor(noise_video).pixel_values
+    assert pixel_values.shape == (1, 4, 3, 32, 32) and pixel_values.dtype == torch.float32
+    torch.testing.assert_close(pixel_values[0], release_eval_transform(noise_video, 32), rtol=0, atol=1e-6)
+
+
+def test_normalisation_maps_to_minus_one_one():
+    video = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    video[1] = 255
+    pixel_values = SViTTVideoProcessor(size=8)(video).pixel_values[0]
+    assert torch.all(pixel_values[0] == -1) and torch.all(pixel_values[1] == 1)
+
+
+def test_random_crop_is_the_same_for_every_frame(noise_video):
+    processor = SViTTVideoProcessor(size=24, do_random_resized_crop=True, flip_probability=0.0)
+    processor_flip = SViTTVideoProcessor(size=24, do_random_resized_crop=True, do_random_horizontal_flip=True)
+    out = processor.process_video(noise_video, generator=torch.Generator().manual_seed(7))
+    top, left, height, width = random_resized_crop_box(40, 48, generator=torch.Generator().manual_seed(7))
+    assert (height, width) != (40, 48)
+    for frame_in, frame_out in zip(noise_video, out):
+        # each frame cropped on its own with the one box drawn for the clip
+        expected = release_eval_transform(frame_in[None, :, top : top + height, left : left + width], 24)[0]
+        torch.testing.assert_close(frame_out, expected, rtol=0, atol=1e-6)
+    # identical input frames stay identical, flip or not
+    same = noise_video[:1].expand(4, -1, -1, -1)
+    for seed in range(5):
+        clip = processor_flip.process_video(same, generator=torch.Generator().manual_seed(seed))
+        assert all(torch.equal(clip[0], frame) for frame in clip[1:])
+
+
+def test_flip_is_applied_to_the_whole_clip(noise_video):
+    plain = SViTTVideoProcessor(size=16)(noise_video).pixel_values
+    flipped = SViTTVideoProcessor(size=16, do_random_horizontal_flip=True, flip_probability=1.0)(noise_video)
+    torch.testing.assert_close(flipped.pixel_values, plain.flip(-1), rtol=0, atol=0)
+    never = SViTTVideoProcessor(size=16, do_random_horizontal_flip=True, flip_probability=0.0)(noise_video)
+    torch.testing.assert_close(never.pixel_values, plain, rtol=0, atol=0)
+
+
+def test_augmentation_is_reproducible_with_a_generator(noise_video):
+    processor = SViTTVideoProcessor(size=16, do_random_resized_crop=True, do_random_horizontal_flip=True)
+    first = processor(noise_video, generator=torch.Generator().manual_seed(3)).pixel_values
+    again = processor(noise_video, generator=torch.Generator().manual_seed(3)).pixel_values
+    other = processor(noise_video, generator=torch.Generator().manual_seed(4)).pixel_values
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_random_resized_crop_box_respects_its_ranges():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        top, left, height, width = random_resized_crop_box(100, 120, generator=generator)
+        assert 0 <= top <= 100 - height and 0 <= left <= 120 - width
+        assert 0.5 - 0.03 <= height * width / 12000 <= 1.0
+        assert 3 / 4 - 0.05 <= width / height <= 4 / 3 + 0.05
+    # impossible scale: the fallback is the central box clamped to the ratio range
+    assert random_resized_crop_box(100, 300, scale=(2.0, 3.0)) == (0, 83, 100, 133)
+
+
+def test_input_layouts_give_the_same_pixels(noise_video):
+    processor = SViTTVideoProcessor(size=16)
+    reference = processor(noise_video).pixel_values
+    channels_last = noise_video.permute(0, 2, 3, 1)
+    for variant in (channels_last, channels_last.numpy(), [frame.numpy() for frame in channels_last], [noise_video]):
+        torch.testing.assert_close(processor(variant).pixel_values, reference, rtol=0, atol=0)
+    batch = processor([noise_video, channels_last.numpy()]).pixel_values
+    assert batch.shape == (2, 4, 3, 16, 16)
+    assert processor(torch.stack([noise_video] * 3)).pixel_values.shape == (3, 4, 3, 16, 16)
+    image = processor(channels_last[0].numpy()).pixel_values  # a still image is a one-frame video
+    assert image.shape == (1, 1, 3, 16, 16)
+    clips = processor([torch.stack([noise_video, noise_video])]).pixel_values  # (K, T, ...) per video
+    assert clips.shape == (1, 2, 4, 3, 16, 16)
+    with pytest.raises(ValueError, match="same number of clips and frames"):
+        processor([noise_video, noise_video[:2]])
+    assert isinstance(processor(noise_video, return_tensors="np").pixel_values, np.ndarray)
+
+
+def test_files_are_decoded_and_bad_files_named(tmp_path):
+    path = write_index_video(tmp_path / "v.mp4", 30)
+    processor = SViTTVideoProcessor(size=16, num_frames=3)
+    assert processor([path, str(path)]).pixel_values.shape == (2, 3, 3, 16, 16)
+    assert processor(path, num_clips=2).pixel_values.shape == (1, 2, 3, 3, 16, 16)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 1000)
+    with pytest.raises(VideoDecodingError, match="broken.mp4"):
+        processor([path, broken])
+
+
+def test_unknown_arguments_are_rejected(noise_video):
+    with pytest.raises(TypeError, match="do_random_crop"):
+        SViTTVideoProcessor()(noise_video, do_random_crop=True)
+    with pytest.raises(ValueError, match="interpolation"):
+        SViTTVideoProcessor(interpolation="lanczos")
+
+
+def test_video_processor_save_load(tmp_path):
+    processor = SViTTVideoProcessor(size={"height": 20, "width": 30}, crop_scale=(0.3, 0.9), num_frames=8)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert config["image_processor_type"] == "SViTTVideoProcessor" and config["num_frames"] == 8
+    reloaded = SViTTVideoProcessor.from_pretrained(tmp_path)
+    assert reloaded.to_dict() == processor.to_dict()
+    assert SViTTVideoProcessor.from_pretrained(tmp_path, num_frames=4).num_frames == 4
+
+
+def _processor(tokenizer) -> SViTTProcessor:
+    return SViTTProcessor(SViTTVideoProcessor(size=16), tokenizer, max_text_length=8)
+
+
+def test_processor_call(tokenizer, noise_video):
+    processor = _processor(tokenizer)
+    inputs = processor(text=["A red square moves left!", "b"], videos=[noise_video, noise_video])
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
+    assert inputs["input_ids"].shape == (2, 8) and inputs["pixel_values"].shape == (2, 4, 3, 16, 16)
+    assert inputs["input_ids"][1].tolist() == [101, 1038, 0, 0, 0, 0, 0, 0]
+    assert not (inputs["input_ids"] == tokenizer.sep_token_id).any()
+    # keyword arguments go to the part they belong to
+    routed = processor(text="a b c d", videos=noise_video, max_length=4, do_resize=False)
+    assert routed["input_ids"].shape == (1, 4) and routed["pixel_values"].shape == (1, 4, 3, 40, 48)
+    routed = processor(text="a", videos=noise_video, text_kwargs={"max_length": 3}, videos_kwargs={"size": 8})
+    assert routed["input_ids"].shape == (1, 3) and routed["pixel_values"].shape[-1] == 8
+    assert processor(text="a").keys() == {"input_ids", "attention_mask"}
+
+
+def test_encode_answers(tokenizer):
+    answers = _processor(tokenizer).encode_answers(["Yes", "a very long answer indeed"])
+    assert answers["answer_input_ids"].tolist() == [[101, 2748, 102, 0, 0], [101, 1037, 2200, 2146, 3437]]
+    assert answers["answer_attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_processor_save_load_and_auto_processor(tokenizer, noise_video, tmp_path):
+    from transformers import AutoProcessor
+    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+    register_processing_auto_classes()
+    processor = _processor(tokenizer)
+    processor.save_pretrained(tmp_path)
+    for loaded in (SViTTProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is SViTTProcessor and loaded.max_text_length == 8
+        assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+        expected = processor(text="a dog", videos=noise_video)
+        actual = loaded(text="a dog", videos=noise_video)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is SViTTVideoProcessor
+
+
+def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
+    register_processing_auto_classes()
+    saved = tmp_path / "saved"
+    _processor(tokenizer).save_pretrained(saved)
+    for name in ("processing_svitt.py", "tokenization_svitt.py", "video_io.py"):
+        assert (saved / name).is_file()
+    hub_copy = tmp_path / "elsewhere" / "svitt-processor"
+    shutil.copytree(saved, hub_copy)
+    script = textwrap.dedent(
+        """
+        import sys
+        # A user without the package: also drop an editable install of this checkout, if any.
+        def foreign(hook):
+            return "editable" in getattr(hook, "__module__", "") and "svitt" in getattr(hook, "__module__", "")
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not foreign(finder)]
+        sys.path_hooks[:] = [hook for hook in sys.path_hooks if not foreign(hook)]
+        sys.path_importer_cache.clear()
+        import numpy as np
+        try:
+            import modeling_svitt
+            sys.exit("modeling_svitt must not be importable here")
+        except ImportError:
+            pass
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+        out = processor(text="A red square!", videos=np.zeros((4, 20, 20, 3), np.uint8))
+        print(type(processor).__name__, type(processor.tokenizer).__name__, type(processor.image_processor).__name__)
+        print(out["input_ids"].tolist(), tuple(out["pixel_values"].shape))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(hub_copy)],
+        cwd=tmp_path / "elsewhere",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == "SViTTProcessor SViTTTokenizer SViTTVideoProcessor"
+    assert lines[-1] == "[[101, 1037, 2417, 2675, 0, 0, 0, 0]] (1, 4, 3, 16, 16)"

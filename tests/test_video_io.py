@@ -1,0 +1,274 @@
+"""Frame sampling (hand-computed indices), seek-based decoding, odd videos and bad files."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_svitt import video_io
+from modeling_svitt.video_io import (
+    VideoDecodingError,
+    VideoNotFoundError,
+    probe_video,
+    read_video,
+    sample_frame_indices,
+    split_clips,
+    write_video,
+)
+
+av = pytest.importorskip("av")
+
+# ------------------------------------------------------------------------------------------------------------------
+# Index-coded videos: frame i is a flat colour from which i can be read back despite lossy compression.
+
+
+def index_frame(i: int, size: int = 32, identity: int = 0) -> np.ndarray:
+    """A flat frame encoding `i` (red: i % 8, green: i // 8 % 8) and an `identity` of the video (blue: 0..7)."""
+    color = ((i % 8) * 32 + 16, (i // 8 % 8) * 32 + 16, identity * 32 + 16)
+    return np.broadcast_to(np.array(color, dtype=np.uint8), (size, size, 3)).copy()
+
+
+def write_index_video(path, num_frames: int, fps: float = 10, identity: int = 0, **kwargs) -> str:
+    frames = np.stack([index_frame(i, identity=identity) for i in range(num_frames)])
+    return write_video(path, frames, fps=fps, crf=kwargs.pop("crf", 4), **kwargs)
+
+
+def decoded_indices(frames: torch.Tensor) -> list[int]:
+    """Frame indices (modulo 64) encoded in `uint8 (T, 3, H, W)` frames."""
+    means = frames.float().mean(dim=(-2, -1))
+    red = ((means[:, 0] - 16) / 32).round().long()
+    green = ((means[:, 1] - 16) / 32).round().long()
+    return (red + 8 * green).tolist()
+
+
+def decoded_identity(frames: torch.Tensor) -> int:
+    """The `identity` of an index-coded video from its frames (any leading dims)."""
+    blue = frames.reshape(-1, *frames.shape[-3:])[:, 2].float().mean()
+    return int(((blue - 16) / 32).round())
+
+
+@pytest.fixture(scope="module")
+def video_30(tmp_path_factory) -> str:
+    """30 frames at 10 fps, a keyframe every 8 frames."""
+    return write_index_video(tmp_path_factory.mktemp("videos") / "v30.mp4", 30, keyframe_interval=8)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Sampling strategies, hand-computed.
+
+
+def test_middle_sampling_matches_release_formula():
+    # segments of [0, 30): boundaries int(linspace(0, 30, 5)) = 0 7 15 22 30; middles (b_j + b_j+1 - 1) // 2
+    assert sample_frame_indices(4, 30, "middle") == [3, 10, 18, 25]
+    # 12 test frames as in retrieval evaluation: boundaries 0 2 5 7 10 12 15 17 20 22 25 27 30
+    assert sample_frame_indices(12, 30, "middle") == [0, 3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28]
+
+
+def test_uniform_sampling_includes_first_and_last_frame():
+    # round(linspace(0, 29, 4)) = 0, 9.67, 19.33, 29
+    assert sample_frame_indices(4, 30, "uniform") == [0, 10, 19, 29]
+    assert sample_frame_indices(3, 7, "uniform") == [0, 3, 6]
+
+
+def test_rand_sampling_stays_in_segments_reaches_their_last_frame_and_is_seeded():
+    segments = [(0, 6), (7, 14), (15, 21), (22, 29)]
+    seen = [set() for _ in segments]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        indices = sample_frame_indices(4, 30, "rand", generator=generator)
+        for j, (low, high) in enumerate(segments):
+            assert low <= indices[j] <= high
+            seen[j].add(indices[j])
+    assert [len(s) for s in seen] == [7, 8, 7, 8]  # every frame of every segment, the last one included
+    first = sample_frame_indices(4, 30, "rand", generator=torch.Generator().manual_seed(3))
+    assert first == sample_frame_indices(4, 30, "rand", generator=torch.Generator().manual_seed(3))
+
+
+def test_fps_sampling_matches_release_formula():
+    # 30 frames at 10 fps = 3 s; every 0.5 s centred: seconds .25 .75 ... 2.75 -> frames around(2.5, 7.5, ...)
+    assert sample_frame_indices(4, 30, "fps2", input_fps=10) == [2, 8, 12, 18, 22, 28]
+    assert sample_frame_indices(4, 30, "fps2", input_fps=10, max_num_frames=3) == [2, 8, 12]
+    assert sample_frame_indices(4, 30, "fps0.5", input_fps=10) == [10]
+    # shorter than half an interval: the middle frame rather than nothing
+    assert sample_frame_indices(4, 3, "fps0.1", input_fps=10) == [1]
+    with pytest.raises(ValueError, match="frame rate"):
+        sample_frame_indices(4, 30, "fps2")
+
+
+def test_short_video_policy_repeats_the_last_frame():
+    assert sample_frame_indices(4, 3, "middle") == [0, 1, 2, 2]
+    assert sample_frame_indices(4, 1, "rand") == [0, 0, 0, 0]
+    assert sample_frame_indices(5, 2, "uniform") == [0, 1, 1, 1, 1]
+
+
+def test_unknown_strategy_is_rejected():
+    with pytest.raises(ValueError, match="Unknown frame sampling strategy 'random'"):
+        sample_frame_indices(4, 30, "random")
+
+
+def test_split_clips_layouts():
+    frames = torch.arange(12)
+    assert split_clips(frames, 3, "consecutive").tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert split_clips(frames, 3, "strided").tolist() == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    with pytest.raises(ValueError, match="Cannot split 12 frames into 5 clips"):
+        split_clips(frames, 5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Decoding.
+
+
+def test_probe(video_30):
+    metadata = probe_video(video_30)
+    assert (metadata.num_frames, metadata.fps, metadata.width, metadata.height) == (30, 10.0, 32, 32)
+    assert metadata.duration == pytest.approx(3.0)
+    assert not metadata.num_frames_is_estimate and not metadata.is_still_image
+
+
+@pytest.mark.parametrize("sample", ["middle", "uniform", "rand", "fps2"])
+def test_read_video_returns_exactly_the_sampled_frames(video_30, sample):
+    decoded = read_video(video_30, 4, sample, generator=torch.Generator().manual_seed(1))
+    assert decoded.frames.dtype == torch.uint8 and decoded.frames.shape[1:] == (3, 32, 32)
+    assert decoded_indices(decoded.frames) == decoded.frame_indices
+    assert decoded.timestamps == pytest.approx([i / 10 for i in decoded.frame_indices])
+    if sample == "middle":
+        assert decoded.frame_indices == [3, 10, 18, 25]
+
+
+def test_time_segment(video_30):
+    # [1 s, 2 s] at 10 fps = positions 10..19; middle of 4 segments of those 10: 0 3 5 8 -> 10 13 15 18
+    decoded = read_video(video_30, 4, "middle", start=1.0, end=2.0)
+    assert decoded.frame_indices == [10, 13, 15, 18]
+    assert decoded_indices(decoded.frames) == [10, 13, 15, 18]
+    rand = read_video(video_30, 4, "rand", start=2.2, end=2.8, generator=torch.Generator().manual_seed(0))
+    assert all(22 <= i < 28 for i in decoded_indices(rand.frames))
+    with pytest.raises(ValueError, match="starts after the end"):
+        read_video(video_30, 4, start=5.0, end=6.0)
+
+
+@pytest.mark.parametrize("layout, expected", [("consecutive", [[2, 7, 12], [17, 22, 27]]), ("strided", [[2, 12, 22], [7, 17, 27]])])
+def test_several_clips_per_video(video_30, layout, expected):
+    # 6 middle frames of 30: boundaries 0 5 10 15 20 25 30 -> 2 7 12 17 22 27
+    decoded = read_video(video_30, 3, "middle", num_clips=2, clip_layout=layout)
+    assert decoded.frames.shape == (2, 3, 3, 32, 32)
+    assert [decoded_indices(clip) for clip in decoded.frames] == expected
+    assert decoded.frame_indices == [i for clip in expected for i in clip]
+
+
+def test_video_shorter_than_requested(tmp_path):
+    path = write_index_video(tmp_path / "short.mp4", 3)
+    decoded = read_video(path, 4, "middle")
+    assert decoded.frames.shape[0] == 4
+    assert decoded_indices(decoded.frames) == [0, 1, 2, 2]
+
+
+def test_seeking_decodes_only_around_the_wanted_frames(tmp_path, monkeypatch):
+    # 400 frames with a keyframe every 25: four frames must not cost decoding the whole video
+    path = write_index_video(tmp_path / "long.mp4", 400, fps=25, keyframe_interval=25)
+    pulled = []
+    original = video_io._SeekingFrameReader._next_frame
+
+    def counting(self):
+        frame = original(self)
+        if frame is not None and frame is not self._previous:
+            pulled.append(frame.pts)
+        return frame
+
+    monkeypatch.setattr(video_io._SeekingFrameReader, "_next_frame", counting)
+    decoded = read_video(path, 4, "middle")
+    assert decoded_indices(decoded.frames) == [i % 64 for i in (49, 149, 249, 349)]  # the colour code wraps at 64
+    # each wanted frame costs at most one keyframe interval plus the look-ahead frame that shows it was passed
+    assert len(set(pulled)) <= 4 * (25 + 1), f"decoded {len(set(pulled))} of 400 frames to get 4"
+
+
+def test_variable_frame_rate(tmp_path):
+    # 10 frames at 10 fps, then 5 frames 0.4 s apart: each sample is the frame on screen at its grid time
+    path = str(tmp_path / "vfr.mp4")
+    times_ms = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1400, 1800, 2200, 2600]
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.codec_context.options = {"bf": "0", "crf": "4"}
+        for i, pts in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    metadata = probe_video(path)
+    decoded = read_video(path, 6, "uniform")
+    for position, index in zip(decoded.frame_indices, decoded_indices(decoded.frames)):
+        target = (position + 0.5) * metadata.frame_step
+        on_screen = max(i for i, t in enumerate(times_ms) if t / 1000 <= target)
+        assert index == on_screen
+    # the slow second part is reached: the last grid position shows the last frame
+    assert decoded_indices(decoded.frames)[-1] == 14
+
+
+def test_missing_frame_count_is_estimated(tmp_path):
+    # Matroska stores no frame count
+    path = write_index_video(tmp_path / "v.mkv", 20)
+    metadata = probe_video(path)
+    assert metadata.num_frames_is_estimate and metadata.num_frames == 20
+    assert decoded_indices(read_video(path, 4, "middle").frames) == [2, 7, 12, 17]
+
+
+def test_still_image_is_a_one_frame_video(tmp_path):
+    path = str(tmp_path / "image.png")
+    image = index_frame(5)
+    with av.open(path, "w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    decoded = read_video(path, 4, "rand")
+    assert decoded.metadata.is_still_image
+    assert decoded.frames.shape == (4, 3, 32, 32)
+    assert torch.equal(decoded.frames[0].permute(1, 2, 0), torch.from_numpy(image))
+    assert all(torch.equal(frame, decoded.frames[0]) for frame in decoded.frames)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad input: every error names the file.
+
+
+def _bad_files(tmp_path, video_30):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    truncated = tmp_path / "truncated.mp4"
+    data = open(video_30, "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    return {"empty": empty, "text": text, "truncated": truncated, "directory": tmp_path}
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "directory"])
+def test_bad_files_raise_an_error_naming_the_file(tmp_path, video_30, kind):
+    path = _bad_files(tmp_path, video_30)[kind]
+    with pytest.raises(VideoDecodingError) as info:
+        read_video(path, 4)
+    assert str(path) in str(info.value) and info.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(VideoNotFoundError, match="nope.mp4"):
+        read_video(path)
+    with pytest.raises(FileNotFoundError):
+        probe_video(path)
+
+
+def test_decoding_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(VideoDecodingError("/x/y.mp4", "broken")))
+    assert error.path == "/x/y.mp4" and "y.mp4" in str(error) and "broken" in str(error)
