@@ -21,6 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .losses import video_text_contrastive_loss
 from .relative_position import (
     SViTTRelativePositionBias3D,
     relative_position_index,
@@ -181,15 +182,21 @@ def _attention_function(config, need_weights: bool):
 
 
 def additive_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, L) padding mask or (B, 1, Lq, L) boolean mask (True = attend) -> additive float mask."""
+    """Attention mask -> additive float mask broadcastable to `(B, H, Lq, Lk)`.
+
+    A 2-D mask `(B, Lk)` is a padding mask (1 = real token). A 4-D mask `(B, 1, Lq, Lk)` is boolean or 0/1 integer
+    (True = attend, e.g. causal), or already additive when it is floating point.
+    """
     if mask is None:
         return None
     if mask.dim() == 2:
-        mask = mask[:, None, None, :]
+        mask = mask[:, None, None, :].bool()
     elif mask.dim() != 4:
-        raise ValueError(f"An attention mask must be (batch, length) or (batch, 1, query_length, length), got {tuple(mask.shape)}.")
-    if mask.dtype.is_floating_point and mask.dtype != torch.bool and (mask < 0).any():
-        return mask.to(dtype)  # already additive
+        raise ValueError(
+            f"An attention mask must be (batch, length) or (batch, 1, query_length, length), got {tuple(mask.shape)}."
+        )
+    elif mask.is_floating_point():
+        return mask.to(dtype)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask.bool(), torch.finfo(dtype).min)
 
 
@@ -685,14 +692,13 @@ class SViTTTextEncoder(nn.Module):
         output_hidden_states: bool,
     ) -> SViTTTextModelOutput:
         all_hidden_states, self_attentions, cross_attentions, kept_video = [], [], [], []
-        additive_mask = additive_attention_mask(attention_mask, hidden_states.dtype)
+        dtype = hidden_states.dtype
+        additive_mask = additive_attention_mask(attention_mask, dtype)
+        encoder_mask = additive_attention_mask(encoder_padding_mask, dtype)
         for index in layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             select = self._selects_video_tokens(index)
-            encoder_mask = None
-            if encoder_padding_mask is not None and not bool(encoder_padding_mask.all()):
-                encoder_mask = additive_attention_mask(encoder_padding_mask, hidden_states.dtype)
             hidden_states, self_attention, cross_attention = self.layer[index](
                 hidden_states,
                 additive_mask,
@@ -717,6 +723,7 @@ class SViTTTextEncoder(nn.Module):
                     encoder_padding_mask = torch.cat(
                         [encoder_padding_mask[:, :c], gather_tokens(encoder_padding_mask[:, c:], kept)], dim=1
                     )
+                    encoder_mask = additive_attention_mask(encoder_padding_mask, dtype)
                 kept_video.append(kept)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
@@ -1069,8 +1076,6 @@ class SViTTModel(SViTTPreTrainedModel):
         logits_per_video = video.embeds @ text.embeds.t() / self.temperature
         loss = None
         if return_loss:
-            from .losses import video_text_contrastive_loss
-
             loss = video_text_contrastive_loss(logits_per_video, match_ids)
         return SViTTOutput(
             loss=loss,
