@@ -27,6 +27,13 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 
 
+def _check_heads(hidden_size: int, num_attention_heads: int) -> None:
+    if num_attention_heads < 1 or hidden_size % num_attention_heads:
+        raise ValueError(
+            f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads})."
+        )
+
+
 def _check_layers(name: str, layers, num_layers: int, what: str) -> None:
     for layer in layers:
         if not 0 <= layer < num_layers:
@@ -116,11 +123,7 @@ class SViTTVisionConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
+        _check_heads(self.hidden_size, self.num_attention_heads)
         if self.patch_size < 1 or self.image_size % self.patch_size:
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be a positive multiple of `patch_size` ({self.patch_size})."
@@ -214,11 +217,7 @@ class SViTTTextConfig(PreTrainedConfig):
         self.validate_architecture()
 
     def validate_architecture(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})."
-            )
+        _check_heads(self.hidden_size, self.num_attention_heads)
         if not 0 <= self.fusion_layer <= self.num_hidden_layers:
             raise ValueError(
                 f"`fusion_layer` ({self.fusion_layer}) must be between 0 and `num_hidden_layers` "
