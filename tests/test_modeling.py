@@ -271,3 +271,17 @@ def test_remote_code_loads_where_the_package_is_not_importable(model, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_eager_and_sdpa_agree_and_switch_on_the_composite_model(sparse):
+    torch.manual_seed(0)
+    model = SViTTModel._from_config(tiny_config(vision={"use_sparse_attention": sparse}), attn_implementation="sdpa").eval()
+    assert model.vision_model.config._attn_implementation == model.text_model.config._attn_implementation == "sdpa"
+    ids, mask = text()
+    with torch.no_grad():
+        sdpa = model(video(), ids, attention_mask=mask).logits_per_video
+        model.set_attn_implementation("eager")
+        assert model.vision_model.config._attn_implementation == model.text_model.config._attn_implementation == "eager"
+        eager = model(video(), ids, attention_mask=mask).logits_per_video
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
