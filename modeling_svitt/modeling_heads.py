@@ -359,6 +359,32 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         if isinstance(module, SViTTLMPredictionHead):
             init.zeros_(module.bias)
 
+    def tie_weights(self, missing_keys: set[str] | None = None, recompute_mapping: bool = True) -> None:
+        """Tie the MLM / answer decoders to their embeddings, also when loading a checkpoint of another head.
+
+        transformers' loader warns that a checkpoint "seems corrupted" when both sides of a tied pair are absent,
+        which is the normal case when a head is initialised from another head's checkpoint (e.g. the MLM head of
+        a pretraining model built from a retrieval checkpoint). Here such a pair is simply tied (both sides are
+        freshly initialised and stay reported as missing); otherwise the library's rules apply: a loaded side
+        is shared with the missing one, and two loaded sides with different values are left untied.
+        """
+        if missing_keys is None:
+            return super().tie_weights(recompute_mapping=recompute_mapping)
+        tied = self.get_expanded_tied_weights_keys(all_submodels=True) if recompute_mapping else self.all_tied_weights_keys
+        for target, source in list(tied.items()):
+            source_loaded, target_loaded = source not in missing_keys, target not in missing_keys
+            if source_loaded and target_loaded:
+                if not torch.equal(self.get_parameter_or_buffer(source), self.get_parameter_or_buffer(target)):
+                    logger.warning("`%s` and `%s` were loaded with different values; they are not tied.", target, source)
+                    self.all_tied_weights_keys.pop(target, None)
+                    continue
+            elif target_loaded:
+                target, source = source, target  # keep the value that was loaded
+            parent_name, _, name = target.rpartition(".")
+            setattr(self.get_submodule(parent_name) if parent_name else self, name, self.get_parameter_or_buffer(source))
+            if source_loaded or target_loaded:
+                missing_keys.discard(target)
+
     # ITC ------------------------------------------------------------------------------------------
 
     def _contrastive(

@@ -1,0 +1,478 @@
+"""Task heads: losses, sampling, retrieval ranking, answer ranking, multiple choice, saving and cross-head loading."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_configs import tiny_config
+
+from modeling_svitt import losses
+from modeling_svitt.metrics import retrieval_metrics
+from modeling_svitt.modeling_heads import (
+    SViTTForMultipleChoice,
+    SViTTForPreTraining,
+    SViTTForVideoQuestionAnswering,
+    SViTTForVideoTextRetrieval,
+    aggregate_clips,
+    causal_attention_mask,
+    register_head_auto_classes,
+    split_into_clips,
+    text_guided_selection,
+)
+
+FRAMES = 2  # tiny_config's clip length
+
+
+def make_config(**overrides):
+    # 2 fusion layers, so text-guided selection after the first one changes the second, and QA gets 2 decoder layers
+    return tiny_config(text={"num_hidden_layers": 4}, **overrides)
+
+
+def make_model(cls, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return cls(make_config(**overrides)).eval()
+
+
+def videos(batch, frames=FRAMES, seed=1):
+    return torch.randn(batch, frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def captions(batch, length=8, seed=2):
+    ids = torch.randint(5, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+    ids[:, 0] = 2  # [CLS]
+    mask = torch.ones_like(ids)
+    for row in range(batch):
+        cut = length - row % 3
+        ids[row, cut:], mask[row, cut:] = 0, 0
+    return ids, mask
+
+
+# Pretraining ---------------------------------------------------------------------------------------
+
+
+def test_pretraining_losses_gradients_and_temperature_clamp():
+    model = make_model(SViTTForPreTraining).train()
+    with torch.no_grad():
+        model.svitt.temperature.fill_(3.0)
+    ids, mask = captions(4)
+    match_ids = torch.tensor([0, 0, 1, 2])
+    out = model(pixel_values=videos(4), input_ids=ids, attention_mask=mask, match_ids=match_ids)
+    assert model.svitt.temperature.item() == pytest.approx(model.config.temperature_max)
+    torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_mlm)
+    assert out.itm_logits.shape == (12, 2) and out.itm_labels.tolist() == [1] * 4 + [0] * 8
+    assert out.mlm_logits.shape == (4, 8, 100)
+    positives = losses.positive_mask_from_ids(match_ids)
+    assert not positives[torch.arange(4), out.negative_video_indices].any()
+    assert not positives[torch.arange(4), out.negative_text_indices].any()
+    out.loss.backward()
+    for name in ("itm_head.weight", "mlm_head.predictions.transform.dense.weight", "svitt.temperature"):
+        assert model.get_parameter(name).grad is not None, name
+    assert model.mlm_head.predictions.decoder.weight is model.svitt.text_model.embeddings.word_embeddings.weight
+
+
+def test_pretraining_handles_a_batch_of_one_and_all_positive_batches():
+    model = make_model(SViTTForPreTraining)
+    ids, mask = captions(1)
+    out = model(pixel_values=videos(1), input_ids=ids, attention_mask=mask)
+    assert out.itm_logits.shape == (1, 2) and torch.isfinite(out.loss)
+    assert out.negative_video_indices.tolist() == [-1]
+    ids, mask = captions(3)
+    out = model(pixel_values=videos(3), input_ids=ids, attention_mask=mask, match_ids=torch.tensor([4, 4, 4]))
+    assert out.itm_labels.tolist() == [1, 1, 1] and torch.isfinite(out.loss)
+
+
+def test_pretraining_replays_supplied_randomness_and_validates_negatives():
+    model = make_model(SViTTForPreTraining)
+    ids, mask = captions(3)
+    kwargs = dict(pixel_values=videos(3), input_ids=ids, attention_mask=mask)
+    first = model(**kwargs, sampling_generator=torch.Generator().manual_seed(7))
+    second = model(**kwargs, sampling_generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first.mlm_labels, second.mlm_labels)
+    torch.testing.assert_close(first.loss, second.loss)
+    replay = model(
+        **kwargs,
+        negative_video_indices=first.negative_video_indices,
+        negative_text_indices=first.negative_text_indices,
+        mlm_input_ids=torch.where(first.mlm_labels != -100, 4, ids),
+        mlm_labels=first.mlm_labels,
+        random_blocks=first.vision_model_output.random_blocks,
+    )
+    torch.testing.assert_close(replay.itm_logits, first.itm_logits)
+    partial = model(**kwargs, negative_video_indices=torch.tensor([1, -1, 0]), negative_text_indices=torch.tensor([2, 2, 0]))
+    assert partial.itm_logits.shape == (3 + 2 + 3, 2)
+    with pytest.raises(ValueError, match="positive pair"):
+        model(**kwargs, match_ids=torch.tensor([0, 0, 1]), negative_video_indices=torch.tensor([1, 2, 0]))
+    with pytest.raises(ValueError, match="together"):
+        model(**kwargs, mlm_labels=first.mlm_labels)
+
+
+def test_pretraining_masks_on_the_input_device_with_the_model_settings():
+    model = make_model(SViTTForPreTraining, mlm_probability=0.3)
+    ids, mask = captions(64, length=16)
+    masked, labels = model.mask_tokens(ids, mask, generator=torch.Generator().manual_seed(0))
+    selected = labels != -100
+    assert not selected[:, 0].any() and not selected[mask == 0].any()
+    assert abs(selected.sum().item() / (mask[:, 1:].sum().item()) - 0.3) < 0.05
+    assert masked.device == ids.device and (masked[selected] == 4).float().mean() > 0.7
+
+
+def test_loss_weights_of_zero_skip_their_objective():
+    model = make_model(SViTTForPreTraining, loss_weight_mlm=0.0, loss_weight_itm=0.5)
+    ids, mask = captions(3)
+    out = model(pixel_values=videos(3), input_ids=ids, attention_mask=mask)
+    assert out.loss_mlm is None and out.mlm_logits is None
+    torch.testing.assert_close(out.loss, out.loss_itc + 0.5 * out.loss_itm)
+
+
+def test_egonce_is_selected_by_config_and_excludes_action_positives_from_itm():
+    model = make_model(SViTTForPreTraining, contrastive_loss="egonce")
+    ids, mask = captions(4)
+    verbs = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1]])
+    nouns = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]])
+    video_ids = torch.tensor([0, 1, 2, 3])
+    out = model(
+        pixel_values=videos(4), input_ids=ids, attention_mask=mask, verb_tags=verbs, noun_tags=nouns, video_ids=video_ids
+    )
+    expected = losses.itc_loss(
+        out.video_embeds, out.text_embeds, model.svitt.temperature, torch.arange(4),
+        loss_type="egonce", verb_tags=verbs, noun_tags=nouns, video_ids=video_ids,
+    )
+    torch.testing.assert_close(out.loss_itc, expected.loss)
+    # clips 0 and 1 share "verb 0 + noun 0": never each other's ITM negative
+    assert out.negative_video_indices[0] not in (0, 1) and out.negative_text_indices[1] not in (0, 1)
+
+
+def test_gathering_flag_is_a_no_op_in_one_process():
+    ids, mask = captions(3)
+    inputs = dict(pixel_values=videos(3), input_ids=ids, attention_mask=mask)
+    local = make_model(SViTTForPreTraining, seed=3)(**inputs, sampling_generator=torch.Generator().manual_seed(0))
+    gathered = make_model(SViTTForPreTraining, seed=3, gather_negatives_across_processes=True)(
+        **inputs, sampling_generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(local.loss, gathered.loss)
+
+
+# Retrieval -----------------------------------------------------------------------------------------
+
+
+def test_retrieval_forward_trains_itc_itm_and_serves_zero_shot():
+    model = make_model(SViTTForVideoTextRetrieval)
+    ids, mask = captions(3)
+    zero_shot = model(pixel_values=videos(3), input_ids=ids, attention_mask=mask)
+    assert zero_shot.loss is None and zero_shot.itm_logits is None and zero_shot.logits_per_video.shape == (3, 3)
+    trained = model.train()(pixel_values=videos(3), input_ids=ids, attention_mask=mask, match_ids=torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(trained.loss, trained.loss_itc + trained.loss_itm)
+    trained.loss.backward()
+
+
+def test_clip_splitting_and_aggregation():
+    frames = torch.arange(6).float().reshape(1, 6, 1, 1, 1).expand(2, 6, 3, 2, 2)
+    consecutive, k = split_into_clips(frames, 2, "consecutive")
+    assert k == 3 and consecutive[:3, :, 0, 0, 0].tolist() == [[0, 1], [2, 3], [4, 5]]
+    strided, _ = split_into_clips(frames, 2, "strided")
+    assert strided[:3, :, 0, 0, 0].tolist() == [[0, 3], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="clips"):
+        split_into_clips(frames, 4)
+    scores = torch.tensor([[0.0, 1.0, 2.0]])
+    torch.testing.assert_close(aggregate_clips(scores, "lse"), torch.logsumexp(scores, -1))
+    assert aggregate_clips(scores, "mean").item() == 1.0 and aggregate_clips(scores, "max").item() == 2.0
+
+
+@pytest.fixture(scope="module")
+def gallery_setup():
+    model = make_model(SViTTForVideoTextRetrieval, seed=4)
+    clips = videos(5, frames=2 * FRAMES, seed=5)  # 5 videos of 2 clips each
+    ids, mask = captions(7, seed=6)
+    return model, clips, ids, mask
+
+
+def test_rank_is_the_release_two_stage_protocol(gallery_setup):
+    model, clips, ids, mask = gallery_setup
+    video_gallery = model.encode_videos(clips)
+    text_gallery = model.encode_texts(ids, mask)
+    result = model.rank(video_gallery, text_gallery, k=2, clip_aggregation="mean")
+
+    # stage 1: cosine similarity averaged over the clips of each video
+    itc = torch.einsum("te,vke->tvk", text_gallery.embeds, video_gallery.embeds).mean(-1)
+    torch.testing.assert_close(result.itc_scores_t2v, itc)
+    assert result.candidates_t2v.sum(1).tolist() == [2] * 7 and result.candidates_v2t.sum(1).tolist() == [2] * 5
+    assert torch.equal(result.candidates_t2v, torch.zeros_like(itc, dtype=torch.bool).scatter(1, itc.topk(2).indices, True))
+
+    # stage 2: ITM positive logit of each clip, averaged
+    t, v = result.candidates_t2v.nonzero()[0].tolist()
+    per_clip = []
+    for clip in range(2):
+        fusion = model.svitt.fuse(
+            text_gallery.hidden_states[t : t + 1], text_gallery.attention_mask[t : t + 1],
+            video_gallery.tokens[v, clip : clip + 1], video_gallery.token_mask[v, clip : clip + 1],
+        )
+        per_clip.append(model.itm_head(fusion.last_hidden_state[:, 0])[0, 1])
+    torch.testing.assert_close(result.scores_t2v[t, v], torch.stack(per_clip).mean(), atol=1e-5, rtol=1e-5)
+
+    # non-candidates rank below every candidate, in ITC order
+    for row in range(7):
+        candidate = result.candidates_t2v[row]
+        assert result.scores_t2v[row, ~candidate].max() < result.scores_t2v[row, candidate].min()
+        order_itc = itc[row, ~candidate].argsort()
+        order_final = result.scores_t2v[row, ~candidate].argsort()
+        assert torch.equal(order_itc, order_final)
+    release_fill = model.rank(video_gallery, text_gallery, k=2, clip_aggregation="mean", non_candidate_fill=-100.0)
+    assert (release_fill.scores_t2v[~release_fill.candidates_t2v] == -100).all()
+    metrics = retrieval_metrics(result.scores_t2v, torch.arange(7) % 5, torch.arange(5), scores_v2t=result.scores_v2t)
+    assert 0 <= metrics["R_mean"] <= 100
+
+
+def test_rank_is_deterministic_and_independent_of_chunking(gallery_setup):
+    model, clips, ids, mask = gallery_setup
+    reference = model.retrieve(clips, ids, mask, k=3, video_batch_size=5, itm_batch_size=1000)
+    chunked = model.retrieve(clips, ids, mask, k=3, video_batch_size=2, text_batch_size=3, itm_batch_size=3)
+    again = model.retrieve(clips, ids, mask, k=3, video_batch_size=2, text_batch_size=3, itm_batch_size=3)
+    assert torch.equal(chunked.scores_t2v, again.scores_t2v)
+    assert torch.equal(reference.candidates_t2v, chunked.candidates_t2v)
+    torch.testing.assert_close(reference.scores_t2v, chunked.scores_t2v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reference.scores_v2t, chunked.scores_v2t, atol=1e-5, rtol=1e-5)
+
+
+def test_rank_clip_ensembling_and_sampling(gallery_setup):
+    model, clips, ids, mask = gallery_setup
+    texts = model.encode_texts(ids, mask)
+    consecutive = model.encode_videos(clips, clip_sampling="consecutive")
+    strided = model.encode_videos(clips, clip_sampling="strided")
+    single = model.encode_videos(clips[:, :FRAMES])  # the first consecutive clip on its own
+    torch.testing.assert_close(consecutive.embeds[:, 0], single.embeds[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(consecutive.embeds, strided.embeds)
+    scores = {how: model.rank(consecutive, texts, k=5, clip_aggregation=how).scores_t2v for how in ("lse", "mean", "max")}
+    # with k = all videos every pair is re-scored; lse >= max >= mean for the same per-clip scores
+    assert (scores["lse"] >= scores["max"] - 1e-5).all() and (scores["max"] >= scores["mean"] - 1e-5).all()
+    itc_only = model.rank(consecutive, texts, use_itm=False)
+    torch.testing.assert_close(itc_only.scores_t2v, itc_only.itc_scores_t2v)
+
+
+def test_text_guided_selection_switches_on_at_inference_and_is_restored(gallery_setup):
+    model, clips, ids, mask = gallery_setup
+    videos_, texts = model.encode_videos(clips), model.encode_texts(ids, mask)
+    plain = model.rank(videos_, texts, k=2)
+    selected = model.rank(videos_, texts, k=2, fusion_token_keep_rate=0.3, fusion_token_drop_layers=[0])
+    assert torch.equal(plain.candidates_t2v, selected.candidates_t2v)
+    assert not torch.allclose(plain.scores_t2v[plain.candidates_t2v], selected.scores_t2v[plain.candidates_t2v])
+    assert model.config.text_config.fusion_token_keep_rate == 1.0
+    with text_guided_selection(model.svitt, keep_rate=0.5):
+        assert model.svitt.text_model.config.fusion_token_keep_rate == 0.5
+    assert model.svitt.text_model.config.fusion_token_keep_rate == 1.0
+
+
+# Video QA ------------------------------------------------------------------------------------------
+
+
+ANSWERS = torch.tensor([[2, 10, 3, 0], [2, 11, 12, 3], [2, 13, 3, 0], [2, 14, 15, 3], [2, 10, 16, 3]])
+ANSWER_MASK = (ANSWERS != 0).long()
+
+
+def test_answer_decoder_is_causal():
+    mask = causal_attention_mask(torch.tensor([[1, 1, 1, 0]]))
+    assert mask[0, 0].tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, True, True, False],
+    ]
+    model = make_model(SViTTForVideoQuestionAnswering)
+    states = torch.randn(1, 5, 32)
+    base = model.decode_answers(ANSWERS[1:2], ANSWER_MASK[1:2], states, torch.ones(1, 5, dtype=torch.long))
+    changed_ids = ANSWERS[1:2].clone()
+    changed_ids[0, 3] = 50
+    changed = model.decode_answers(changed_ids, ANSWER_MASK[1:2], states, torch.ones(1, 5, dtype=torch.long))
+    torch.testing.assert_close(base[:, :3], changed[:, :3])
+
+
+def test_qa_training_loss_is_the_weighted_answer_likelihood():
+    model = make_model(SViTTForVideoQuestionAnswering)
+    ids, mask = captions(2)
+    out = model(
+        pixel_values=videos(2), input_ids=ids, attention_mask=mask,
+        answer_input_ids=ANSWERS[:3], answer_attention_mask=ANSWER_MASK[:3],
+        answer_weights=torch.tensor([0.5, 0.5, 1.0]), answers_per_question=torch.tensor([2, 1]),
+    )
+    states = out.question_hidden_states[[0, 0, 1]]
+    logits = model.decode_answers(ANSWERS[:3], ANSWER_MASK[:3], states, mask[[0, 0, 1]])
+    nll = losses.sequence_negative_log_likelihood(logits, losses.answer_token_labels(ANSWERS[:3], ANSWER_MASK[:3]))
+    torch.testing.assert_close(out.loss, (0.5 * nll[0] + 0.5 * nll[1] + nll[2]) / 2)
+    with pytest.raises(ValueError, match="answers_per_question"):
+        model(pixel_values=videos(2), input_ids=ids, answer_input_ids=ANSWERS[:3])
+
+
+def _per_clip_scores(model, clips, ids, mask, num_clips):
+    split, _ = split_into_clips(clips, FRAMES)
+    generator = torch.Generator().manual_seed(model.config.vision_config.random_block_seed)
+    states, qmask, _ = model.encode_questions(
+        split, ids.repeat_interleave(num_clips, 0), mask.repeat_interleave(num_clips, 0), generator=generator
+    )
+    first = model._first_token_logits(states, qmask, 2).reshape(ids.shape[0], num_clips, -1)
+    every = torch.arange(ANSWERS.shape[0]).expand(ids.shape[0], -1)
+    likelihood = torch.stack(
+        [
+            model._candidate_log_likelihood(states[c::num_clips], qmask[c::num_clips], ANSWERS, ANSWER_MASK, every)
+            for c in range(num_clips)
+        ],
+        dim=-1,
+    )
+    return first, likelihood
+
+
+def test_rank_answers_clean_mode_ranks_by_aggregated_log_likelihood():
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(2, seed=9)
+    clips = videos(2, frames=2 * FRAMES, seed=10)
+    result = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=5, clip_aggregation="lse")
+    _, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
+    expected = torch.logsumexp(likelihood, -1).sort(dim=1, descending=True)
+    torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(result.answer_indices, expected.indices) and torch.equal(result.predictions, expected.indices[:, 0])
+    # k < list size: candidates are the top first-token log-probabilities
+    first, _ = _per_clip_scores(model, clips, ids, mask, 2)
+    top = torch.logsumexp(first.log_softmax(-1), dim=1)[:, ANSWERS[:, 1]].topk(2).indices
+    pruned = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=2)
+    assert torch.equal(pruned.answer_indices.sort(1).values, top.sort(1).values)
+
+
+def test_rank_answers_release_mode_reproduces_the_quirks():
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(2, seed=9)
+    clips = videos(2, frames=2 * FRAMES, seed=10)
+    result = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True)
+    first, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
+    # probabilities averaged over clips, then a second softmax over the vocabulary
+    first_prob = first.softmax(-1).mean(1).softmax(-1)[:, ANSWERS[:, 1]]
+    top_prob, candidates = first_prob.topk(3, dim=1)
+    per_clip = top_prob.log()[..., None] + torch.gather(likelihood, 1, candidates[..., None].expand(-1, -1, 2))
+    expected = per_clip.mean(-1).sort(dim=1, descending=True)
+    torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(result.answer_indices, torch.gather(candidates, 1, expected.indices))
+    torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
+
+
+# Multiple choice -----------------------------------------------------------------------------------
+
+
+def test_multiple_choice_logits_and_loss():
+    model = make_model(SViTTForMultipleChoice)
+    ids, mask = captions(2)
+    candidates = torch.randn(2, 3, FRAMES, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    labels = torch.tensor([2, 0])
+    out = model(pixel_values=candidates, input_ids=ids, attention_mask=mask, labels=labels)
+    assert out.logits.shape == (2, 3)
+    video = model.svitt.get_video_features(candidates.flatten(0, 1)).reshape(2, 3, -1)
+    text = model.svitt.get_text_features(ids, mask)
+    expected = torch.einsum("be,bne->bn", text, video) / model.svitt.temperature
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    itm = model(pixel_values=candidates, input_ids=ids, attention_mask=mask, scoring="itm")
+    assert itm.logits.shape == (2, 3) and itm.loss is None
+    with pytest.raises(ValueError, match="num_choices"):
+        model(pixel_values=videos(2), input_ids=ids)
+
+
+# Saving, loading, cross-head initialisation, Auto classes ------------------------------------------
+
+
+def _head_outputs(model, cls):
+    ids, mask = captions(2)
+    with torch.no_grad():
+        if cls is SViTTForVideoQuestionAnswering:
+            return model(pixel_values=videos(2), input_ids=ids, attention_mask=mask, answer_input_ids=ANSWERS[:2]).logits
+        if cls is SViTTForMultipleChoice:
+            return model(pixel_values=videos(4).reshape(2, 2, FRAMES, 3, 32, 32), input_ids=ids).logits
+        out = model(
+            pixel_values=videos(2), input_ids=ids, attention_mask=mask, match_ids=torch.arange(2),
+            sampling_generator=torch.Generator().manual_seed(0),
+        )
+        return out.itm_logits
+
+
+@pytest.mark.parametrize(
+    "cls", [SViTTForPreTraining, SViTTForVideoTextRetrieval, SViTTForVideoQuestionAnswering, SViTTForMultipleChoice]
+)
+def test_every_head_saves_and_loads(cls, tmp_path):
+    model = make_model(cls, seed=12)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [cls.__name__]
+    reloaded, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(_head_outputs(reloaded, cls), _head_outputs(model, cls))
+
+
+@pytest.fixture(scope="module")
+def pretraining_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pretraining")
+    model = make_model(SViTTForPreTraining, seed=13)
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.mark.parametrize("cls", [SViTTForVideoTextRetrieval, SViTTForMultipleChoice])
+def test_pretraining_checkpoint_loads_into_retrieval_and_multiple_choice(cls, pretraining_checkpoint):
+    source, folder = pretraining_checkpoint
+    target, info = cls.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, tensor in target.state_dict().items():
+        torch.testing.assert_close(tensor, source.state_dict()[name], msg=name)
+
+
+def test_pretraining_checkpoint_initialises_the_answer_decoder(pretraining_checkpoint):
+    source, folder = pretraining_checkpoint
+    qa, info = SViTTForVideoQuestionAnswering.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    fusion_layer = source.config.text_config.fusion_layer
+    for index, layer in enumerate(qa.text_decoder.encoder.layer):
+        origin = source.svitt.text_model.encoder.layer[fusion_layer + index].state_dict()
+        for name, tensor in layer.state_dict().items():
+            torch.testing.assert_close(tensor, origin[name], msg=f"decoder layer {index}: {name}")
+    embeddings = source.svitt.text_model.embeddings.state_dict()
+    for name, tensor in qa.text_decoder.embeddings.state_dict().items():
+        torch.testing.assert_close(tensor, embeddings[name], msg=name)
+    for name in ("transform.dense.weight", "transform.LayerNorm.bias", "bias"):
+        torch.testing.assert_close(
+            qa.decoder_head.predictions.get_parameter(name), source.mlm_head.predictions.get_parameter(name)
+        )
+    assert qa.decoder_head.predictions.decoder.weight is qa.text_decoder.embeddings.word_embeddings.weight
+    # the decoder is a copy, not a tie: fine-tuning QA does not move the question encoder's fusion layers
+    assert qa.text_decoder.embeddings.word_embeddings.weight is not qa.svitt.text_model.embeddings.word_embeddings.weight
+
+
+def test_qa_checkpoint_keeps_its_own_decoder(tmp_path):
+    qa = make_model(SViTTForVideoQuestionAnswering, seed=14)
+    with torch.no_grad():
+        qa.text_decoder.encoder.layer[0].output.dense.weight.add_(1.0)
+    qa.save_pretrained(tmp_path)
+    reloaded = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        reloaded.text_decoder.encoder.layer[0].output.dense.weight, qa.text_decoder.encoder.layer[0].output.dense.weight
+    )
+
+
+def test_retrieval_checkpoint_loads_into_pretraining_with_a_fresh_tied_mlm_head(tmp_path, caplog):
+    make_model(SViTTForVideoTextRetrieval, seed=15).save_pretrained(tmp_path)
+    model, info = SViTTForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {"mlm_head"}
+    assert model.mlm_head.predictions.decoder.weight is model.svitt.text_model.embeddings.word_embeddings.weight
+    assert model.mlm_head.predictions.decoder.bias is model.mlm_head.predictions.bias
+    assert "corrupted" not in caplog.text
+
+
+def test_auto_classes_and_remote_code_entries(pretraining_checkpoint):
+    import transformers
+
+    register_head_auto_classes()
+    _, folder = pretraining_checkpoint
+    expected = {
+        "AutoModelForPreTraining": SViTTForPreTraining,
+        "AutoModelForZeroShotImageClassification": SViTTForVideoTextRetrieval,
+        "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
+        "AutoModelForMultipleChoice": SViTTForMultipleChoice,
+    }
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    for auto_name, cls in expected.items():
+        assert type(getattr(transformers, auto_name).from_pretrained(folder)) is cls
+        assert auto_map[auto_name] == f"modeling_heads.{cls.__name__}"
+    assert (folder / "modeling_heads.py").is_file() and (folder / "losses.py").is_file()
