@@ -317,7 +317,9 @@ def convert_loaded_state_dict(
     model = model_class_for_kind(kind)(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     tied = {name for name in missing if name.endswith("predictions.decoder.weight") or name.endswith("predictions.decoder.bias")}
-    missing = [name for name in missing if name not in tied]
+    # weights the release deletes from a task model (the QA model has no projections, temperature or pooler)
+    optional = [re.compile(pattern) for pattern in (model._keys_to_ignore_on_load_missing or ())]
+    missing = [name for name in missing if name not in tied and not any(p.search(name) for p in optional)]
     if missing or unexpected:
         raise ValueError(f"Converted weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}.")
     model.tie_weights()
