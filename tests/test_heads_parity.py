@@ -120,3 +120,38 @@ def test_parity_survives_save_and_from_pretrained(original_fixture_dir, tmp_path
     assert reloaded.mlm_head.predictions.decoder.weight is reloaded.svitt.text_model.embeddings.word_embeddings.weight
     _, mine = run_pretraining(reloaded, original_fixture_dir, meta, "sparse")
     assert_matches(mine, load_file(original_fixture_dir / "outputs.safetensors"), "sparse")
+
+
+def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4):
+    """The fixture's pretraining weights rearranged into the release's QA layout (spec §6.2, §8.4)."""
+    qa = {}
+    for key, value in state_dict.items():
+        if key.startswith(("vision_proj", "text_proj", "temp", "itm_head", "vision_encoder.pooler")):
+            continue  # the release's QA model deletes these
+        if key.startswith("text_encoder.cls."):
+            qa[key.replace("text_encoder.cls.", "text_decoder.cls.")] = value
+            continue
+        qa[key.replace("text_encoder.bert.", "text_encoder.")] = value
+        if key.startswith("text_encoder.bert.embeddings."):
+            qa[key.replace("text_encoder.bert.", "text_decoder.bert.")] = value
+        for index in range(num_layers - fusion_layer):
+            prefix = f"text_encoder.bert.encoder.layer.{fusion_layer + index}."
+            if key.startswith(prefix):
+                qa[key.replace(prefix, f"text_decoder.bert.encoder.layer.{index}.")] = value
+    return qa
+
+
+def test_release_qa_checkpoint_converts_into_the_qa_head(original_fixture_dir):
+    from modeling_svitt.modeling_heads import SViTTForVideoQuestionAnswering
+
+    meta = json.loads((original_fixture_dir / "meta.json").read_text())
+    state_dict = load_file(original_fixture_dir / "state_dict.safetensors")
+    original_config, text_overrides = fixture_overrides(meta, "sparse")
+    model = convert_loaded_state_dict(release_qa_state_dict(state_dict), None, original_config, text_overrides=text_overrides)
+    assert isinstance(model, SViTTForVideoQuestionAnswering)
+    torch.testing.assert_close(
+        model.text_decoder.encoder.layer[1].crossattention.self.key.weight,
+        state_dict["text_encoder.bert.encoder.layer.3.crossattention.self.key.weight"],
+    )
+    torch.testing.assert_close(model.decoder_head.predictions.bias, state_dict["text_encoder.cls.predictions.bias"])
+    assert model.decoder_head.predictions.decoder.weight is model.text_decoder.embeddings.word_embeddings.weight
