@@ -506,8 +506,8 @@ def write_video(
 
     Args:
         path (`str` or `os.PathLike`): the output file; the container follows the extension (`.mp4`, `.mkv`, ...).
-        frames: `uint8` frames `(N, H, W, 3)` (a tensor, an array or a list of arrays). Odd sizes are fine for `mpeg4`
-            but H.264 needs even ones.
+        frames: `uint8` RGB frames `(N, H, W, 3)` (a tensor, an array or a list of arrays). Odd sizes are fine for
+            `mpeg4` but H.264 needs even ones.
         fps (`float`, defaults to 8): frame rate.
         codec (`str`, *optional*): encoder; defaults to `libx264` when available, else `mpeg4`.
         keyframe_interval (`int`, *optional*): frames between keyframes (the encoder's default when unset).
@@ -541,12 +541,18 @@ def write_video(
             options = {"preset": preset}
             if crf is not None:
                 options["crf"] = str(crf)
+            # Macroblock-tree rate control makes x264's output differ from run to run on identical input (measured
+            # with the bundled build); without it, the same frames always give the same bytes.
+            params = ["mbtree=0"]
             if keyframe_interval is not None:
                 # Fixed interval: x264 would otherwise add keyframes at scene cuts and stretch the interval.
-                options["x264-params"] = f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"
+                params += [f"keyint={keyframe_interval}", f"min-keyint={keyframe_interval}", "scenecut=0"]
+            options["x264-params"] = ":".join(params)
             stream.codec_context.options = options
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = index, 1 / rate
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

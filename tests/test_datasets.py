@@ -1,0 +1,269 @@
+"""Annotation readers, datasets, collators: formats, bad-sample policy, worker determinism, `datasets` interop."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
+from modeling_svitt.tokenization_svitt import SViTTTokenizer
+from test_tokenization import bert_vocab_dir
+from test_video_io import decoded_identity, decoded_indices, write_index_video
+from training.data import (
+    EgoClipDataset,
+    EgoMCQDataset,
+    MultipleChoiceCollator,
+    RetrievalEvalDataset,
+    TooManyBadSamplesError,
+    VideoCaptionDataset,
+    VideoCollator,
+    VideoQACollator,
+    VideoQADataset,
+    VideoTextCollator,
+    load_caption_annotations,
+    load_retrieval_test_annotations,
+    make_dataloader,
+)
+from training.data.annotations import ego_video_path
+
+NUMBERS = ["zero", "one", "two", "three", "four", "five"]
+
+
+@pytest.fixture(scope="module")
+def processor() -> SViTTProcessor:
+    tokenizer = SViTTTokenizer.from_pretrained(bert_vocab_dir())
+    return SViTTProcessor(SViTTVideoProcessor(size=16, num_frames=4), tokenizer, max_text_length=8)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Six readable videos (identity k, 30 index-coded frames), two missing and one corrupt file."""
+    root = tmp_path_factory.mktemp("corpus")
+    for k in range(6):
+        write_index_video(root / f"v{k}.mp4", 30, identity=k, keyframe_interval=10)
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)
+    rows = [{"video": f"v{k}.mp4", "caption": f"clip number {NUMBERS[k]}"} for k in range(6)]
+    rows.insert(2, {"video": "missing_a.mp4", "caption": "clip number missing a"})
+    rows.insert(5, {"video": "corrupt.mp4", "caption": "clip number corrupt"})
+    rows.append({"video": "missing_b.mp4", "caption": "clip number missing b"})
+    (root / "captions.json").write_text(json.dumps(rows))
+    return root
+
+
+def pixels_to_uint8(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Undo the (0.5, 0.5) normalisation (flat index-coded frames survive resizing unchanged)."""
+    return ((pixel_values * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def caption_identity(text: str) -> int:
+    return NUMBERS.index(text.split()[-1])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Formats
+
+
+def test_caption_match_ids_by_video_basename_or_by_caption():
+    rows = [
+        {"video": "a/x.mp4", "caption": "c1"},
+        {"video": "b/x.mp4", "caption": "c2"},
+        {"video": "y.mp4", "caption": "c1"},
+        {"image": "z.jpg", "caption": "c3"},
+    ]
+    by_video = load_caption_annotations(rows, media_root="/data")
+    assert [r["match_id"] for r in by_video] == [0, 0, 1, 2]  # same basename = same video, as in the release
+    assert by_video[0]["video"] == "/data/a/x.mp4" and by_video[3]["video"] == "/data/z.jpg"
+    by_caption = load_caption_annotations(rows, media_root="/data", match_by="caption")
+    assert [r["match_id"] for r in by_caption] == [0, 1, 0, 2]  # SSv2: ids from the caption text
+
+
+def test_retrieval_test_formats():
+    msrvtt = load_retrieval_test_annotations(
+        [{"video": "a.mp4", "caption": ["x", "y"]}, {"video": "b.mp4", "caption": "z"}], media_root="/m"
+    )
+    assert msrvtt["videos"] == ["/m/a.mp4", "/m/b.mp4"] and msrvtt["texts"] == ["x", "y", "z"]
+    assert msrvtt["text_to_videos"] == [[0], [0], [1]] and msrvtt["video_to_texts"] == [[0, 1], [2]]
+    didemo = load_retrieval_test_annotations(
+        [{"video": "a.mp4", "caption": ["first part.", "second part."]}], media_root="/m", is_paragraph_retrieval=True
+    )
+    assert didemo["texts"] == ["first part. second part."]
+    ssv2 = load_retrieval_test_annotations(
+        [{"caption": "pushing", "video": ["a.mp4", "b.mp4"]}, {"caption": "pulling", "video": "b.mp4"}],
+        media_root="/m",
+        has_multi_vision_gt=True,
+    )
+    assert ssv2["videos"] == ["/m/a.mp4", "/m/b.mp4"]
+    assert ssv2["text_to_videos"] == [[0, 1], [1]] and ssv2["video_to_texts"] == [[0], [0, 1]]
+
+
+def test_qa_answers_weights_and_collator(corpus, processor, tmp_path):
+    rows = [
+        {"video": "v0.mp4", "question": "What moves?", "answer": ["a dog", "a dog", "cat"], "question_id": 7},
+        {"video": "v1.mp4", "question": "Which way?", "answer": "left"},
+    ]
+    (tmp_path / "answers.json").write_text(json.dumps(["a dog", "cat", "left", "right"]))
+    dataset = VideoQADataset(rows, processor, answer_list=tmp_path / "answers.json", media_root=corpus)
+    assert dataset.answer_list == ["a dog", "cat", "left", "right"]
+    item = dataset[0]
+    assert item["answers"] == ["a dog", "cat"] and item["answer_weights"] == pytest.approx([2 / 3, 1 / 3])
+    assert item["question_id"] == 7 and dataset[1]["question_id"] == 1
+    batch = VideoQACollator(processor)([dataset[0], None, dataset[1]])
+    assert batch["pixel_values"].shape == (2, 4, 3, 16, 16) and batch["input_ids"].shape == (2, 25)
+    assert batch["answers_per_question"].tolist() == [2, 1]
+    assert batch["answer_weights"].tolist() == pytest.approx([2 / 3, 1 / 3, 1.0])
+    cls, sep = processor.tokenizer.cls_token_id, processor.tokenizer.sep_token_id
+    assert batch["answer_input_ids"].tolist() == [[cls, 1037, 3899, sep, 0], [cls, 4937, sep, 0, 0], [cls, 2187, sep, 0, 0]]
+
+
+def test_egoclip_segments_and_tags(corpus, processor, tmp_path):
+    header = "clip_idx\tvideo_uid\tvideo_dur\tnarration_source\tnarration_ind\tnarration_time\tclip_start\tclip_end\tclip_text\ttag_verb\ttag_noun\n"
+    lines = [
+        "0\tv3\t3.0\tnarration_pass_1\t0\t1.5\t1.0\t2.0\t#C C opens a door\t[1, 3]\t[0]\n",
+        "1\tv3\t3.0\tnarration_pass_1\t1\t2.5\t2.2\t2.8\t#C C closes a door\t[2]\t[4, 1]\n",
+        "2\tv4\t3.0\tnarration_pass_1\t0\t0.5\t0.0\t1.0\t#C C waves\t[0]\t[]\n",
+    ]
+    (tmp_path / "egoclip.tsv").write_text(header + "".join(lines))
+    dataset = EgoClipDataset(tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=6, train=True)
+    items = [dataset[i] for i in range(3)]
+    frames = [decoded_indices(pixels_to_uint8(item["pixel_values"])) for item in items]
+    assert all(10 <= i < 20 for i in frames[0]) and all(22 <= i < 28 for i in frames[1]) and all(i < 10 for i in frames[2])
+    batch = VideoTextCollator(processor)(items)
+    assert batch["video_ids"].tolist() == [0, 0, 1]  # same source video: EgoNCE's same-video negatives
+    assert batch["match_ids"].tolist() == [0, 1, 2]
+    assert batch["verb_tags"].tolist() == [[0, 1, 0, 1, 0], [0, 0, 1, 0, 0], [1, 0, 0, 0, 0]]
+    assert batch["noun_tags"].tolist() == [[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 0], [0] * 6]
+    with pytest.raises(ValueError, match="noun_tags"):
+        EgoClipDataset(tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=3)
+
+
+def test_ego_video_chunks():
+    # EgoVLP's 600 s chunks: a clip at 1250-1252 s lives in chunk 2, at 50-52 s of it
+    assert ego_video_path("/ego", "abc", 1250.0, 1252.0, "{video_uid}/{chunk}.mp4", 600) == ("/ego/abc/2.mp4", 50.0, 52.0)
+    assert ego_video_path("/ego", "abc", 599.0, 601.0, "{video_uid}/{chunk}.mp4", 600)[2] == 600.0
+
+
+def _clip(uid, start, end, text="#C C does something"):
+    return {"video_uid": uid, "clip_start": start, "clip_end": end, "clip_text": text, "tag_verb": "[0]", "tag_noun": "[0]"}
+
+
+def test_egomcq_items(corpus, processor):
+    inter = {
+        "query": _clip("v1", 1.0, 2.0, "#C C moves"),
+        "choices": {str(k): _clip(f"v{k}", 1.0, 2.0) for k in range(5)},
+        "answer": 1,
+        "types": 2,
+    }
+    intra = {
+        "query": _clip("v2", 0.0, 0.5),
+        "choices": {str(k): _clip("v2", k * 0.6, k * 0.6 + 0.5) for k in range(5)},
+        "answer": 0,
+        "types": 1,
+    }
+    broken = dict(intra, choices={**intra["choices"], "4": _clip("missing_a", 0.0, 1.0)})
+    dataset = EgoMCQDataset({"0": inter, "1": intra, "2": broken}.values(), processor, media_root=corpus, max_bad_fraction=0.5)
+    assert dataset.types == [2, 1, 1]
+    item = dataset[0]
+    assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 2
+    assert [decoded_identity(pixels_to_uint8(clip)) for clip in item["pixel_values"]] == [0, 1, 2, 3, 4]
+    intra_item = dataset[1]
+    for k, clip in enumerate(intra_item["pixel_values"]):
+        assert all(6 * k <= i < 6 * k + 5 for i in decoded_indices(pixels_to_uint8(clip)))
+    assert dataset[2] is None and dataset.num_bad_samples == 1  # one unreadable choice skips the whole item
+    batch = MultipleChoiceCollator(processor, return_types=True)([dataset[0], dataset[1], dataset[2]])
+    assert batch["pixel_values"].shape == (2, 5, 4, 3, 16, 16)
+    assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [2, 1]
+
+
+def test_retrieval_eval_multi_clip(corpus, processor):
+    rows = [{"video": f"v{k}.mp4", "caption": [f"a {k}", f"b {k}"]} for k in range(3)]
+    dataset = RetrievalEvalDataset(rows, processor, media_root=corpus, num_frames=2, num_clips=3)
+    batch = VideoCollator()([dataset[0], dataset[2]])
+    assert batch["pixel_values"].shape == (2, 3, 2, 3, 16, 16) and batch["index"].tolist() == [0, 2]
+    # 6 middle frames of 30 in 3 consecutive clips of 2: 2 7 | 12 17 | 22 27
+    clips = [decoded_indices(pixels_to_uint8(clip)) for clip in batch["pixel_values"][0]]
+    assert clips == [[2, 7], [12, 17], [22, 27]]
+    assert dataset.texts[:2] == ["a 0", "b 0"] and dataset.video_to_texts[2] == [4, 5]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad samples
+
+
+def test_bad_samples_are_skipped_counted_and_never_mismatched(corpus, processor, caplog):
+    dataset = VideoCaptionDataset(corpus / "captions.json", processor, train=True, max_bad_fraction=0.5)
+    loader = make_dataloader(dataset, 4, VideoTextCollator(processor, max_length=8), num_workers=2, shuffle=True)
+    seen = []
+    for batch in loader:
+        texts = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        for text, pixels in zip(texts, batch["pixel_values"]):
+            # the caption always comes with its own video
+            assert caption_identity(text) == decoded_identity(pixels_to_uint8(pixels))
+            seen.append(caption_identity(text))
+    assert sorted(seen) == list(range(6))
+    assert dataset.num_bad_samples == 3  # counted across both workers
+    assert dataset.bad_samples.bad_indices == [2, 5, 8]
+    with caplog.at_level(logging.WARNING, logger="training.data.readers"):
+        assert dataset[5] is None
+    assert "corrupt.mp4" in caplog.text and dataset.num_bad_samples == 3  # a sample counts once
+
+
+def test_too_many_bad_samples_abort_with_a_clear_message(corpus, processor):
+    dataset = VideoCaptionDataset(corpus / "captions.json", processor, max_bad_fraction=0.2)  # 9 samples: 1.8 allowed
+    assert dataset[2] is None
+    with pytest.raises(TooManyBadSamplesError, match=r"2 of the 9 samples .* could not be read.*corrupt\.mp4"):
+        dataset[5]
+    strict = VideoCaptionDataset(corpus / "captions.json", processor, max_bad_fraction=0.0)
+    # (single process: torch takes 10 s to shut workers down after any worker exception; the count itself is shared
+    # across workers, see the test above)
+    with pytest.raises(TooManyBadSamplesError, match="missing_a.mp4"):
+        list(make_dataloader(strict, 3, VideoTextCollator(processor)))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _batches(dataset, processor, num_workers, seed=0):
+    loader = make_dataloader(dataset, 3, VideoTextCollator(processor), shuffle=True, num_workers=num_workers, seed=seed)
+    return list(loader)
+
+
+def _assert_same(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        if a is None or b is None:  # a batch of unreadable samples only
+            assert a is b
+            continue
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_two_workers_give_deterministic_batches(corpus, processor):
+    rows = [{"video": f"v{k}.mp4", "caption": f"clip number {NUMBERS[k]}"} for k in range(6)]
+    dataset = VideoCaptionDataset(rows, processor, media_root=corpus, train=True, seed=11)
+    first = _batches(dataset, processor, num_workers=2)
+    _assert_same(first, _batches(dataset, processor, num_workers=2))
+    _assert_same(first, _batches(dataset, processor, num_workers=0))  # independent of the worker count
+    dataset.set_epoch(1)
+    other_epoch = _batches(dataset, processor, num_workers=2)
+    assert any(not torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(first, other_epoch))
+
+
+def test_datasets_interop(corpus, processor):
+    datasets = pytest.importorskip("datasets")
+    dataset = VideoCaptionDataset(corpus / "captions.json", processor, max_bad_fraction=0.5)
+    collator = VideoTextCollator(processor)
+    hf = dataset.to_hf_dataset()
+    assert isinstance(hf, datasets.Dataset) and hf.num_rows == 9 and {"video", "caption", "match_id"} <= set(hf.column_names)
+    hf.set_transform(dataset.hf_transform)
+    assert hf[2]["pixel_values"] is None  # the missing video comes through as a skippable row
+    native = list(make_dataloader(dataset, 4, collator))
+    through_hf = list(make_dataloader(hf, 4, collator))
+    _assert_same(native, through_hf)
+    assert native[-1] is None  # the last batch holds only the missing_b sample
+    # rows of a `datasets.Dataset` are accepted as annotations too
+    raw = datasets.Dataset.from_list(json.loads((corpus / "captions.json").read_text()))
+    from_rows = VideoCaptionDataset(raw, processor, media_root=corpus)
+    assert from_rows.records == dataset.records

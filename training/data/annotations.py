@@ -1,0 +1,414 @@
+"""Readers of the annotation formats of the SViTT release and of EgoVLP (spec §7.1, anchors §3).
+
+Each loader turns a file (or in-memory rows, e.g. a `datasets.Dataset`) into plain records with absolute video paths
+and the targets the heads need (match ids, answers and weights, tags, choices). Decoding is left to `readers.py`.
+
+Formats:
+
+* caption JSON (pretraining, WebVid/CC style; retrieval train): `[{"video": "rel/path.mp4", "caption": "..."}]`,
+  one entry per caption (`"image"` instead of `"video"` for image corpora);
+* retrieval test: `[{"video": ..., "caption": str | [str, ...]}]`, one entry per video; DiDeMo paragraphs join the
+  sentences of a video into one caption; SSv2 (several videos per caption): `[{"caption": str, "video": str | [...]}]`,
+  one entry per caption;
+* QA: `[{"video": ..., "question": str, "answer": str | [str, ...], "question_id": ...}]` plus an answer list file
+  (a JSON list of candidate strings);
+* EgoClip metadata: tab-separated, columns `clip_idx, video_uid, video_dur, narration_source, narration_ind,
+  narration_time, clip_start, clip_end, clip_text, tag_verb, tag_noun` (tags are stringified lists of ints);
+* EgoMCQ: `{"0": {"query": clip, "choices": {"0": clip, ..., "4": clip}, "answer": int, "types": 1 | 2}, ...}`
+  with clip records `{video_uid, clip_start, clip_end, clip_text, tag_verb, tag_noun}`. Type 1 is intra-video and
+  type 2 inter-video (the mapping of the official metric, not the comment in EgoVLP's loader).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+AnnotationSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]
+
+EGOMCQ_INTRA_VIDEO = 1
+EGOMCQ_INTER_VIDEO = 2
+EGOMCQ_TYPE_NAMES = {EGOMCQ_INTRA_VIDEO: "intra-video", EGOMCQ_INTER_VIDEO: "inter-video"}
+EGOCLIP_COLUMNS = (
+    "clip_idx",
+    "video_uid",
+    "video_dur",
+    "narration_source",
+    "narration_ind",
+    "narration_time",
+    "clip_start",
+    "clip_end",
+    "clip_text",
+    "tag_verb",
+    "tag_noun",
+)
+
+
+class AnnotationError(ValueError):
+    """An annotation file is malformed; the message names the file and the entry."""
+
+
+def _source_name(source: AnnotationSource) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"<in-memory {type(source).__name__}>"
+
+
+def _base_dir(source: AnnotationSource, media_root: str | os.PathLike | None) -> str | None:
+    if media_root is not None:
+        return os.fspath(media_root)
+    # Without a media root, relative paths are taken relative to the annotation file.
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.dirname(os.path.abspath(os.fspath(source)))
+    return None
+
+
+def _media_path(base_dir: str | None, relative: str) -> str:
+    return relative if base_dir is None or os.path.isabs(relative) else os.path.join(base_dir, relative)
+
+
+def read_rows(source: AnnotationSource) -> list[dict[str, Any]]:
+    """
+    Rows of an annotation source: a `.json` list, a `.jsonl` file, a JSON object keyed by index (EgoMCQ), or an
+    in-memory sequence of mappings (a list of dicts, a `datasets.Dataset`, ...).
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return [dict(row) for row in source]
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Annotation file '{path}' does not exist.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if path.endswith(".jsonl"):
+                return [json.loads(line) for line in handle if line.strip()]
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"Annotation file '{path}' is not valid JSON: {error}") from error
+    if isinstance(data, dict):
+        # EgoMCQ stores its items under stringified indices; keep them in numeric order.
+        return [dict(data[key], _key=key) for key in sorted(data, key=lambda k: (len(str(k)), str(k)))]
+    if not isinstance(data, list):
+        raise AnnotationError(f"Annotation file '{path}' must hold a JSON list, got {type(data).__name__}.")
+    return data
+
+
+def _require(row: Mapping[str, Any], keys: Sequence[str], source: str, position: int) -> None:
+    missing = [key for key in keys if key not in row]
+    if missing:
+        raise AnnotationError(f"Entry {position} of '{source}' lacks {missing} (has {sorted(row)}).")
+
+
+def _media_field(row: Mapping[str, Any], source: str, position: int) -> str | list[str]:
+    for key in ("video", "image"):
+        if key in row:
+            return row[key]
+    raise AnnotationError(f"Entry {position} of '{source}' has neither a 'video' nor an 'image' field.")
+
+
+def _basename_id(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+class _IdAssigner:
+    """Dense integer ids in order of first appearance (the release's `img_ids` construction)."""
+
+    def __init__(self):
+        self.ids: dict[Any, int] = {}
+
+    def __call__(self, key: Any) -> int:
+        return self.ids.setdefault(key, len(self.ids))
+
+
+def load_caption_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    match_by: str = "video",
+) -> list[dict[str, Any]]:
+    """
+    Pretraining and retrieval-train records, one per caption.
+
+    Args:
+        source: caption JSON (`[{"video": ..., "caption": ...}]`) or rows.
+        media_root: directory the video paths are relative to (defaults to the annotation file's directory).
+        match_by (`str`, defaults to `"video"`): what makes two captions positives of each other. `"video"` gives
+            captions of the same video (same file basename, as the release) the same `match_id`; `"caption"` gives
+            the same id to identical caption texts (SSv2, where a label caption has many videos).
+
+    Returns:
+        `list[dict]` with `index`, `video` (path), `caption`, `match_id` and `video_id`.
+    """
+    if match_by not in ("video", "caption"):
+        raise ValueError(f"`match_by` must be 'video' or 'caption', got {match_by!r}.")
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
+    video_ids, caption_ids = _IdAssigner(), _IdAssigner()
+    records = []
+    for position, row in enumerate(read_rows(source)):
+        _require(row, ["caption"], name, position)
+        media = _media_field(row, name, position)
+        captions = [row["caption"]] if isinstance(row["caption"], str) else list(row["caption"])
+        videos = [media] if isinstance(media, str) else list(media)
+        # Lists on either side expand to one record per (caption, video) pair.
+        for video in videos:
+            for caption in captions:
+                video_id = video_ids(_basename_id(video))
+                records.append(
+                    {
+                        "index": len(records),
+                        "video": _media_path(base_dir, video),
+                        "caption": caption,
+                        "match_id": video_id if match_by == "video" else caption_ids(caption),
+                        "video_id": video_id,
+                    }
+                )
+    return records
+
+
+def load_retrieval_test_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    is_paragraph_retrieval: bool = False,
+    has_multi_vision_gt: bool = False,
+) -> dict[str, Any]:
+    """
+    A retrieval evaluation set: its videos, its texts and which texts match which videos.
+
+    Args:
+        source: retrieval test JSON or rows.
+        media_root: directory the video paths are relative to (defaults to the annotation file's directory).
+        is_paragraph_retrieval (`bool`): DiDeMo; the sentences of a video are joined with spaces into one text.
+        has_multi_vision_gt (`bool`): SSv2; one entry per caption, whose `video` may list several videos.
+
+    Returns:
+        `dict` with `videos` (paths), `texts`, `text_to_videos` (list of lists of video positions),
+        `video_to_texts` and `distractors` (per video, the entry's `distractor_caption` or `None`; the synthetic
+        temporal probe uses it).
+    """
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
+    videos: list[str] = []
+    video_position: dict[str, int] = {}
+    texts: list[str] = []
+    text_to_videos: list[list[int]] = []
+    distractors: list[str | None] = []
+
+    def add_video(relative: str) -> int:
+        path = _media_path(base_dir, relative)
+        if path not in video_position:
+            video_position[path] = len(videos)
+            videos.append(path)
+            distractors.append(None)
+        return video_position[path]
+
+    for position, row in enumerate(read_rows(source)):
+        _require(row, ["caption"], name, position)
+        media = _media_field(row, name, position)
+        if has_multi_vision_gt:
+            if not isinstance(row["caption"], str):
+                raise AnnotationError(f"Entry {position} of '{name}': with several videos per caption, 'caption' must be one string.")
+            targets = [add_video(v) for v in ([media] if isinstance(media, str) else media)]
+            texts.append(row["caption"])
+            text_to_videos.append(targets)
+            continue
+        if not isinstance(media, str):
+            raise AnnotationError(f"Entry {position} of '{name}': 'video' must be one path (one entry per video).")
+        video = add_video(media)
+        if row.get("distractor_caption") is not None:
+            distractors[video] = row["distractor_caption"]
+        captions = [row["caption"]] if isinstance(row["caption"], str) else list(row["caption"])
+        if is_paragraph_retrieval:
+            captions = [" ".join(captions)]
+        for caption in captions:
+            texts.append(caption)
+            text_to_videos.append([video])
+
+    video_to_texts: list[list[int]] = [[] for _ in videos]
+    for text, targets in enumerate(text_to_videos):
+        for video in targets:
+            video_to_texts[video].append(text)
+    return {
+        "videos": videos,
+        "texts": texts,
+        "text_to_videos": text_to_videos,
+        "video_to_texts": video_to_texts,
+        "distractors": distractors,
+    }
+
+
+def answer_weights(answers: str | Sequence[str]) -> tuple[list[str], list[float]]:
+    """Unique answers and their weights `count / number of answers` (the release's VQA targets)."""
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    if not answers:
+        return [], []
+    counts = Counter(answers)
+    unique = list(counts)
+    return unique, [counts[answer] / len(answers) for answer in unique]
+
+
+def load_answer_list(path: str | os.PathLike) -> list[str]:
+    """The candidate answers of a QA dataset (a JSON list of strings)."""
+    rows = read_rows(path)
+    if not all(isinstance(answer, str) for answer in rows):
+        raise AnnotationError(f"Answer list '{os.fspath(path)}' must be a JSON list of strings.")
+    return list(rows)
+
+
+def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """
+    Video QA records.
+
+    Returns:
+        `list[dict]` with `index`, `video`, `question`, `question_id`, `answers` (unique), `answer_weights`.
+        Entries without an `answer` (an unlabelled test set) get empty `answers`.
+    """
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
+    records = []
+    for position, row in enumerate(read_rows(source)):
+        _require(row, ["question"], name, position)
+        media = _media_field(row, name, position)
+        answers, weights = answer_weights(row.get("answer", []))
+        records.append(
+            {
+                "index": position,
+                "video": _media_path(base_dir, media),
+                "question": row["question"],
+                "question_id": row.get("question_id", position),
+                "answers": answers,
+                "answer_weights": weights,
+            }
+        )
+    return records
+
+
+def parse_tags(value: Any) -> list[int]:
+    """EgoClip/EgoMCQ tags: a stringified list of ints (`"[3, 17]"`), parsed without `eval`."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    parsed = ast.literal_eval(value) if isinstance(value, str) else value
+    if isinstance(parsed, int):
+        return [parsed]
+    return [int(v) for v in parsed]
+
+
+def ego_video_path(
+    media_root: str | None,
+    video_uid: str,
+    start: float,
+    end: float,
+    path_template: str = "{video_uid}.mp4",
+    chunk_seconds: float | None = None,
+) -> tuple[str, float, float]:
+    """
+    File and in-file segment of an Ego4D clip.
+
+    With `chunk_seconds` (EgoVLP stores Ego4D as 600 s chunks, `path_template="{video_uid}/{chunk}.mp4"`), the
+    chunk holding the clip start is used and the segment is shifted into it; a clip crossing a chunk boundary is cut
+    at the boundary.
+    """
+    chunk = 0
+    if chunk_seconds:
+        chunk = int(start // chunk_seconds)
+        offset = chunk * chunk_seconds
+        start, end = start - offset, min(end - offset, chunk_seconds)
+    return _media_path(media_root, path_template.format(video_uid=video_uid, chunk=chunk)), start, end
+
+
+def load_egoclip_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    path_template: str = "{video_uid}.mp4",
+    chunk_seconds: float | None = None,
+) -> list[dict[str, Any]]:
+    """
+    EgoClip records (tab-separated metadata, or rows with the same columns).
+
+    Returns:
+        `list[dict]` with `index`, `video`, `start`, `end` (seconds in that file), `caption` (`clip_text`),
+        `video_uid`, `video_id` (dense id of `video_uid`, for EgoNCE's same-video negatives), `match_id` (one per
+        clip), `verb_tags`, `noun_tags` (lists of class indices).
+    """
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
+    if isinstance(source, (str, os.PathLike)) and not os.fspath(source).endswith((".json", ".jsonl")):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"EgoClip metadata file '{path}' does not exist.")
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+    else:
+        rows = read_rows(source)
+    video_ids = _IdAssigner()
+    records = []
+    for position, row in enumerate(rows):
+        _require(row, ["video_uid", "clip_start", "clip_end", "clip_text"], name, position)
+        start, end = float(row["clip_start"]), float(row["clip_end"])
+        video, start, end = ego_video_path(base_dir, row["video_uid"], start, end, path_template, chunk_seconds)
+        try:
+            verbs, nouns = parse_tags(row.get("tag_verb")), parse_tags(row.get("tag_noun"))
+        except (ValueError, SyntaxError) as error:
+            raise AnnotationError(f"Entry {position} of '{name}' has unreadable tags: {error}") from error
+        records.append(
+            {
+                "index": position,
+                "video": video,
+                "start": start,
+                "end": end,
+                "caption": row["clip_text"],
+                "video_uid": row["video_uid"],
+                "video_id": video_ids(row["video_uid"]),
+                "match_id": position,
+                "verb_tags": verbs,
+                "noun_tags": nouns,
+            }
+        )
+    return records
+
+
+def load_egomcq_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    path_template: str = "{video_uid}.mp4",
+    chunk_seconds: float | None = None,
+) -> list[dict[str, Any]]:
+    """
+    EgoMCQ items: one text query and five candidate clips.
+
+    Returns:
+        `list[dict]` with `index`, `query` (text), `choices` (five `{"video", "start", "end"}`), `answer` (0-4) and
+        `type` (1 intra-video, 2 inter-video).
+    """
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
+    records = []
+    for position, row in enumerate(read_rows(source)):
+        _require(row, ["query", "choices", "answer", "types"], name, position)
+        choices_field = row["choices"]
+        choice_rows = (
+            [choices_field[key] for key in sorted(choices_field, key=int)]
+            if isinstance(choices_field, Mapping)
+            else list(choices_field)
+        )
+        choices = []
+        for clip in choice_rows:
+            video, start, end = ego_video_path(
+                base_dir, clip["video_uid"], float(clip["clip_start"]), float(clip["clip_end"]), path_template,
+                chunk_seconds,
+            )
+            choices.append({"video": video, "start": start, "end": end})
+        item_type = int(row["types"])
+        if item_type not in EGOMCQ_TYPE_NAMES:
+            raise AnnotationError(f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter).")
+        answer = int(row["answer"])
+        if not 0 <= answer < len(choices):
+            raise AnnotationError(f"Entry {position} of '{name}' has answer {answer} but {len(choices)} choices.")
+        records.append(
+            {
+                "index": position,
+                "query": row["query"]["clip_text"],
+                "choices": choices,
+                "answer": answer,
+                "type": item_type,
+            }
+        )
+    return records

@@ -1,0 +1,581 @@
+"""The built-in synthetic temporal dataset: coloured shapes whose captions say what moves, where, and in which order.
+
+Each short clip shows two shapes on a plain background. During the first half of the clip the first shape moves in
+one direction while the second stands still; during the second half the second shape moves. Captions name both
+moves in order ("a red square moves left, then a blue circle moves up"). Played backwards, the same clip shows the
+second shape moving the opposite way first, then the first shape moving the opposite way: the reversed clip holds
+exactly the same frames in the opposite order, and its caption ("a blue circle moves down, then a red square moves
+right") is stored with every retrieval test clip as `distractor_caption`. A model that ignores frame order sees the
+same set of frames for both captions, so on this *temporal probe* (caption vs. distractor) it scores at chance.
+
+Splits, all real mp4 files plus annotation files in the release's formats (`annotations.py`):
+
+* `pretrain.json`: caption JSON (WebVid style); `ret_train.json`: the same clips as a retrieval training file;
+* `ret_test.json`: retrieval test set, one entry per clip with `caption` and `distractor_caption`;
+* `qa_train.json`, `qa_test.json`, `qa_answer_list.json`: questions about order, direction and colour;
+* `ego/egoclip.tsv`: EgoClip-style metadata over longer "egocentric" videos made of consecutive 2 s segments, each with
+  one narrated move (`#C C moves the red square left`), verb tags (directions) and noun tags (objects);
+* `ego/egomcq.json`: EgoMCQ items over held-out long videos, type 1 (intra-video: five segments of one video) and
+  type 2 (inter-video: segments of five videos), five choices each; `taxonomy.json` names the tag classes.
+
+Everything is a deterministic function of the seed. The set is generated on first use into
+`~/.cache/svitt/synthetic/<version>-<seed>` (or `$SVITT_CACHE_DIR/synthetic/...`); the default size takes a few
+seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modeling_svitt.video_io import write_video
+
+SYNTHETIC_VERSION = "v1"
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (50, 90, 235),
+    "yellow": (235, 210, 40),
+}
+SHAPES = ("square", "circle", "triangle")
+# (row, column) unit steps; rows grow downwards.
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+OBJECTS = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+VERBS = [f"move {direction}" for direction in DIRECTIONS]
+BACKGROUND = (28, 28, 32)
+CAPTION_TEMPLATES = (
+    "a {first} moves {first_direction}, then a {second} moves {second_direction}",
+    "the {first} moves {first_direction} first and then the {second} moves {second_direction}",
+    "first a {first} goes {first_direction}, after that a {second} goes {second_direction}",
+    "a {first} slides {first_direction} before a {second} slides {second_direction}",
+)
+EGO_TEMPLATE = "#C C moves the {object} {direction}"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """
+    Size and look of the synthetic set.
+
+    Args:
+        seed (`int`): everything is a deterministic function of it.
+        num_pretrain_clips (`int`): clips of the pretraining / retrieval-train / QA-train splits.
+        num_test_clips (`int`): clips of the retrieval test / temporal probe / QA-test splits.
+        num_ego_train_videos (`int`), num_ego_test_videos (`int`): long videos for EgoClip and for EgoMCQ.
+        segments_per_ego_video (`int`): narrated 2 s segments per long video (>= 5 for intra-video items).
+        mcq_items_per_type (`int`): EgoMCQ items of each type (intra, inter).
+        questions_per_clip (`int`): QA items per clip.
+        frames_per_clip (`int`): frames of a clip and of an ego segment (even).
+        fps (`float`): frame rate of all videos.
+        frame_size (`int`): frame side in pixels (even, for H.264).
+        object_size (`int`): shape side in pixels.
+        speed (`int`): pixels a moving shape travels per frame.
+    """
+
+    seed: int = 0
+    num_pretrain_clips: int = 256
+    num_test_clips: int = 64
+    num_ego_train_videos: int = 24
+    num_ego_test_videos: int = 10
+    segments_per_ego_video: int = 6
+    mcq_items_per_type: int = 40
+    questions_per_clip: int = 2
+    frames_per_clip: int = 16
+    fps: float = 8.0
+    frame_size: int = 64
+    object_size: int = 12
+    speed: int = 3
+
+    def __post_init__(self):
+        if self.frames_per_clip < 4 or self.frames_per_clip % 2:
+            raise ValueError(f"`frames_per_clip` must be an even number >= 4, got {self.frames_per_clip}.")
+        if self.frame_size % 2:
+            raise ValueError(f"`frame_size` must be even (H.264), got {self.frame_size}.")
+        if self.segments_per_ego_video < 5:
+            raise ValueError("`segments_per_ego_video` must be >= 5: intra-video EgoMCQ items need five segments.")
+        if self.num_ego_test_videos < 5:
+            raise ValueError("`num_ego_test_videos` must be >= 5: inter-video EgoMCQ items need five videos.")
+        travel = self.speed * (self.frames_per_clip // 2 - 1)
+        if self.object_size + travel > self.frame_size:
+            raise ValueError("A moving shape would leave the frame: lower `speed` or `object_size`, or enlarge frames.")
+
+    def fingerprint(self) -> str:
+        """Short hash of the configuration (names the cache folder of non-default sets)."""
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Move:
+    """One shape moving in a straight line: `object` (e.g. "red square") leaves `start` (row, column) going `direction`."""
+
+    object: str
+    direction: str
+    start: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """A two-move clip: `first` moves during the first half, then `second` during the second half."""
+
+    first: Move
+    second: Move
+    template: int
+
+    def end(self, move: Move, travel: int) -> tuple[int, int]:
+        step = DIRECTIONS[move.direction]
+        return (move.start[0] + step[0] * travel, move.start[1] + step[1] * travel)
+
+    def reversed(self, travel: int) -> ClipSpec:
+        """The clip played backwards: the second shape moves back first, then the first one."""
+        return ClipSpec(
+            first=Move(self.second.object, OPPOSITE[self.second.direction], self.end(self.second, travel)),
+            second=Move(self.first.object, OPPOSITE[self.first.direction], self.end(self.first, travel)),
+            template=self.template,
+        )
+
+    def caption(self) -> str:
+        return CAPTION_TEMPLATES[self.template].format(
+            first=self.first.object,
+            first_direction=self.first.direction,
+            second=self.second.object,
+            second_direction=self.second.direction,
+        )
+
+
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:size, 0:size] + 0.5
+    if shape == "square":
+        return np.ones((size, size), dtype=bool)
+    if shape == "circle":
+        return (rows - size / 2) ** 2 + (cols - size / 2) ** 2 <= (size / 2) ** 2
+    if shape == "triangle":  # apex up
+        return np.abs(cols - size / 2) <= rows / 2
+    raise ValueError(f"Unknown shape {shape!r}.")
+
+
+def _draw(frame: np.ndarray, obj: str, position: tuple[int, int], size: int) -> None:
+    color, shape = obj.split(" ")
+    top, left = position
+    frame[top : top + size, left : left + size][_shape_mask(shape, size)] = COLORS[color]
+
+
+def _path(move: Move, num_frames: int, speed: int) -> list[tuple[int, int]]:
+    step = DIRECTIONS[move.direction]
+    return [(move.start[0] + step[0] * speed * t, move.start[1] + step[1] * speed * t) for t in range(num_frames)]
+
+
+def render_clip(spec: ClipSpec, config: SyntheticConfig) -> np.ndarray:
+    """The frames `(frames_per_clip, size, size, 3)` of a two-move clip."""
+    half = config.frames_per_clip // 2
+    first_path = _path(spec.first, half, config.speed)
+    second_path = _path(spec.second, half, config.speed)
+    positions = [(first_path[t], spec.second.start) for t in range(half)]
+    positions += [(first_path[-1], second_path[t]) for t in range(half)]
+    frames = np.empty((config.frames_per_clip, config.frame_size, config.frame_size, 3), dtype=np.uint8)
+    frames[:] = BACKGROUND
+    for frame, (first_position, second_position) in zip(frames, positions):
+        _draw(frame, spec.first.object, first_position, config.object_size)
+        _draw(frame, spec.second.object, second_position, config.object_size)
+    return frames
+
+
+def _swept_box(move: Move, travel: int, size: int) -> tuple[int, int, int, int]:
+    step = DIRECTIONS[move.direction]
+    end = (move.start[0] + step[0] * travel, move.start[1] + step[1] * travel)
+    top, left = min(move.start[0], end[0]), min(move.start[1], end[1])
+    bottom, right = max(move.start[0], end[0]) + size, max(move.start[1], end[1]) + size
+    return top, left, bottom, right
+
+
+def _boxes_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _random_move(rng: np.random.Generator, obj: str, config: SyntheticConfig, travel: int) -> Move:
+    direction = str(rng.choice(list(DIRECTIONS)))
+    step = DIRECTIONS[direction]
+    limit = config.frame_size - config.object_size
+    # Start positions that keep the whole path inside the frame.
+    bounds = [(max(0, -s * travel), limit - max(0, s * travel)) for s in step]
+    start = tuple(int(rng.integers(low, high + 1)) for low, high in bounds)
+    return Move(obj, direction, start)
+
+
+def sample_clip_spec(rng: np.random.Generator, config: SyntheticConfig) -> ClipSpec:
+    """A random two-move clip whose shapes never overlap."""
+    travel = config.speed * (config.frames_per_clip // 2 - 1)
+    first_object, second_object = rng.choice(len(OBJECTS), size=2, replace=False)
+    # Two different shapes and colours keep the caption unambiguous.
+    while OBJECTS[second_object].split(" ")[0] == OBJECTS[first_object].split(" ")[0] or (
+        OBJECTS[second_object].split(" ")[1] == OBJECTS[first_object].split(" ")[1]
+    ):
+        second_object = rng.integers(len(OBJECTS))
+    while True:
+        first = _random_move(rng, OBJECTS[first_object], config, travel)
+        second = _random_move(rng, OBJECTS[second_object], config, travel)
+        boxes = (_swept_box(first, travel, config.object_size), _swept_box(second, travel, config.object_size))
+        if not _boxes_overlap(*boxes):
+            return ClipSpec(first, second, int(rng.integers(len(CAPTION_TEMPLATES))))
+
+
+def _ego_travel(config: SyntheticConfig) -> int:
+    # As far as a move of a two-move clip, spread over a whole segment.
+    return config.speed * (config.frames_per_clip // 2 - 1)
+
+
+@dataclass(frozen=True)
+class EgoVideoSpec:
+    """A long video: three shapes in view, one narrated move per segment."""
+
+    video_uid: str
+    objects: tuple[str, ...]
+    starts: tuple[tuple[int, int], ...]
+    moves: tuple[tuple[int, str], ...]  # (object position in `objects`, direction) per segment
+
+
+def sample_ego_video_spec(rng: np.random.Generator, config: SyntheticConfig, video_uid: str) -> EgoVideoSpec:
+    """Three shapes and a sequence of distinct (object, direction) moves that stay inside the frame."""
+    travel = _ego_travel(config)
+    limit = config.frame_size - config.object_size
+    objects = tuple(OBJECTS[i] for i in rng.choice(len(OBJECTS), size=3, replace=False))
+    while True:
+        positions = [tuple(int(v) for v in rng.integers(0, limit + 1, size=2)) for _ in objects]
+        starts, moves, used = tuple(positions), [], set()
+        for _ in range(config.segments_per_ego_video):
+            options = []
+            for obj in range(len(objects)):
+                for direction, step in DIRECTIONS.items():
+                    end = [positions[obj][k] + step[k] * travel for k in range(2)]
+                    if (obj, direction) not in used and all(0 <= v <= limit for v in end):
+                        options.append((obj, direction))
+            if not options:
+                break
+            obj, direction = options[int(rng.integers(len(options)))]
+            used.add((obj, direction))
+            step = DIRECTIONS[direction]
+            positions[obj] = (positions[obj][0] + step[0] * travel, positions[obj][1] + step[1] * travel)
+            moves.append((obj, direction))
+        if len(moves) == config.segments_per_ego_video:
+            return EgoVideoSpec(video_uid, objects, starts, tuple(moves))
+
+
+def render_ego_video(spec: EgoVideoSpec, config: SyntheticConfig) -> np.ndarray:
+    """The frames of a long video: `segments_per_ego_video * frames_per_clip` frames."""
+    travel = _ego_travel(config)
+    n = config.frames_per_clip
+    positions = [np.array(start, dtype=float) for start in spec.starts]
+    frames = np.empty((len(spec.moves) * n, config.frame_size, config.frame_size, 3), dtype=np.uint8)
+    frames[:] = BACKGROUND
+    for segment, (obj, direction) in enumerate(spec.moves):
+        origin = positions[obj].copy()
+        step = np.array(DIRECTIONS[direction], dtype=float)
+        for j in range(n):
+            positions[obj] = origin + step * round(travel * j / (n - 1))
+            frame = frames[segment * n + j]
+            for index, name in enumerate(spec.objects):
+                _draw(frame, name, (int(positions[index][0]), int(positions[index][1])), config.object_size)
+    return frames
+
+
+def ego_caption(spec: EgoVideoSpec, segment: int) -> str:
+    obj, direction = spec.moves[segment]
+    return EGO_TEMPLATE.format(object=spec.objects[obj], direction=direction)
+
+
+def _questions(spec: ClipSpec, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+    first, second = spec.first, spec.second
+    pool = [
+        ("what moves first?", first.object),
+        ("what moves second?", second.object),
+        (f"what moves after the {first.object}?", second.object),
+        (f"what moves before the {second.object}?", first.object),
+        (f"which direction does the {first.object} move?", first.direction),
+        (f"which direction does the {second.object} move?", second.direction),
+        (f"what color is the shape that moves {first.direction}?", first.object.split(" ")[0]),
+    ]
+    if first.direction == second.direction:
+        pool.pop()  # ambiguous
+    chosen = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+def default_cache_dir() -> Path:
+    """`$SVITT_CACHE_DIR`, else `$XDG_CACHE_HOME/svitt`, else `~/.cache/svitt`."""
+    if os.environ.get("SVITT_CACHE_DIR"):
+        return Path(os.environ["SVITT_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "svitt" if xdg else Path.home() / ".cache" / "svitt"
+
+
+def default_synthetic_root(config: SyntheticConfig | None = None) -> Path:
+    """`<cache>/synthetic/<version>-<seed>`, with the config's fingerprint appended when it is not the default size."""
+    config = config or SyntheticConfig()
+    name = f"{SYNTHETIC_VERSION}-{config.seed}"
+    if dataclasses.replace(config, seed=0) != SyntheticConfig():
+        name += f"-{config.fingerprint()}"
+    return default_cache_dir() / "synthetic" / name
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    """
+    Paths of a generated synthetic set. Video paths in each annotation file are relative to that file's folder
+    (the readers' default media root): `root` for the clip splits, `root/ego` for EgoClip and EgoMCQ.
+    """
+
+    root: Path
+    config: SyntheticConfig
+
+    def __getattr__(self, name: str) -> Path:
+        files = {
+            "pretrain": "pretrain.json",
+            "ret_train": "ret_train.json",
+            "ret_test": "ret_test.json",
+            "qa_train": "qa_train.json",
+            "qa_test": "qa_test.json",
+            "qa_answer_list": "qa_answer_list.json",
+            "egoclip": "ego/egoclip.tsv",
+            "egomcq": "ego/egomcq.json",
+            "taxonomy": "taxonomy.json",
+            "manifest": "manifest.json",
+        }
+        if name in files:
+            return self.root / files[name]
+        raise AttributeError(name)
+
+    @property
+    def num_verbs(self) -> int:
+        return len(VERBS)
+
+    @property
+    def num_nouns(self) -> int:
+        return len(OBJECTS)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def _encode(path: Path, frames: np.ndarray, config: SyntheticConfig) -> None:
+    # One keyframe per segment/clip, like real footage where seeking matters; single-threaded for reproducibility.
+    write_video(path, frames, fps=config.fps, keyframe_interval=config.frames_per_clip, crf=18, threads=1)
+
+
+def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
+    rng = np.random.default_rng(config.seed)
+    travel = config.speed * (config.frames_per_clip // 2 - 1)
+    (root / "clips").mkdir(parents=True)
+    (root / "ego").mkdir()
+
+    splits: dict[str, list[ClipSpec]] = {
+        "pretrain": [sample_clip_spec(rng, config) for _ in range(config.num_pretrain_clips)],
+        "test": [sample_clip_spec(rng, config) for _ in range(config.num_test_clips)],
+    }
+    entries: dict[str, list[dict[str, Any]]] = {"pretrain": [], "test": []}
+    for split, specs in splits.items():
+        for i, spec in enumerate(specs):
+            relative = f"clips/{split}_{i:05d}.mp4"
+            _encode(root / relative, render_clip(spec, config), config)
+            entries[split].append({"video": relative, "spec": spec})
+
+    _write_json(root / "pretrain.json", [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]])
+    _write_json(root / "ret_train.json", [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]])
+    _write_json(
+        root / "ret_test.json",
+        [
+            {
+                "video": e["video"],
+                "caption": e["spec"].caption(),
+                "distractor_caption": e["spec"].reversed(travel).caption(),
+            }
+            for e in entries["test"]
+        ],
+    )
+
+    answers: list[str] = []
+    for split, name in (("pretrain", "qa_train.json"), ("test", "qa_test.json")):
+        items = []
+        for e in entries[split]:
+            for question, answer in _questions(e["spec"], rng, config.questions_per_clip):
+                items.append({"video": e["video"], "question": question, "answer": answer, "question_id": len(items)})
+        _write_json(root / name, items)
+    answers = list(DIRECTIONS) + list(COLORS) + OBJECTS
+    _write_json(root / "qa_answer_list.json", answers)
+
+    ego_specs = {
+        split: [
+            sample_ego_video_spec(rng, config, f"{split}{i:04d}")
+            for i in range(config.num_ego_train_videos if split == "ego_train" else config.num_ego_test_videos)
+        ]
+        for split in ("ego_train", "ego_test")
+    }
+    for specs in ego_specs.values():
+        for spec in specs:
+            _encode(root / "ego" / f"{spec.video_uid}.mp4", render_ego_video(spec, config), config)
+
+    segment_seconds = config.frames_per_clip / config.fps
+    duration = config.segments_per_ego_video * segment_seconds
+
+    def clip_record(spec: EgoVideoSpec, segment: int) -> dict[str, Any]:
+        obj, direction = spec.moves[segment]
+        return {
+            "video_uid": spec.video_uid,
+            "clip_start": segment * segment_seconds,
+            "clip_end": (segment + 1) * segment_seconds,
+            "clip_text": ego_caption(spec, segment),
+            "tag_verb": str([list(DIRECTIONS).index(direction)]),
+            "tag_noun": str([OBJECTS.index(spec.objects[obj])]),
+        }
+
+    with open(root / "ego" / "egoclip.tsv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(
+            ["clip_idx", "video_uid", "video_dur", "narration_source", "narration_ind", "narration_time",
+             "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"]
+        )
+        clip_idx = 0
+        for spec in ego_specs["ego_train"]:
+            for segment in range(config.segments_per_ego_video):
+                record = clip_record(spec, segment)
+                writer.writerow(
+                    [clip_idx, spec.video_uid, duration, "narration_pass_1", segment,
+                     (segment + 0.5) * segment_seconds, record["clip_start"], record["clip_end"],
+                     record["clip_text"], record["tag_verb"], record["tag_noun"]]
+                )
+                clip_idx += 1
+
+    mcq: dict[str, Any] = {}
+    test_videos = ego_specs["ego_test"]
+    for item_type in (1, 2):  # 1 intra-video, 2 inter-video (the official metric's mapping)
+        for _ in range(config.mcq_items_per_type):
+            video = int(rng.integers(len(test_videos)))
+            segment = int(rng.integers(config.segments_per_ego_video))
+            query = clip_record(test_videos[video], segment)
+            if item_type == 1:
+                others = [s for s in range(config.segments_per_ego_video) if s != segment]
+                picks = rng.choice(others, size=4, replace=False)
+                candidates = [clip_record(test_videos[video], int(s)) for s in picks]
+            else:
+                others = [v for v in range(len(test_videos)) if v != video]
+                picks = rng.choice(others, size=4, replace=False)
+                candidates = [
+                    clip_record(test_videos[int(v)], int(rng.integers(config.segments_per_ego_video))) for v in picks
+                ]
+            answer = int(rng.integers(5))
+            candidates.insert(answer, query)
+            mcq[str(len(mcq))] = {
+                "query": query,
+                "choices": {str(k): clip for k, clip in enumerate(candidates)},
+                "answer": answer,
+                "types": item_type,
+            }
+    _write_json(root / "ego" / "egomcq.json", mcq)
+    _write_json(root / "taxonomy.json", {"verbs": VERBS, "nouns": OBJECTS})
+    return {
+        "num_pretrain_clips": config.num_pretrain_clips,
+        "num_test_clips": config.num_test_clips,
+        "num_egoclip_clips": config.num_ego_train_videos * config.segments_per_ego_video,
+        "num_egomcq_items": len(mcq),
+    }
+
+
+def generate_synthetic_dataset(
+    root: str | os.PathLike | None = None,
+    config: SyntheticConfig | None = None,
+    overwrite: bool = False,
+) -> SyntheticDataset:
+    """
+    Generate the synthetic set into `root` (unless a complete one for the same configuration is there already).
+
+    The set is written to a temporary folder next to `root` and moved into place at the end, so an interrupted run
+    leaves nothing half-written and concurrent runs do not corrupt each other.
+
+    Args:
+        root (*optional*): target folder (defaults to [`default_synthetic_root`]).
+        config ([`SyntheticConfig`], *optional*): size and seed (defaults to the default set, seed 0).
+        overwrite (`bool`): regenerate even if a complete set is present.
+
+    Returns:
+        [`SyntheticDataset`] with the paths of every split.
+    """
+    config = config or SyntheticConfig()
+    root = Path(root) if root is not None else default_synthetic_root(config)
+    manifest = root / "manifest.json"
+    if manifest.is_file() and not overwrite:
+        stored = json.loads(manifest.read_text(encoding="utf-8"))
+        if stored.get("version") == SYNTHETIC_VERSION and stored.get("config") == dataclasses.asdict(config):
+            return SyntheticDataset(root, config)
+        raise FileExistsError(
+            f"'{root}' holds a synthetic set of another version or configuration; pass overwrite=True or another root."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        started = time.perf_counter()
+        counts = _build(staging / "data", config)
+        _write_json(
+            staging / "data" / "manifest.json",
+            {
+                "version": SYNTHETIC_VERSION,
+                "config": dataclasses.asdict(config),
+                "counts": counts,
+                "generation_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        if root.exists():
+            if not overwrite and (root / "manifest.json").is_file():
+                # Another process finished first with the same configuration.
+                return SyntheticDataset(root, config)
+            shutil.rmtree(root)
+        os.replace(staging / "data", root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return SyntheticDataset(root, config)
+
+
+def load_synthetic_dataset(
+    root: str | os.PathLike | None = None, config: SyntheticConfig | None = None
+) -> SyntheticDataset:
+    """The synthetic set, generated on first use (see [`generate_synthetic_dataset`])."""
+    return generate_synthetic_dataset(root, config, overwrite=False)
+
+
+def bag_of_frames_is_blind(spec: ClipSpec, config: SyntheticConfig) -> bool:
+    """Whether a clip and its reversed-caption distractor have the same frames in opposite order (the probe's premise)."""
+    travel = config.speed * (config.frames_per_clip // 2 - 1)
+    return bool(np.array_equal(render_clip(spec.reversed(travel), config), render_clip(spec, config)[::-1]))
+
+
+__all__: Sequence[str] = [
+    "CAPTION_TEMPLATES",
+    "OBJECTS",
+    "SYNTHETIC_VERSION",
+    "VERBS",
+    "ClipSpec",
+    "EgoVideoSpec",
+    "Move",
+    "SyntheticConfig",
+    "SyntheticDataset",
+    "bag_of_frames_is_blind",
+    "default_synthetic_root",
+    "generate_synthetic_dataset",
+    "load_synthetic_dataset",
+    "render_clip",
+    "render_ego_video",
+    "sample_clip_spec",
+    "sample_ego_video_spec",
+]
