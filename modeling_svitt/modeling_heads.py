@@ -22,8 +22,19 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput, can_return_tuple
 
-from . import losses
 from .configuration_svitt import SViTTConfig, SViTTTextConfig
+from .losses import (
+    ContrastiveLossOutput,
+    answer_decoder_loss,
+    answer_token_labels,
+    image_text_matching_loss,
+    itc_loss,
+    mask_tokens_for_mlm,
+    masked_lm_loss,
+    multiple_choice_loss,
+    sample_itm_negatives,
+    sequence_negative_log_likelihood,
+)
 from .modeling_svitt import (
     RandomBlocks,
     SViTTModel,
@@ -385,6 +396,22 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             if source_loaded or target_loaded:
                 missing_keys.discard(target)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, num_frames: int | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with an optional move to another clip length.
+
+        `num_frames` loads the checkpoint at its own clip length, then resamples every relative-position table to
+        the new one (the release's temporal expansion between curriculum stages and to downstream tasks, spec §5;
+        interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        if num_frames is not None and num_frames != model.config.vision_config.num_frames:
+            model.svitt.vision_model.resize_num_frames(num_frames)
+        return (model, loading_info) if output_loading_info else model
+
     # ITC ------------------------------------------------------------------------------------------
 
     def _contrastive(
@@ -395,9 +422,9 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         verb_tags: torch.Tensor | None = None,
         noun_tags: torch.Tensor | None = None,
         video_ids: torch.Tensor | None = None,
-    ) -> losses.ContrastiveLossOutput:
+    ) -> ContrastiveLossOutput:
         config = self.config
-        return losses.itc_loss(
+        return itc_loss(
             video_embeds,
             text_embeds,
             self.svitt.temperature,
@@ -414,7 +441,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
 
     def _itm_negatives(
         self,
-        contrastive: losses.ContrastiveLossOutput,
+        contrastive: ContrastiveLossOutput,
         batch_size: int,
         negative_video_indices: torch.Tensor | None,
         negative_text_indices: torch.Tensor | None,
@@ -429,13 +456,13 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         video_positives = contrastive.video_positive_mask[:, local]
         hard = self.config.itm_hard_negatives
         if negative_video_indices is None:
-            negative_video_indices = losses.sample_itm_negatives(
+            negative_video_indices = sample_itm_negatives(
                 text_to_video, text_positives, hard=hard, generator=generator
             )
         else:
             negative_video_indices = self._check_negatives(negative_video_indices, text_positives, "negative_video_indices")
         if negative_text_indices is None:
-            negative_text_indices = losses.sample_itm_negatives(
+            negative_text_indices = sample_itm_negatives(
                 video_to_text, video_positives, hard=hard, generator=generator
             )
         else:
@@ -537,7 +564,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
                 itm_fusion=fusion,
                 negative_video_indices=negative_video_indices,
                 negative_text_indices=negative_text_indices,
-                loss_itm=losses.image_text_matching_loss(itm_logits, itm_labels),
+                loss_itm=image_text_matching_loss(itm_logits, itm_labels),
             )
         return result
 
@@ -593,7 +620,7 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
         special = {text_config.cls_token_id}
         if text_config.pad_token_id is not None:
             special.add(text_config.pad_token_id)
-        return losses.mask_tokens_for_mlm(
+        return mask_tokens_for_mlm(
             input_ids,
             vocab_size=text_config.vocab_size,
             mask_token_id=text_config.mask_token_id,
@@ -678,7 +705,7 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
                 masked_text, attention_mask, video.tokens, video.token_mask, output_attentions=output_attentions
             )
             mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
-            loss_mlm = losses.masked_lm_loss(mlm_logits, mlm_labels)
+            loss_mlm = masked_lm_loss(mlm_logits, mlm_labels)
 
         loss = config.loss_weight_itc * loss_itc
         if loss_itm is not None:
@@ -919,11 +946,12 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             t = text_indices[start : start + pairs_per_batch].to(texts.hidden_states.device)
             v = video_indices[start : start + pairs_per_batch].to(videos.tokens.device)
             count = t.numel()
-            text_hidden = texts.hidden_states[t].to(device).repeat_interleave(num_clips, dim=0)
+            # galleries may be stored in a smaller dtype; compute in the model's
+            text_hidden = texts.hidden_states[t].to(device, self.dtype).repeat_interleave(num_clips, dim=0)
             text_mask = texts.attention_mask[t.to(texts.attention_mask.device)].to(device).repeat_interleave(num_clips, dim=0)
-            video_tokens = videos.tokens[v].to(device).flatten(0, 1)
+            video_tokens = videos.tokens[v].to(device, self.dtype).flatten(0, 1)
             video_mask = videos.token_mask[v.to(videos.token_mask.device)].to(device).flatten(0, 1)
-            fusion = self.svitt.fuse(text_hidden.to(video_tokens.dtype), text_mask, video_tokens, video_mask)
+            fusion = self.svitt.fuse(text_hidden, text_mask, video_tokens, video_mask)
             logits = self.itm_head(fusion.last_hidden_state[:, 0])
             per_clip = self._itm_scores(logits, itm_score).float().reshape(count, num_clips)
             scores.append(aggregate_clips(per_clip, clip_aggregation).cpu())
@@ -1296,8 +1324,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             states = question_states.repeat_interleave(answers_per_question, dim=0)
             masks = question_mask.repeat_interleave(answers_per_question, dim=0)
             logits = self.decode_answers(answer_input_ids, answer_attention_mask, states, masks)
-            labels = losses.answer_token_labels(answer_input_ids, answer_attention_mask)
-            loss = losses.answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
+            labels = answer_token_labels(answer_input_ids, answer_attention_mask)
+            loss = answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
         return SViTTForVideoQuestionAnsweringOutput(
             loss=loss, logits=logits, question_hidden_states=question_states, vision_model_output=vision_output
         )
@@ -1316,7 +1344,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         states = question_states.repeat_interleave(k, dim=0)
         masks = question_mask.repeat_interleave(k, dim=0)
         logits = self.decode_answers(ids, mask, states, masks)
-        nll = losses.sequence_negative_log_likelihood(logits, losses.answer_token_labels(ids, mask))
+        nll = sequence_negative_log_likelihood(logits, answer_token_labels(ids, mask))
         return -nll.reshape(batch, k)
 
     @torch.no_grad()
@@ -1458,7 +1486,7 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
                 video.token_mask,
             )
             logits = self.itm_head(fusion.last_hidden_state[:, 0])[:, 1].reshape(batch, num_choices)
-        loss = losses.multiple_choice_loss(logits, labels.to(logits.device)) if labels is not None else None
+        loss = multiple_choice_loss(logits, labels.to(logits.device)) if labels is not None else None
         return SViTTMultipleChoiceOutput(loss=loss, logits=logits, video_embeds=video_embeds, text_embeds=text.embeds)
 
 

@@ -476,3 +476,59 @@ def test_auto_classes_and_remote_code_entries(pretraining_checkpoint):
         assert type(getattr(transformers, auto_name).from_pretrained(folder)) is cls
         assert auto_map[auto_name] == f"modeling_heads.{cls.__name__}"
     assert (folder / "modeling_heads.py").is_file() and (folder / "losses.py").is_file()
+
+
+def test_from_pretrained_moves_to_another_clip_length(pretraining_checkpoint, tmp_path):
+    source, folder = pretraining_checkpoint
+    model = SViTTForVideoTextRetrieval.from_pretrained(folder, num_frames=2 * FRAMES)
+    assert model.config.vision_config.num_frames == 2 * FRAMES
+    table = model.svitt.vision_model.encoder.layer[0].attention.attention.relative_position_bias.relative_position_bias_table
+    original = source.svitt.vision_model.encoder.layer[0].attention.attention.relative_position_bias.relative_position_bias_table
+    spatial = (2 * 4 - 1) ** 2  # 4 patches per side
+    assert table.shape[0] == (2 * 2 * FRAMES - 1) * spatial + 3 and original.shape[0] == (2 * FRAMES - 1) * spatial + 3
+    ids, mask = captions(2)
+    assert model(pixel_values=videos(2, frames=2 * FRAMES), input_ids=ids, attention_mask=mask).logits_per_video.shape == (2, 2)
+    model.save_pretrained(tmp_path)
+    assert SViTTForVideoTextRetrieval.from_pretrained(tmp_path).config.vision_config.num_frames == 2 * FRAMES
+
+
+def test_galleries_can_be_stored_in_half_precision(gallery_setup):
+    model, clips, ids, mask = gallery_setup
+    full = model.retrieve(clips, ids, mask, k=2)
+    half = model.rank(
+        model.encode_videos(clips, storage_dtype=torch.float16), model.encode_texts(ids, mask, storage_dtype=torch.float16), k=2
+    )
+    torch.testing.assert_close(half.scores_t2v, full.scores_t2v, atol=5e-2, rtol=5e-2)
+
+
+REMOTE_CODE_CHECK = """
+import sys
+sys.modules["modeling_svitt"] = None  # Hub users do not have the package installed
+import torch
+import transformers
+folder = sys.argv[1]
+classes = {}
+for name in ("AutoModelForPreTraining", "AutoModelForZeroShotImageClassification",
+             "AutoModelForVisualQuestionAnswering", "AutoModelForMultipleChoice"):
+    model = getattr(transformers, name).from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    classes[name] = model
+qa, pretraining = classes["AutoModelForVisualQuestionAnswering"], classes["AutoModelForPreTraining"]
+fusion = pretraining.config.text_config.fusion_layer
+assert torch.equal(qa.text_decoder.encoder.layer[0].attention.self.query.weight,
+                   pretraining.svitt.text_model.encoder.layer[fusion].attention.self.query.weight)
+print("ok")
+"""
+
+
+def test_heads_load_as_remote_code_without_the_package(pretraining_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, folder = pretraining_checkpoint
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_CODE_CHECK, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
