@@ -403,7 +403,9 @@ def sample_itm_negatives(
         `(R,)` long column indices, `-1` where a row has no negative.
     """
     if similarity.shape != positive_mask.shape:
-        raise ValueError(f"`similarity` {tuple(similarity.shape)} and `positive_mask` {tuple(positive_mask.shape)} differ.")
+        raise ValueError(
+            f"`similarity` {tuple(similarity.shape)} and `positive_mask` {tuple(positive_mask.shape)} differ."
+        )
     has_negative = (~positive_mask).any(dim=1)
     if hard:
         masked = similarity.float().masked_fill(positive_mask, float("-inf"))

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -268,7 +267,9 @@ class SViTTOnlyMLMHead(nn.Module):
         return self.predictions(sequence_output)
 
 
-def split_into_clips(pixel_values: torch.Tensor, num_frames: int, sampling: str = "consecutive") -> tuple[torch.Tensor, int]:
+def split_into_clips(
+    pixel_values: torch.Tensor, num_frames: int, sampling: str = "consecutive"
+) -> tuple[torch.Tensor, int]:
     """Cut `(B, K * T, C, H, W)` test videos into `B * K` clips of `T = num_frames` frames (spec §6.1).
 
     `"consecutive"`: clip k is frames `k*T .. k*T + T - 1` (the release's default). `"strided"`: clip k is
@@ -381,18 +382,22 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         """
         if missing_keys is None:
             return super().tie_weights(recompute_mapping=recompute_mapping)
-        tied = self.get_expanded_tied_weights_keys(all_submodels=True) if recompute_mapping else self.all_tied_weights_keys
+        if recompute_mapping:
+            tied = self.get_expanded_tied_weights_keys(all_submodels=True)
+        else:
+            tied = self.all_tied_weights_keys
         for target, source in list(tied.items()):
             source_loaded, target_loaded = source not in missing_keys, target not in missing_keys
             if source_loaded and target_loaded:
                 if not torch.equal(self.get_parameter_or_buffer(source), self.get_parameter_or_buffer(target)):
-                    logger.warning("`%s` and `%s` were loaded with different values; they are not tied.", target, source)
+                    logger.warning("`%s` and `%s` were loaded with different values: not tied.", target, source)
                     self.all_tied_weights_keys.pop(target, None)
                     continue
             elif target_loaded:
                 target, source = source, target  # keep the value that was loaded
             parent_name, _, name = target.rpartition(".")
-            setattr(self.get_submodule(parent_name) if parent_name else self, name, self.get_parameter_or_buffer(source))
+            parent = self.get_submodule(parent_name) if parent_name else self
+            setattr(parent, name, self.get_parameter_or_buffer(source))
             if source_loaded or target_loaded:
                 missing_keys.discard(target)
 
@@ -460,13 +465,17 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
                 text_to_video, text_positives, hard=hard, generator=generator
             )
         else:
-            negative_video_indices = self._check_negatives(negative_video_indices, text_positives, "negative_video_indices")
+            negative_video_indices = self._check_negatives(
+                negative_video_indices, text_positives, "negative_video_indices"
+            )
         if negative_text_indices is None:
             negative_text_indices = sample_itm_negatives(
                 video_to_text, video_positives, hard=hard, generator=generator
             )
         else:
-            negative_text_indices = self._check_negatives(negative_text_indices, video_positives, "negative_text_indices")
+            negative_text_indices = self._check_negatives(
+                negative_text_indices, video_positives, "negative_text_indices"
+            )
         return negative_video_indices, negative_text_indices
 
     @staticmethod
@@ -615,7 +624,10 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MLM corruption with this model's settings (`mlm_probability`, special ids); see `losses.mask_tokens_for_mlm`."""
+        """MLM corruption with this model's settings (`mlm_probability`, special ids).
+
+        See `losses.mask_tokens_for_mlm`.
+        """
         text_config = self.config.text_config
         special = {text_config.cls_token_id}
         if text_config.pad_token_id is not None:
@@ -948,7 +960,8 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             count = t.numel()
             # galleries may be stored in a smaller dtype; compute in the model's
             text_hidden = texts.hidden_states[t].to(device, self.dtype).repeat_interleave(num_clips, dim=0)
-            text_mask = texts.attention_mask[t.to(texts.attention_mask.device)].to(device).repeat_interleave(num_clips, dim=0)
+            text_mask = texts.attention_mask[t.to(texts.attention_mask.device)].to(device)
+            text_mask = text_mask.repeat_interleave(num_clips, dim=0)
             video_tokens = videos.tokens[v].to(device, self.dtype).flatten(0, 1)
             video_mask = videos.token_mask[v.to(videos.token_mask.device)].to(device).flatten(0, 1)
             fusion = self.svitt.fuse(text_hidden, text_mask, video_tokens, video_mask)
@@ -1009,7 +1022,8 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
         # Scores do not depend on the direction, so every pair needed by either direction is fused once.
         needed = candidates_t2v | candidates_v2t.T
         text_indices, video_indices = needed.nonzero(as_tuple=True)
-        with text_guided_selection(self.svitt, fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy):
+        selection = (fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy)
+        with text_guided_selection(self.svitt, *selection):
             pair_scores = self.itm_pair_scores(
                 videos,
                 texts,
@@ -1166,7 +1180,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             for name, tensor in target.state_dict().items():
                 value = origin_state.get(name)
                 if value is None or value.shape != tensor.shape:
-                    logger.warning("Answer decoder: `%s%s` not initialised from the fusion layers (no match).", prefix, name)
+                    logger.warning("Answer decoder: `%s%s` has no matching fusion-layer weight.", prefix, name)
                     continue
                 tensor.copy_(value)
                 copied.append(prefix + name)
@@ -1206,7 +1220,9 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         checkpoint_keys, read_tensors = _checkpoint_reader(
             pretrained_model_name_or_path, explicit_state_dict, download_kwargs
         )
-        from_other_head = checkpoint_keys is not None and not any(key.startswith("text_decoder.") for key in checkpoint_keys)
+        from_other_head = checkpoint_keys is not None and not any(
+            key.startswith("text_decoder.") for key in checkpoint_keys
+        )
 
         ignored = list(cls._keys_to_ignore_on_load_missing or [])
         if from_other_head:
@@ -1333,7 +1349,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     # Answer-list ranking ---------------------------------------------------------------------------
 
     def _first_token_logits(self, question_states, question_mask, start_token_id) -> torch.Tensor:
-        start = torch.full((question_states.shape[0], 1), start_token_id, dtype=torch.long, device=question_states.device)
+        shape = (question_states.shape[0], 1)
+        start = torch.full(shape, start_token_id, dtype=torch.long, device=question_states.device)
         return self.decode_answers(start, torch.ones_like(start), question_states, question_mask)[:, 0].float()
 
     def _candidate_log_likelihood(self, question_states, question_mask, answer_ids, answer_mask, candidates):
@@ -1382,7 +1399,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             answer_attention_mask = torch.ones_like(answer_input_ids)
         device = self.device
         batch = input_ids.shape[0]
-        clips, num_clips = split_into_clips(pixel_values.to(device), self.config.vision_config.num_frames, clip_sampling)
+        num_frames = self.config.vision_config.num_frames
+        clips, num_clips = split_into_clips(pixel_values.to(device), num_frames, clip_sampling)
         if seed == -1:
             seed = self.config.vision_config.random_block_seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -1408,7 +1426,9 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         per_clip = []
         for clip in range(num_clips):
             rows = torch.arange(batch, device=device) * num_clips + clip
-            log_likelihood = self._candidate_log_likelihood(states[rows], mask[rows], answer_ids, answer_mask, candidates)
+            log_likelihood = self._candidate_log_likelihood(
+                states[rows], mask[rows], answer_ids, answer_mask, candidates
+            )
             per_clip.append(first_term + log_likelihood if release_scoring else log_likelihood)
         scores = aggregate_clips(torch.stack(per_clip, dim=-1), clip_aggregation, dim=-1)
         scores, order = scores.sort(dim=1, descending=True, stable=True)

@@ -64,10 +64,19 @@ class SvittRetrieval(evaluate.Metric):
             features=datasets.Features(features),
         )
 
-    def _compute(self, predictions, references, text_ids=None, video_ids=None, scores_v2t=None, ks=(1, 5, 10), tie_break="pessimistic"):
+    def _compute(
+        self,
+        predictions,
+        references,
+        text_ids=None,
+        video_ids=None,
+        scores_v2t=None,
+        ks=(1, 5, 10),
+        tie_break="pessimistic",
+    ):
         scores = torch.tensor(predictions, dtype=torch.float32)
         if scores.dim() != 2:
-            raise ValueError("Every prediction must hold one score per video (the same number of videos for all texts).")
+            raise ValueError("Every prediction must hold one score per video (the same videos for every text).")
         positives = torch.zeros(scores.shape, dtype=torch.bool)
         for row, videos in enumerate(references):
             positives[row, list(videos)] = True
