@@ -25,10 +25,11 @@ requires PyAV.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -492,7 +493,7 @@ def _decode_first_frame(container, path: str) -> np.ndarray:
 
 def write_video(
     path: str | os.PathLike,
-    frames: np.ndarray | torch.Tensor | Sequence[np.ndarray],
+    frames: np.ndarray | torch.Tensor | Iterable[np.ndarray],
     fps: float = 8.0,
     *,
     codec: str | None = None,
@@ -506,8 +507,9 @@ def write_video(
 
     Args:
         path (`str` or `os.PathLike`): the output file; the container follows the extension (`.mp4`, `.mkv`, ...).
-        frames: `uint8` RGB frames `(N, H, W, 3)` (a tensor, an array or a list of arrays). Odd sizes are fine for
-            `mpeg4` but H.264 needs even ones.
+        frames: `uint8` RGB frames `(N, H, W, 3)`: a tensor, an array, or any iterable of `(H, W, 3)` arrays (a
+            generator streams long videos without holding them in memory). Odd sizes are fine for `mpeg4` but H.264
+            needs even ones.
         fps (`float`, defaults to 8): frame rate.
         codec (`str`, *optional*): encoder; defaults to `libx264` when available, else `mpeg4`.
         keyframe_interval (`int`, *optional*): frames between keyframes (the encoder's default when unset).
@@ -523,10 +525,11 @@ def write_video(
     path = os.fspath(path)
     if isinstance(frames, torch.Tensor):
         frames = frames.cpu().numpy()
-    frames = [np.ascontiguousarray(frame, dtype=np.uint8) for frame in frames]
-    if not frames:
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
         raise ValueError(f"No frames to write to '{path}'.")
-    height, width = frames[0].shape[:2]
+    height, width = np.shape(first)[:2]
     if codec is None:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     rate = Fraction(fps).limit_denominator(1001)
@@ -549,8 +552,8 @@ def write_video(
                 params += [f"keyint={keyframe_interval}", f"min-keyint={keyframe_interval}", "scenecut=0"]
             options["x264-params"] = ":".join(params)
             stream.codec_context.options = options
-        for index, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+        for index, array in enumerate(itertools.chain([first], frames)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array, dtype=np.uint8), format="rgb24")
             frame.pts, frame.time_base = index, 1 / rate
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -161,6 +161,12 @@ def test_generated_on_first_use_and_cached(tmp_path, monkeypatch):
     assert load_synthetic_dataset(config=TINY).manifest.stat().st_mtime_ns == stamp  # not regenerated
     with pytest.raises(FileExistsError, match="another version or configuration"):
         generate_synthetic_dataset(first.root, SyntheticConfig(**{**TINY.__dict__, "num_test_clips": 6}))
+    unrelated = tmp_path / "my-data"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a synthetic SViTT dataset"):
+        generate_synthetic_dataset(unrelated, TINY, overwrite=True)
+    assert (unrelated / "keep.txt").read_text() == "mine"
 
 
 def test_default_set_generates_in_well_under_a_minute(tmp_path):

@@ -406,15 +406,13 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
         ],
     )
 
-    answers: list[str] = []
     for split, name in (("pretrain", "qa_train.json"), ("test", "qa_test.json")):
         items = []
         for e in entries[split]:
             for question, answer in _questions(e["spec"], rng, config.questions_per_clip):
                 items.append({"video": e["video"], "question": question, "answer": answer, "question_id": len(items)})
         _write_json(root / name, items)
-    answers = list(DIRECTIONS) + list(COLORS) + OBJECTS
-    _write_json(root / "qa_answer_list.json", answers)
+    _write_json(root / "qa_answer_list.json", list(DIRECTIONS) + list(COLORS) + OBJECTS)
 
     ego_specs = {
         split: [
@@ -515,13 +513,19 @@ def generate_synthetic_dataset(
     config = config or SyntheticConfig()
     root = Path(root) if root is not None else default_synthetic_root(config)
     manifest = root / "manifest.json"
-    if manifest.is_file() and not overwrite:
+    if manifest.is_file():
         stored = json.loads(manifest.read_text(encoding="utf-8"))
-        if stored.get("version") == SYNTHETIC_VERSION and stored.get("config") == dataclasses.asdict(config):
+        same = stored.get("version") == SYNTHETIC_VERSION and stored.get("config") == dataclasses.asdict(config)
+        if same and not overwrite:
             return SyntheticDataset(root, config)
-        raise FileExistsError(
-            f"'{root}' holds a synthetic set of another version or configuration; pass overwrite=True or another root."
-        )
+        if not same and not overwrite:
+            raise FileExistsError(
+                f"'{root}' holds a synthetic set of another version or configuration; pass overwrite=True or "
+                "another root."
+            )
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        # Never delete a folder this module did not write.
+        raise FileExistsError(f"'{root}' exists and is not a synthetic SViTT dataset; choose another root.")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
@@ -536,11 +540,12 @@ def generate_synthetic_dataset(
                 "generation_seconds": round(time.perf_counter() - started, 3),
             },
         )
-        if root.exists():
-            if not overwrite and (root / "manifest.json").is_file():
-                # Another process finished first with the same configuration.
+        if (root / "manifest.json").is_file():
+            if not overwrite:  # another process finished first
                 return SyntheticDataset(root, config)
             shutil.rmtree(root)
+        elif root.is_dir():
+            root.rmdir()  # empty, checked above
         os.replace(staging / "data", root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
