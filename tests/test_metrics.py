@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeling_svitt.metrics import (
     egomcq_accuracy,
@@ -147,3 +149,34 @@ def test_egomcq_duplicates_removed():
 def test_gather_for_metrics_is_identity_in_one_process():
     values = torch.arange(4)
     assert torch.equal(gather_for_metrics(values), values)
+
+
+def _brute_force_rank(scores, positives, pessimistic):
+    """Sort candidates by score (ties: non-ground-truth first if pessimistic), return the first ground truth's place."""
+    ranks = []
+    for row_scores, row_positives in zip(scores.tolist(), positives.tolist()):
+        order = sorted(
+            range(len(row_scores)),
+            key=lambda j: (-row_scores[j], row_positives[j] if pessimistic else not row_positives[j]),
+        )
+        ranks.append(next(place for place, j in enumerate(order) if row_positives[j]))
+    return ranks
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda queries: st.integers(1, 6).flatmap(
+            lambda candidates: st.tuples(
+                st.lists(st.lists(st.integers(0, 3), min_size=candidates, max_size=candidates), min_size=queries, max_size=queries),
+                st.lists(st.lists(st.booleans(), min_size=candidates, max_size=candidates), min_size=queries, max_size=queries),
+            )
+        )
+    ),
+    st.booleans(),
+)
+def test_ranks_match_a_brute_force_sort(case, pessimistic):
+    scores, positives = torch.tensor(case[0], dtype=torch.float32), torch.tensor(case[1])
+    positives[:, 0] |= ~positives.any(dim=1)  # every query needs a ground truth
+    tie_break = "pessimistic" if pessimistic else "optimistic"
+    assert retrieval_ranks(scores, positives, tie_break).tolist() == _brute_force_rank(scores, positives, pessimistic)
