@@ -505,7 +505,8 @@ class SViTTProcessor(ProcessorMixin):
         text_kwargs, video_kwargs = self._split_kwargs(dict(kwargs))
         data: dict[str, Any] = {}
         if text is not None:
-            text_kwargs = {"padding": "max_length", "truncation": True, "max_length": self.max_text_length, **text_kwargs}
+            defaults = {"padding": "max_length", "truncation": True, "max_length": self.max_text_length}
+            text_kwargs = {**defaults, **text_kwargs}
             data.update(self.tokenizer(text, return_tensors=return_tensors, **text_kwargs))
         visual = videos if videos is not None else images
         if visual is not None:

@@ -83,7 +83,9 @@ class SViTTTokenizer(BertTokenizer):
             special_tokens=[(cls_token, self.cls_token_id), (sep_token, self.sep_token_id)],
         )
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         if token_ids_1 is None:
             return [self.cls_token_id] + token_ids_0
         return [self.cls_token_id] + token_ids_0 + [self.sep_token_id] + token_ids_1 + [self.sep_token_id]

@@ -15,8 +15,9 @@ Frame grid and policies (documented choices, shared by every sampling strategy):
   from the packets (demuxing only, no decoding) when the duration is missing too.
 * A video with fewer frames than requested gives as many distinct frames as it has and repeats the last one to reach
   the requested count (the release's policy), so a clip always has exactly `num_frames` frames.
-* If decoding stops before a requested position (a file shorter than its header claims), the last decodable frame is
-  used; a file with no decodable frame at all raises [`VideoDecodingError`].
+* If the stream ends before a requested position (a header that overstates the length a little), the last decodable
+  frame is used; a stream that ends more than `max(1 s, 10 %)` short of its declared duration is reported as
+  truncated, and a file with no decodable frame at all raises [`VideoDecodingError`].
 * A still image (JPEG, PNG, ... that FFmpeg can read) is a one-frame video.
 
 `av` is imported inside the functions that need it, so importing this module (and the model package) never
@@ -367,18 +368,23 @@ def _decode_positions(container, path: str, metadata: VideoMetadata, positions: 
     try:
         for position in positions:
             # Half a step of slack picks frame i itself despite rounding in its timestamp.
-            frame = reader.frame_at(metadata.start_time + (position + 0.5) * step)
-            if frame is None and not frames:
-                # Metadata may point past the real content; fall back to decoding from the beginning.
-                reader = _SeekingFrameReader(container, stream, math.inf)
-                reader._seek(metadata.start_time)
-                frame = reader.frame_at(metadata.start_time + (position + 0.5) * step)
+            target = metadata.start_time + (position + 0.5) * step
+            frame = reader.frame_at(target)
             if frame is None:
-                if not frames:
+                # The seek found no data: the stream ends before `target`. Decode forward from the last frame
+                # obtained (or the start) to find the last decodable one.
+                reader = _SeekingFrameReader(container, stream, math.inf)
+                reader._seek(timestamps[-1] if timestamps else metadata.start_time)
+                frame = reader.frame_at(target)
+                if frame is None:
                     raise VideoDecodingError(path, "no frame could be decoded")
-                frames.append(frames[-1])
-                timestamps.append(timestamps[-1])
-                continue
+                last = reader._seconds(frame)
+                if last is not None and target - last > max(1.0, 0.1 * metadata.duration):
+                    raise VideoDecodingError(
+                        path,
+                        f"the video stream ends at {last:.2f} s but the file declares {metadata.duration:.2f} s "
+                        "(truncated?)",
+                    )
             frames.append(frame.to_ndarray(format="rgb24"))
             seconds = reader._seconds(frame)
             timestamps.append(float(seconds) if seconds is not None else metadata.start_time + position * step)

@@ -27,7 +27,7 @@ from training.data import (
     load_retrieval_test_annotations,
     make_dataloader,
 )
-from training.data.annotations import ego_video_path
+from training.data.annotations import EGOCLIP_COLUMNS, ego_video_path
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
 
@@ -115,21 +115,28 @@ def test_qa_answers_weights_and_collator(corpus, processor, tmp_path):
     assert batch["answers_per_question"].tolist() == [2, 1]
     assert batch["answer_weights"].tolist() == pytest.approx([2 / 3, 1 / 3, 1.0])
     cls, sep = processor.tokenizer.cls_token_id, processor.tokenizer.sep_token_id
-    assert batch["answer_input_ids"].tolist() == [[cls, 1037, 3899, sep, 0], [cls, 4937, sep, 0, 0], [cls, 2187, sep, 0, 0]]
+    assert batch["answer_input_ids"].tolist() == [
+        [cls, 1037, 3899, sep, 0],  # "a dog [SEP]"
+        [cls, 4937, sep, 0, 0],  # "cat [SEP]"
+        [cls, 2187, sep, 0, 0],  # "left [SEP]"
+    ]
 
 
 def test_egoclip_segments_and_tags(corpus, processor, tmp_path):
-    header = "clip_idx\tvideo_uid\tvideo_dur\tnarration_source\tnarration_ind\tnarration_time\tclip_start\tclip_end\tclip_text\ttag_verb\ttag_noun\n"
+    header = "\t".join(EGOCLIP_COLUMNS) + "\n"
     lines = [
         "0\tv3\t3.0\tnarration_pass_1\t0\t1.5\t1.0\t2.0\t#C C opens a door\t[1, 3]\t[0]\n",
         "1\tv3\t3.0\tnarration_pass_1\t1\t2.5\t2.2\t2.8\t#C C closes a door\t[2]\t[4, 1]\n",
         "2\tv4\t3.0\tnarration_pass_1\t0\t0.5\t0.0\t1.0\t#C C waves\t[0]\t[]\n",
     ]
     (tmp_path / "egoclip.tsv").write_text(header + "".join(lines))
-    dataset = EgoClipDataset(tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=6, train=True)
+    dataset = EgoClipDataset(
+        tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=6, train=True
+    )
     items = [dataset[i] for i in range(3)]
     frames = [decoded_indices(pixels_to_uint8(item["pixel_values"])) for item in items]
-    assert all(10 <= i < 20 for i in frames[0]) and all(22 <= i < 28 for i in frames[1]) and all(i < 10 for i in frames[2])
+    assert all(10 <= i < 20 for i in frames[0])  # [1.0 s, 2.0 s] at 10 fps
+    assert all(22 <= i < 28 for i in frames[1]) and all(i < 10 for i in frames[2])
     batch = VideoTextCollator(processor)(items)
     assert batch["video_ids"].tolist() == [0, 0, 1]  # same source video: EgoNCE's same-video negatives
     assert batch["match_ids"].tolist() == [0, 1, 2]
@@ -141,12 +148,15 @@ def test_egoclip_segments_and_tags(corpus, processor, tmp_path):
 
 def test_ego_video_chunks():
     # EgoVLP's 600 s chunks: a clip at 1250-1252 s lives in chunk 2, at 50-52 s of it
-    assert ego_video_path("/ego", "abc", 1250.0, 1252.0, "{video_uid}/{chunk}.mp4", 600) == ("/ego/abc/2.mp4", 50.0, 52.0)
+    in_chunk = ego_video_path("/ego", "abc", 1250.0, 1252.0, "{video_uid}/{chunk}.mp4", 600)
+    assert in_chunk == ("/ego/abc/2.mp4", 50.0, 52.0)
     assert ego_video_path("/ego", "abc", 599.0, 601.0, "{video_uid}/{chunk}.mp4", 600)[2] == 600.0
 
 
 def _clip(uid, start, end, text="#C C does something"):
-    return {"video_uid": uid, "clip_start": start, "clip_end": end, "clip_text": text, "tag_verb": "[0]", "tag_noun": "[0]"}
+    return {
+        "video_uid": uid, "clip_start": start, "clip_end": end, "clip_text": text, "tag_verb": "[0]", "tag_noun": "[0]"
+    }
 
 
 def test_egomcq_items(corpus, processor):
@@ -163,7 +173,8 @@ def test_egomcq_items(corpus, processor):
         "types": 1,
     }
     broken = dict(intra, choices={**intra["choices"], "4": _clip("missing_a", 0.0, 1.0)})
-    dataset = EgoMCQDataset({"0": inter, "1": intra, "2": broken}.values(), processor, media_root=corpus, max_bad_fraction=0.5)
+    rows = {"0": inter, "1": intra, "2": broken}.values()
+    dataset = EgoMCQDataset(rows, processor, media_root=corpus, max_bad_fraction=0.5)
     assert dataset.types == [2, 1, 1]
     item = dataset[0]
     assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 2
@@ -256,7 +267,8 @@ def test_datasets_interop(corpus, processor):
     dataset = VideoCaptionDataset(corpus / "captions.json", processor, max_bad_fraction=0.5)
     collator = VideoTextCollator(processor)
     hf = dataset.to_hf_dataset()
-    assert isinstance(hf, datasets.Dataset) and hf.num_rows == 9 and {"video", "caption", "match_id"} <= set(hf.column_names)
+    assert isinstance(hf, datasets.Dataset) and hf.num_rows == 9
+    assert {"video", "caption", "match_id"} <= set(hf.column_names)
     hf.set_transform(dataset.hf_transform)
     assert hf[2]["pixel_values"] is None  # the missing video comes through as a skippable row
     native = list(make_dataloader(dataset, 4, collator))

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
 from modeling_svitt.tokenization_svitt import SViTTTokenizer
@@ -34,7 +33,6 @@ from training.data.synthetic import (
     SyntheticConfig,
     bag_of_frames_is_blind,
     default_synthetic_root,
-    render_clip,
     sample_clip_spec,
 )
 
@@ -48,8 +46,9 @@ TINY = SyntheticConfig(
     mcq_items_per_type=4,
 )
 ANNOTATION_FILES = ("pretrain", "ret_train", "ret_test", "qa_train", "qa_test", "qa_answer_list", "egoclip", "egomcq")
+_OBJECT, _DIRECTION = "|".join(OBJECTS), "left|right|up|down"
 _MOVE = re.compile(
-    r"(?P<o1>" + "|".join(OBJECTS) + r") \w+ (?P<d1>left|right|up|down).*?(?P<o2>" + "|".join(OBJECTS) + r") \w+ (?P<d2>left|right|up|down)"
+    rf"(?P<o1>{_OBJECT}) \w+ (?P<d1>{_DIRECTION}).*?(?P<o2>{_OBJECT}) \w+ (?P<d2>{_DIRECTION})"
 )
 
 
@@ -104,7 +103,8 @@ def test_captions_describe_the_decoded_motion(tiny):
     # decode every frame of the test clips and check each named shape moves the named way, in the named order
     half = TINY.frames_per_clip // 2
     for entry in json.loads(tiny.ret_test.read_text()):
-        frames = read_video(tiny.root / entry["video"], TINY.frames_per_clip, "uniform").frames.permute(0, 2, 3, 1).numpy()
+        decoded = read_video(tiny.root / entry["video"], TINY.frames_per_clip, "uniform")
+        frames = decoded.frames.permute(0, 2, 3, 1).numpy()
         first, first_direction, second, second_direction = parse_moves(entry["caption"])
         for obj, direction, moving, still in ((first, first_direction, (0, half - 1), (half, -1)),
                                               (second, second_direction, (half, -1), (0, half - 1))):
@@ -176,4 +176,5 @@ def test_default_set_generates_in_well_under_a_minute(tmp_path):
     assert elapsed < 60, f"generating the default set took {elapsed:.1f} s"
     manifest = json.loads(dataset.manifest.read_text())
     assert manifest["counts"]["num_pretrain_clips"] == SyntheticConfig().num_pretrain_clips
-    assert len(list((dataset.root / "clips").glob("*.mp4"))) == SyntheticConfig().num_pretrain_clips + SyntheticConfig().num_test_clips
+    default = SyntheticConfig()
+    assert len(list((dataset.root / "clips").glob("*.mp4"))) == default.num_pretrain_clips + default.num_test_clips

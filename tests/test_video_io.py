@@ -149,7 +149,9 @@ def test_time_segment(video_30):
         read_video(video_30, 4, start=5.0, end=6.0)
 
 
-@pytest.mark.parametrize("layout, expected", [("consecutive", [[2, 7, 12], [17, 22, 27]]), ("strided", [[2, 12, 22], [7, 17, 27]])])
+@pytest.mark.parametrize(
+    "layout, expected", [("consecutive", [[2, 7, 12], [17, 22, 27]]), ("strided", [[2, 12, 22], [7, 17, 27]])]
+)
 def test_several_clips_per_video(video_30, layout, expected):
     # 6 middle frames of 30: boundaries 0 5 10 15 20 25 30 -> 2 7 12 17 22 27
     decoded = read_video(video_30, 3, "middle", num_clips=2, clip_layout=layout)
@@ -247,11 +249,34 @@ def _bad_files(tmp_path, video_30):
     text.write_text("this is not a video\n" * 50)
     truncated = tmp_path / "truncated.mp4"
     data = open(video_30, "rb").read()
-    truncated.write_bytes(data[: len(data) // 2])
-    return {"empty": empty, "text": text, "truncated": truncated, "directory": tmp_path}
+    truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: the file does not open
+    # index at the front ("faststart", as streamed files are): the file opens, the media data stops half-way
+    faststart = str(tmp_path / "faststart.mp4")
+    with av.open(faststart, "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"x264-params": "keyint=5:min-keyint=5:scenecut=0", "crf": "4"}
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = open(faststart, "rb").read()
+    truncated_media = tmp_path / "truncated_media.mp4"
+    truncated_media.write_bytes(data[: len(data) * 3 // 5])
+    return {
+        "empty": empty,
+        "text": text,
+        "truncated": truncated,
+        "truncated_media": truncated_media,
+        "directory": tmp_path,
+    }
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "directory"])
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "truncated_media", "directory"])
 def test_bad_files_raise_an_error_naming_the_file(tmp_path, video_30, kind):
     path = _bad_files(tmp_path, video_30)[kind]
     with pytest.raises(VideoDecodingError) as info:

@@ -206,7 +206,9 @@ def load_retrieval_test_annotations(
         media = _media_field(row, name, position)
         if has_multi_vision_gt:
             if not isinstance(row["caption"], str):
-                raise AnnotationError(f"Entry {position} of '{name}': with several videos per caption, 'caption' must be one string.")
+                raise AnnotationError(
+                    f"Entry {position} of '{name}': with several videos per caption, 'caption' must be one string."
+                )
             targets = [add_video(v) for v in ([media] if isinstance(media, str) else media)]
             texts.append(row["caption"])
             text_to_videos.append(targets)
@@ -398,7 +400,9 @@ def load_egomcq_annotations(
             choices.append({"video": video, "start": start, "end": end})
         item_type = int(row["types"])
         if item_type not in EGOMCQ_TYPE_NAMES:
-            raise AnnotationError(f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter).")
+            raise AnnotationError(
+                f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter)."
+            )
         answer = int(row["answer"])
         if not 0 <= answer < len(choices):
             raise AnnotationError(f"Entry {position} of '{name}' has answer {answer} but {len(choices)} choices.")

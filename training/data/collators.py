@@ -128,7 +128,9 @@ class VideoQACollator(_CollatorBase):
             batch["answer_weights"] = torch.tensor(
                 [weight for sample in samples for weight in sample["answer_weights"]], dtype=torch.float32
             )
-            batch["answers_per_question"] = torch.tensor([len(sample["answers"]) for sample in samples], dtype=torch.long)
+            batch["answers_per_question"] = torch.tensor(
+                [len(sample["answers"]) for sample in samples], dtype=torch.long
+            )
         return batch
 
 
@@ -138,7 +140,9 @@ class MultipleChoiceCollator(_CollatorBase):
     `question_types (B,)` (1 intra-video, 2 inter-video) when `return_types=True`, for per-type accuracy.
     """
 
-    def __init__(self, processor, max_length: int | None = None, return_index: bool = False, return_types: bool = False):
+    def __init__(
+        self, processor, max_length: int | None = None, return_index: bool = False, return_types: bool = False
+    ):
         super().__init__(processor, max_length, return_index)
         self.return_types = return_types
 

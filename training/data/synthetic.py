@@ -120,7 +120,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class Move:
-    """One shape moving in a straight line: `object` (e.g. "red square") leaves `start` (row, column) going `direction`."""
+    """One shape moving in a straight line: `object` ("red square") leaves `start` (row, column) going `direction`."""
 
     object: str
     direction: str
@@ -392,8 +392,9 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
             _encode(root / relative, render_clip(spec, config), config)
             entries[split].append({"video": relative, "spec": spec})
 
-    _write_json(root / "pretrain.json", [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]])
-    _write_json(root / "ret_train.json", [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]])
+    captions = [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]]
+    _write_json(root / "pretrain.json", captions)
+    _write_json(root / "ret_train.json", captions)
     _write_json(
         root / "ret_test.json",
         [
@@ -560,7 +561,7 @@ def load_synthetic_dataset(
 
 
 def bag_of_frames_is_blind(spec: ClipSpec, config: SyntheticConfig) -> bool:
-    """Whether a clip and its reversed-caption distractor have the same frames in opposite order (the probe's premise)."""
+    """Whether a clip and its distractor's clip hold the same frames in opposite order (the probe's premise)."""
     travel = config.speed * (config.frames_per_clip // 2 - 1)
     return bool(np.array_equal(render_clip(spec.reversed(travel), config), render_clip(spec, config)[::-1]))
 
