@@ -15,6 +15,8 @@ FUSION_TOKEN_KEEP_STRATEGIES = ("cls_attn", "avg_attn", "random")
 SPARSE_ATTENTION_BACKENDS = ("gather", "dense_masked")
 TEMPORAL_INTERPOLATION_MODES = ("nearest", "linear")
 CONTRASTIVE_LOSSES = ("infonce", "egonce")
+EGONCE_POSITIVE_RULES = ("verb_and_noun", "verb_or_noun", "verb", "noun")
+MULTIPLE_CHOICE_SCORINGS = ("itc", "itm")
 
 
 def _check_keep_rate(name: str, value: float) -> None:
@@ -254,6 +256,14 @@ class SViTTConfig(PreTrainedConfig):
             (otherwise uniformly among non-positives).
         gather_negatives_across_processes (`bool`, defaults to `False`): ITC negatives from all processes
             (the release uses the per-process batch only).
+        egonce_positive_rule (`str`, defaults to `"verb_and_noun"`): which shared tags make an EgoNCE positive:
+            a verb and a noun (EgoVLP's rule), either (`"verb_or_noun"`), or only one kind.
+        multiple_choice_scoring (`str`, defaults to `"itc"`): how [`SViTTForMultipleChoice`] scores a clip
+            (ITC similarity, as EgoMCQ is evaluated, or the ITM head).
+        answer_decoder_num_layers (`int`, *optional*): depth of the video-QA answer decoder; defaults to the
+            number of fusion layers it is initialised from (3 in the release).
+        tie_word_embeddings (`bool`, defaults to `True`): tie the MLM / answer-decoder output layer to the word
+            embeddings, as the release does.
     """
 
     model_type = "svitt"
@@ -272,6 +282,10 @@ class SViTTConfig(PreTrainedConfig):
     mlm_probability: float = 0.5
     itm_hard_negatives: bool = True
     gather_negatives_across_processes: bool = False
+    egonce_positive_rule: str = "verb_and_noun"
+    multiple_choice_scoring: str = "itc"
+    answer_decoder_num_layers: int | None = None
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:
@@ -300,6 +314,10 @@ class SViTTConfig(PreTrainedConfig):
         if self.embed_dim < 1:
             raise ValueError(f"`embed_dim` must be >= 1, got {self.embed_dim}.")
         _check_choice("contrastive_loss", self.contrastive_loss, CONTRASTIVE_LOSSES)
+        _check_choice("egonce_positive_rule", self.egonce_positive_rule, EGONCE_POSITIVE_RULES)
+        _check_choice("multiple_choice_scoring", self.multiple_choice_scoring, MULTIPLE_CHOICE_SCORINGS)
+        if self.answer_decoder_num_layers is not None and self.answer_decoder_num_layers < 1:
+            raise ValueError(f"`answer_decoder_num_layers` must be >= 1, got {self.answer_decoder_num_layers}.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1), got {self.mlm_probability}.")
 

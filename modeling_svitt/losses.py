@@ -25,11 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .configuration_svitt import EGONCE_POSITIVE_RULES
+
 IGNORE_INDEX = -100
 """Label value ignored by every token-level loss (the PyTorch / transformers convention)."""
-
-EGONCE_POSITIVE_RULES = ("verb_and_noun", "verb_or_noun", "verb", "noun")
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Distributed helpers

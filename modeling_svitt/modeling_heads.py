@@ -303,13 +303,6 @@ def aggregate_clips(scores: torch.Tensor, how: str = "lse", dim: int = -1) -> to
     raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {how!r}.")
 
 
-def _ensure_tied_embeddings_flag(config: SViTTConfig) -> None:
-    # transformers ties `_tied_weights_keys` only when the config says so; SViTT always ties its MLM / answer
-    # decoders to the word embeddings (as the release), so default the flag on for configs that lack it.
-    if getattr(config, "tie_word_embeddings", None) is None:
-        config.tie_word_embeddings = True
-
-
 @contextlib.contextmanager
 def text_guided_selection(
     model: "SViTTModel",
@@ -438,7 +431,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             verb_tags=verb_tags,
             noun_tags=noun_tags,
             video_ids=video_ids,
-            egonce_rule=getattr(config, "egonce_positive_rule", "verb_and_noun"),
+            egonce_rule=config.egonce_positive_rule,
             gather_across_processes=config.gather_negatives_across_processes,
         )
 
@@ -604,7 +597,6 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^text_decoder\.", r"^decoder_head\."]
 
     def __init__(self, config: SViTTConfig) -> None:
-        _ensure_tied_embeddings_flag(config)
         super().__init__(config)
         self.svitt = SViTTModel(config)
         self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
@@ -1081,13 +1073,13 @@ def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
     """Config of the answer decoder: the text config with as many layers as there are fusion layers, every one
     with causal self-attention and cross-attention to the question states (spec §6.2).
 
-    `config.answer_decoder_num_layers` (an optional extra attribute) overrides the depth.
+    `config.answer_decoder_num_layers` overrides the depth.
     """
     text_config = config.text_config
     values = text_config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
         values.pop(key, None)
-    num_layers = getattr(config, "answer_decoder_num_layers", None) or text_config.num_fusion_layers
+    num_layers = config.answer_decoder_num_layers or text_config.num_fusion_layers
     if num_layers < 1:
         raise ValueError("The answer decoder needs at least one layer (`text_config` has no fusion layers).")
     values.update(
@@ -1144,7 +1136,6 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     ]
 
     def __init__(self, config: SViTTConfig) -> None:
-        _ensure_tied_embeddings_flag(config)
         super().__init__(config)
         self.svitt = SViTTModel(config)
         decoder_config = answer_decoder_config(config)
@@ -1480,7 +1471,7 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
         labels (`(batch_size,)`, *optional*): index of the correct clip; gives the cross-entropy loss.
         scoring (`str`, *optional*): "itc" or "itm" (defaults to `config.multiple_choice_scoring`, else "itc").
         """
-        scoring = scoring or getattr(self.config, "multiple_choice_scoring", "itc")
+        scoring = scoring or self.config.multiple_choice_scoring
         if scoring not in MULTIPLE_CHOICE_SCORINGS:
             raise ValueError(f"`scoring` must be one of {MULTIPLE_CHOICE_SCORINGS}, got {scoring!r}.")
         if pixel_values.dim() != 6:
