@@ -260,6 +260,18 @@ def test_two_workers_give_deterministic_batches(corpus, processor):
     dataset.set_epoch(1)
     other_epoch = _batches(dataset, processor, num_workers=2)
     assert any(not torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(first, other_epoch))
+    # persistent workers see the new epoch too (it lives in shared memory)
+    dataset.set_epoch(0)
+    persistent = make_dataloader(
+        dataset, 3, VideoTextCollator(processor), shuffle=True, num_workers=2, persistent_workers=True
+    )
+    _assert_same(first, list(persistent))
+    dataset.set_epoch(1)
+    second_pass = list(persistent)
+    # the shuffling order moves on with the loader's generator; the samples follow the dataset's epoch
+    by_index = {int(i): pixels for b in other_epoch for i, pixels in zip(b["match_ids"], b["pixel_values"])}
+    pairs = [(int(i), pixels) for b in second_pass for i, pixels in zip(b["match_ids"], b["pixel_values"])]
+    assert len(pairs) == 6 and all(torch.equal(by_index[i], pixels) for i, pixels in pairs)
 
 
 def test_datasets_interop(corpus, processor):

@@ -211,9 +211,14 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
             sys.exit("modeling_svitt must not be importable here")
         except ImportError:
             pass
-        from transformers import AutoProcessor
+        from transformers import AutoProcessor, AutoTokenizer
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
         processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
         out = processor(text="A red square!", videos=np.zeros((4, 20, 20, 3), np.uint8))
+        tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
+        video_processor = AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+        assert tokenizer("A red square!").input_ids == [101, 1037, 2417, 2675], tokenizer("A red square!").input_ids
+        assert type(video_processor).__name__ == "SViTTVideoProcessor" and video_processor.size["height"] == 16
         print(type(processor).__name__, type(processor.tokenizer).__name__, type(processor.image_processor).__name__)
         print(out["input_ids"].tolist(), tuple(out["pixel_values"].shape))
         """

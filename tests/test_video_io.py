@@ -297,3 +297,26 @@ def test_decoding_error_survives_pickling():
 
     error = pickle.loads(pickle.dumps(VideoDecodingError("/x/y.mp4", "broken")))
     assert error.path == "/x/y.mp4" and "y.mp4" in str(error) and "broken" in str(error)
+
+
+def test_importing_the_package_does_not_need_pyav():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'av' or name.startswith('av.'):\n"
+        "            raise ImportError('PyAV is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import modeling_svitt, modeling_svitt.video_io, modeling_svitt.processing_svitt\n"
+        "assert 'av' not in sys.modules\n"
+        "try:\n"
+        "    modeling_svitt.video_io.read_video('x.mp4')\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pip install av" in result.stdout
