@@ -12,7 +12,9 @@ Frame grid and policies (documented choices, shared by every sampling strategy):
   `start_time + i * step`: exact for constant frame rate, and the frame on screen at that instant for
   variable-frame-rate video (where "the i-th decoded frame" would not be evenly spaced in time).
 * When the container does not store a frame count, it is estimated from duration x average frame rate, or counted
-  from the packets (demuxing only, no decoding) when the duration is missing too.
+  from the packets (demuxing only, no decoding) when the duration is missing too. Streams that cannot seek, or whose
+  frames carry no timestamps (raw elementary streams such as `.h264`), are read from the start, frames placed by
+  their count.
 * A video with fewer frames than requested gives as many distinct frames as it has and repeats the last one to reach
   the requested count (the release's policy), so a clip always has exactly `num_frames` frames.
 * If the stream ends before a requested position (a header that overstates the length a little), the last decodable
@@ -243,12 +245,14 @@ def _open(path: str):
     return container
 
 
-def _count_packets(container, stream) -> int:
+def _count_packets(path: str) -> int:
     # Demuxing reads packets without decoding them: cheap, and only used when the container stores neither a frame
-    # count nor a duration.
-    count = sum(1 for packet in container.demux(stream) if packet.size > 0)
-    container.seek(0)
-    return count
+    # count nor a duration. A separate container, because such streams often cannot seek back.
+    container = _open(path)
+    try:
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size > 0)
+    finally:
+        container.close()
 
 
 def _probe(container, path: str) -> VideoMetadata:
@@ -273,7 +277,7 @@ def _probe(container, path: str) -> VideoMetadata:
         if duration and fps:
             num_frames = max(1, round(duration * fps))
         else:
-            num_frames = _count_packets(container, stream)
+            num_frames = _count_packets(path)
     if num_frames <= 0:
         raise VideoDecodingError(path, "the video stream holds no frames")
     if not duration or duration <= 0:
@@ -305,91 +309,125 @@ class _SeekingFrameReader:
     A target close ahead of the decoder's position is reached by decoding forward; a distant one by seeking to the
     keyframe before it. When a seek lands on a keyframe the decoder had already passed (the keyframe interval is
     longer than the gap), the threshold grows to that interval, so later targets are not decoded twice.
+
+    Frames travel as `(frame, seconds)` pairs. With `sequential=(start_time, frame_step)` the reader never seeks (for
+    streams that cannot, given a container opened at their start) and places frames without timestamps (raw
+    elementary streams) by their count: frame `i` at `start_time + i * frame_step`.
     """
 
-    def __init__(self, container, stream, seek_threshold: float):
+    def __init__(self, container, stream, seek_threshold: float, sequential: tuple[float, float] | None = None):
         self.container, self.stream = container, stream
         self.time_base = stream.time_base
-        self.seek_threshold = seek_threshold
+        self.seek_threshold = math.inf if sequential is not None else seek_threshold
+        self.sequential = sequential
         self._frames = None
-        self._previous = None  # last decoded frame at or before the current target
-        self._pending = None  # first decoded frame after the current target, kept for the next one
-
-    def _seconds(self, frame) -> float | None:
-        if frame.pts is None or not self.time_base:
-            return frame.time
-        return float(frame.pts * self.time_base)
+        self._decoded = 0
+        self._previous = None  # last (frame, seconds) at or before the current target
+        self._pending = None  # first (frame, seconds) after the current target, kept for the next one
 
     def _seek(self, seconds: float) -> None:
+        if self.sequential is not None:
+            if self._frames is None:
+                self._frames = self.container.decode(self.stream)
+            return
+        av = _import_av()
         offset = int(math.floor(seconds / self.time_base)) if self.time_base else 0
-        self.container.seek(max(offset, 0), stream=self.stream, backward=True, any_frame=False)
+        try:
+            self.container.seek(max(offset, 0), stream=self.stream, backward=True, any_frame=False)
+        except av.FFmpegError as error:
+            raise _NeedsSequentialReading() from error
         self._frames = self.container.decode(self.stream)
+        self._decoded = 0
         self._previous = self._pending = None
 
     def _next_frame(self):
         if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        return next(self._frames, None)
+            item, self._pending = self._pending, None
+            return item
+        frame = next(self._frames, None)
+        if frame is None:
+            return None
+        if frame.pts is not None and self.time_base:
+            seconds = float(frame.pts * self.time_base)
+        elif frame.time is not None:
+            seconds = float(frame.time)
+        elif self.sequential is not None:
+            seconds = self.sequential[0] + self._decoded * self.sequential[1]
+        else:
+            raise _NeedsSequentialReading()
+        self._decoded += 1
+        return frame, seconds
 
     def frame_at(self, target: float):
-        """The last frame whose presentation time is at or before `target` seconds (or the first after it)."""
+        """`(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it)."""
         if self._frames is None:
             self._seek(target)
         else:
             current = self._pending if self._pending is not None else self._previous
-            position = self._seconds(current) if current is not None else None
-            if position is not None and target - position > self.seek_threshold:
+            if current is not None and target - current[1] > self.seek_threshold:
                 self._seek(target)
-                first = self._pending = self._next_frame()
-                landed = self._seconds(first) if first is not None else None
-                if landed is not None and landed <= position:
+                self._pending = self._next_frame()
+                if self._pending is not None and self._pending[1] <= current[1]:
                     # The seek went back into a keyframe interval already decoded: decode forward next time.
-                    self.seek_threshold = max(self.seek_threshold, target - landed)
+                    self.seek_threshold = max(self.seek_threshold, target - self._pending[1])
         while True:
-            frame = self._next_frame()
-            if frame is None:  # end of stream: the last decodable frame stands in
+            item = self._next_frame()
+            if item is None:  # end of stream: the last decodable frame stands in
                 return self._previous
-            seconds = self._seconds(frame)
-            if seconds is None or seconds <= target:
-                self._previous = frame
+            if item[1] <= target:
+                self._previous = item
                 continue
-            self._pending = frame
-            return self._previous if self._previous is not None else frame
+            self._pending = item
+            return self._previous if self._previous is not None else item
+
+
+class _NeedsSequentialReading(Exception):
+    """The stream cannot seek, or its frames carry no timestamps (internal: read it from the start instead)."""
 
 
 def _decode_positions(container, path: str, metadata: VideoMetadata, positions: list[int], seek_threshold: float):
     """Decode the frames at the given (sorted, unique) grid positions. Returns `(frames, timestamps)`."""
     av = _import_av()
     stream = container.streams.video[0]
-    step = metadata.frame_step
-    reader = _SeekingFrameReader(container, stream, seek_threshold)
-    frames, timestamps = [], []
     try:
-        for position in positions:
-            # Half a step of slack picks frame i itself despite rounding in its timestamp.
-            target = metadata.start_time + (position + 0.5) * step
-            frame = reader.frame_at(target)
-            if frame is None:
-                # The seek found no data: the stream ends before `target`. Decode forward from the last frame
-                # obtained (or the start) to find the last decodable one.
-                reader = _SeekingFrameReader(container, stream, math.inf)
-                reader._seek(timestamps[-1] if timestamps else metadata.start_time)
-                frame = reader.frame_at(target)
-                if frame is None:
-                    raise VideoDecodingError(path, "no frame could be decoded")
-                last = reader._seconds(frame)
-                if last is not None and target - last > max(1.0, 0.1 * metadata.duration):
-                    raise VideoDecodingError(
-                        path,
-                        f"the video stream ends at {last:.2f} s but the file declares {metadata.duration:.2f} s "
-                        "(truncated?)",
-                    )
-            frames.append(frame.to_ndarray(format="rgb24"))
-            seconds = reader._seconds(frame)
-            timestamps.append(float(seconds) if seconds is not None else metadata.start_time + position * step)
+        try:
+            return _decode_with(_SeekingFrameReader(container, stream, seek_threshold), path, metadata, positions)
+        except _NeedsSequentialReading:
+            fresh = _open(path)  # a container at the very start, since this one may not seek back
+            try:
+                sequential = (metadata.start_time, metadata.frame_step)
+                reader = _SeekingFrameReader(fresh, fresh.streams.video[0], math.inf, sequential=sequential)
+                return _decode_with(reader, path, metadata, positions)
+            finally:
+                fresh.close()
     except (av.FFmpegError, ValueError) as error:
         raise VideoDecodingError(path, f"decoding failed ({error})") from error
+
+
+def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata, positions: list[int]):
+    frames, timestamps = [], []
+    for position in positions:
+        # Half a step of slack picks frame i itself despite rounding in its timestamp.
+        target = metadata.start_time + (position + 0.5) * metadata.frame_step
+        item = reader.frame_at(target)
+        if item is None and reader.sequential is not None:
+            raise VideoDecodingError(path, "no frame could be decoded")
+        if item is None:
+            # The seek found no data: the stream ends before `target`. Decode forward from the last frame obtained
+            # (or the start) to find the last decodable one.
+            reader = _SeekingFrameReader(reader.container, reader.stream, math.inf)
+            reader._seek(timestamps[-1] if timestamps else metadata.start_time)
+            item = reader.frame_at(target)
+            if item is None:
+                raise VideoDecodingError(path, "no frame could be decoded")
+            if target - item[1] > max(1.0, 0.1 * metadata.duration):
+                raise VideoDecodingError(
+                    path,
+                    f"the video stream ends at {item[1]:.2f} s but the file declares {metadata.duration:.2f} s "
+                    "(truncated?)",
+                )
+        frames.append(item[0].to_ndarray(format="rgb24"))
+        timestamps.append(item[1])
     shapes = {frame.shape for frame in frames}
     if len(shapes) > 1:
         raise VideoDecodingError(path, f"frames change size mid-stream ({sorted(shapes)})")

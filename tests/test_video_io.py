@@ -174,10 +174,10 @@ def test_seeking_decodes_only_around_the_wanted_frames(tmp_path, monkeypatch):
     original = video_io._SeekingFrameReader._next_frame
 
     def counting(self):
-        frame = original(self)
-        if frame is not None and frame is not self._previous:
-            pulled.append(frame.pts)
-        return frame
+        item = original(self)  # (frame, seconds)
+        if item is not None:
+            pulled.append(item[1])
+        return item
 
     monkeypatch.setattr(video_io._SeekingFrameReader, "_next_frame", counting)
     decoded = read_video(path, 4, "middle")
@@ -219,6 +219,27 @@ def test_missing_frame_count_is_estimated(tmp_path):
     metadata = probe_video(path)
     assert metadata.num_frames_is_estimate and metadata.num_frames == 20
     assert decoded_indices(read_video(path, 4, "middle").frames) == [2, 7, 12, 17]
+
+
+def test_raw_stream_without_timestamps_or_seeking(tmp_path):
+    # a raw H.264 elementary stream: no frame count, no duration, no timestamps, cannot seek
+    path = str(tmp_path / "raw.h264")
+    with av.open(path, "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.options = {"crf": "4"}
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    metadata = probe_video(path)
+    assert metadata.num_frames == 30 and metadata.num_frames_is_estimate  # counted from the packets
+    decoded = read_video(path, 4, "middle")
+    assert decoded.frame_indices == decoded_indices(decoded.frames) == [3, 10, 18, 25]
 
 
 def test_still_image_is_a_one_frame_video(tmp_path):
