@@ -1,25 +1,20 @@
-"""Worker for the two-process gloo test of the gradient-carrying all-gather (imports only torch and losses.py)."""
+"""Worker for the two-process gloo test of the gradient-carrying all-gather."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-LOSSES_FILE = Path(__file__).resolve().parents[1] / "modeling_svitt" / "losses.py"
 SIZES = (3, 2)  # uneven on purpose: the last batch of an epoch
 MATCH_IDS = (0, 1, 2, 2, 3)  # row 2 (rank 0) and row 3 (rank 1) caption the same video
 TEMPERATURE = 0.1
 
 
 def load_losses():
-    spec = importlib.util.spec_from_file_location("svitt_losses_standalone", LOSSES_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    from modeling_svitt import losses
+
+    return losses
 
 
 def full_batch():
