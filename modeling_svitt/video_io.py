@@ -39,7 +39,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-SAMPLING_STRATEGIES = ("rand", "middle", "uniform", "fps<X>")
+SAMPLING_STRATEGIES = ("rand", "rand_release", "middle", "uniform", "fps<X>")
 CLIP_LAYOUTS = ("consecutive", "strided")
 _FPS_PATTERN = re.compile(r"^fps(\d+(?:\.\d*)?|\.\d+)$")
 # Still images come through FFmpeg's image demuxers.
@@ -152,13 +152,14 @@ def sample_frame_indices(
 
     Whenever fewer than `num_frames` positions exist, the last one is repeated (see the module docstring).
 
-    Note: the release's `rand` never picks the last frame of a segment and switches to a sorted random permutation for
-    short videos; here every frame of the segment can be drawn, which keeps the same per-segment layout.
+    Note: the release's `rand` never picks the last frame of a segment and switches to a sorted random permutation of
+    all frames when a segment is too short for that; here every frame of the segment can be drawn, which keeps the
+    same per-segment layout. `rand_release` reproduces the release's draw exactly (its statistics, for parity).
 
     Args:
         num_frames (`int`): frames wanted.
         num_available (`int`): positions on the video's frame grid.
-        sample (`str`): one of `rand`, `middle`, `uniform` or `fps<X>`.
+        sample (`str`): one of `rand`, `rand_release`, `middle`, `uniform` or `fps<X>`.
         input_fps (`float`, *optional*): frame rate of the video; required by `fps<X>`.
         max_num_frames (`int`, *optional*): cap on the number of frames `fps<X>` returns.
         generator (`torch.Generator`, *optional*): source of randomness for `rand` (reproducible sampling).
@@ -188,6 +189,16 @@ def sample_frame_indices(
     count = min(num_frames, num_available)
     if sample == "uniform":
         indices = np.round(np.linspace(0, num_available - 1, count)).astype(int).tolist()
+    elif sample == "rand_release":
+        bounds = _segment_bounds(count, num_available)
+        starts, last = bounds[:-1], bounds[1:] - 1  # the release draws from range(start, end - 1)
+        if (last <= starts).any():
+            permutation = torch.randperm(num_available, generator=generator)[:count]
+            indices = permutation.sort().values.tolist()
+        else:
+            lengths = torch.as_tensor(last - starts, dtype=torch.float64)
+            offsets = (torch.rand(count, generator=generator, dtype=torch.float64) * lengths).long()
+            indices = (torch.as_tensor(starts) + offsets).tolist()
     elif sample in ("rand", "middle"):
         bounds = _segment_bounds(count, num_available)
         starts, ends = bounds[:-1], bounds[1:]  # segment j holds frames starts[j] .. ends[j] - 1

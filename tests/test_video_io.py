@@ -341,3 +341,18 @@ def test_importing_the_package_does_not_need_pyav():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pip install av" in result.stdout
+
+
+def test_rand_release_reproduces_the_release_draw():
+    from modeling_svitt.video_io import sample_frame_indices
+
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_frame_indices(4, 40, "rand_release", generator=generator) for _ in range(300)]
+    for indices in draws:
+        # segments [0,10) [10,20) [20,30) [30,40); the release never draws a segment's last frame
+        assert all(10 * j <= index < 10 * j + 9 for j, index in enumerate(indices)), indices
+    assert {indices[0] for indices in draws} == set(range(9))
+    # segments too short for range(start, end - 1): a sorted random subset of all frames, as the release
+    short = [sample_frame_indices(4, 5, "rand_release", generator=generator) for _ in range(50)]
+    assert all(indices == sorted(indices) and len(set(indices)) == 4 for indices in short)
+    assert len({tuple(indices) for indices in short}) > 1
