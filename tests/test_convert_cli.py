@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_original_parity import fixture_overrides
+from original_fixture import fixture_overrides
 
 from modeling_svitt import SViTTForPreTraining
 from modeling_svitt.convert_original_svitt import load_original_checkpoint

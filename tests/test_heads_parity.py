@@ -9,12 +9,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_original_parity import VARIANTS, fixture_overrides, recorded_blocks
+from original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
 
 from modeling_svitt.convert_original_svitt import convert_loaded_state_dict
 from modeling_svitt.modeling_heads import SViTTForPreTraining
 
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 COMPARED = (
     "itm_logits",
     "itm_logits_pos",

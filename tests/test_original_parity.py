@@ -4,38 +4,11 @@ import json
 
 import pytest
 import torch
+from original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
 from safetensors.torch import load_file
 
 from modeling_svitt import SViTTModel
 from modeling_svitt.convert_original_svitt import convert_state_dict, detect_checkpoint_kind, infer_config
-
-VARIANTS = ["sparse", "dense", "dense_pruned", "sparse_unpruned"]
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
-
-
-def fixture_overrides(meta: dict, variant: str) -> tuple[dict, dict]:
-    """What the fixture's training config would have said (`vision_encoder_args`), per variant."""
-    vision, info = meta["vision_config"], meta["variants"][variant]
-    original_config = {
-        "video_input": {"num_frames": meta["num_frames"]},
-        "image_res": vision["image_size"],
-        "vision_encoder_args": {
-            "sparse_random_attn": info["effective_sparse_random_attn"],
-            "sparse_local_attn": vision["sparse_local_attn"],
-            "attn_block_size": vision["attn_block_size"],
-            "token_keep_rate": info["effective_token_keep_rate"],
-            "token_keep_strategy": vision["token_keep_strategy"],
-            "token_drop_loc": vision["token_drop_loc"],
-        },
-    }
-    special = meta["tokenizer"]["special_ids"]
-    text_overrides = {
-        "num_attention_heads": meta["text_config"]["num_attention_heads"],
-        "cls_token_id": special["cls_token_id"],
-        "sep_token_id": special["sep_token_id"],
-        "mask_token_id": special["mask_token_id"],
-    }
-    return original_config, text_overrides
 
 
 def converted_base_model(fixture_dir, variant) -> tuple[SViTTModel, dict]:
@@ -49,15 +22,6 @@ def converted_base_model(fixture_dir, variant) -> tuple[SViTTModel, dict]:
     base_weights = {key.removeprefix("svitt."): value for key, value in converted.items() if key.startswith("svitt.")}
     model.load_state_dict(base_weights, strict=True)
     return model, meta
-
-
-def recorded_blocks(fixture_dir, meta, variant, call):
-    patterns_file = meta["variants"][variant]["patterns_file"]
-    if patterns_file is None:
-        return None
-    from modeling_svitt.sparse_attention import load_random_block_patterns
-
-    return load_random_block_patterns(fixture_dir / patterns_file, call=call)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
