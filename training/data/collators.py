@@ -8,6 +8,7 @@ training loops should skip.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ def _tokenizer(processor: SViTTProcessor | SViTTTokenizer) -> SViTTTokenizer:
     return processor.tokenizer if isinstance(processor, SViTTProcessor) else processor
 
 
-class _CollatorBase:
+class _CollatorBase(abc.ABC):
     """
     Args:
         processor ([`SViTTProcessor`] or [`SViTTTokenizer`]): supplies the tokenizer.
@@ -64,8 +65,9 @@ class _CollatorBase:
             return None
         return self.finish(self.collate(samples), samples)
 
+    @abc.abstractmethod
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The batch of the readable samples; subclasses define it."""
 
 
 class VideoTextCollator(_CollatorBase):

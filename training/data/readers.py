@@ -18,6 +18,7 @@ Every dataset:
 
 from __future__ import annotations
 
+import abc
 import logging
 import multiprocessing
 import os
@@ -154,7 +155,7 @@ def _mix_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_033 + index) % (2**63 - 1)
 
 
-class VideoDatasetBase(Dataset):
+class VideoDatasetBase(Dataset, abc.ABC):
     """
     Shared machinery of the SViTT datasets (decoding, transforms, seeding, bad-sample accounting).
 
@@ -239,9 +240,9 @@ class VideoDatasetBase(Dataset):
             do_random_horizontal_flip=self.train,
         )
 
+    @abc.abstractmethod
     def build_item(self, record: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """The sample of one record; subclasses define it. May raise [`VideoDecodingError`]."""
-        raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         record = self.records[index]
