@@ -478,7 +478,7 @@ class SViTTVisionEncoder(nn.Module):
                 used_random_blocks.append(layout.random_blocks.cpu())
             else:
                 used_random_blocks.append(None)
-                if dense_bias_index is None or dense_bias_index.shape[-1] != c + num_tokens:
+                if dense_bias_index is None:  # shared by the layers until pruning changes the positions
                     dense_bias_index = self._dense_bias_index(positions)
             keep_rate = config.token_keep_rate if index in config.token_drop_layers else 1.0
             random_scores = None
@@ -496,6 +496,7 @@ class SViTTVisionEncoder(nn.Module):
             )
             if keep_rate < 1.0:
                 kept_token_indices.append(new_positions)
+                dense_bias_index = None
             positions = new_positions
             if output_attentions:
                 all_attentions.append(global_attention)
