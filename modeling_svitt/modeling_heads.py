@@ -537,16 +537,38 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         compute_itm: bool,
         output_attentions: bool | None,
         output_hidden_states: bool | None,
+        compute_loss: bool = True,
     ) -> dict:
-        """Towers, ITC and (optionally) ITM; the pieces shared by pretraining and retrieval."""
+        """Towers, ITC and (optionally) ITM; the pieces shared by pretraining and retrieval.
+
+        With `compute_loss=False` only the similarity logits are computed (no ITC loss, no ITM), so any number of
+        videos can be scored against any number of texts (zero-shot use).
+        """
         if self.training:
             self.svitt.clamp_temperature_()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         video = self.svitt.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
         text = self.svitt.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        if not compute_loss:
+            logits_per_video = video.embeds @ text.embeds.T / self.svitt.temperature
+            return dict(
+                video=video,
+                text=text,
+                contrastive=None,
+                logits_per_video=logits_per_video,
+                logits_per_text=logits_per_video.T,
+                attention_mask=attention_mask,
+            )
         contrastive = self._contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
-        result = dict(video=video, text=text, contrastive=contrastive, attention_mask=attention_mask)
+        result = dict(
+            video=video,
+            text=text,
+            contrastive=contrastive,
+            logits_per_video=contrastive.logits_per_video,
+            logits_per_text=contrastive.logits_per_text,
+            attention_mask=attention_mask,
+        )
         if compute_itm:
             negative_video_indices, negative_text_indices = self._itm_negatives(
                 contrastive, input_ids.shape[0], negative_video_indices, negative_text_indices, sampling_generator
@@ -814,6 +836,7 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             compute_itm,
             output_attentions,
             output_hidden_states,
+            compute_loss=return_loss,
         )
         video, text, contrastive = shared["video"], shared["text"], shared["contrastive"]
         loss = loss_itc = loss_itm = None
@@ -827,8 +850,8 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             loss=loss,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
-            logits_per_video=contrastive.logits_per_video,
-            logits_per_text=contrastive.logits_per_text,
+            logits_per_video=shared["logits_per_video"],
+            logits_per_text=shared["logits_per_text"],
             itm_logits=shared.get("itm_logits"),
             itm_labels=shared.get("itm_labels"),
             negative_video_indices=shared.get("negative_video_indices"),

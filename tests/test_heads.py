@@ -166,6 +166,20 @@ def test_retrieval_forward_trains_itc_itm_and_serves_zero_shot():
     trained.loss.backward()
 
 
+
+def test_retrieval_zero_shot_scores_any_number_of_texts_against_any_number_of_videos():
+    # e.g. one video against N candidate captions (zero-shot classification): no loss, so no square batch needed
+    model = make_model(SViTTForVideoTextRetrieval)
+    ids, mask = captions(4)
+    out = model(pixel_values=videos(1), input_ids=ids, attention_mask=mask, generator=torch.Generator().manual_seed(0))
+    assert out.loss is None and out.logits_per_video.shape == (1, 4) and out.logits_per_text.shape == (4, 1)
+    base = model.svitt(pixel_values=videos(1), input_ids=ids, attention_mask=mask, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.logits_per_video, base.logits_per_video)
+    torch.testing.assert_close(out.logits_per_text, base.logits_per_text)
+    # EgoNCE only matters for the loss: zero-shot scoring needs no verb / noun tags
+    egonce = make_model(SViTTForVideoTextRetrieval, contrastive_loss="egonce")
+    assert egonce(pixel_values=videos(2), input_ids=ids, attention_mask=mask).logits_per_video.shape == (2, 4)
+
 def test_clip_splitting_and_aggregation():
     frames = torch.arange(6).float().reshape(1, 6, 1, 1, 1).expand(2, 6, 3, 2, 2)
     consecutive, k = split_into_clips(frames, 2, "consecutive")
