@@ -92,6 +92,9 @@ def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor, tie_break: st
     if bool(missing.any()):
         raise ValueError(f"{int(missing.sum())} queries have no ground truth (first: {int(missing.nonzero()[0])}).")
     scores = scores.float()
+    if bool(scores.isnan().any()):
+        # NaN compares false with everything, so a NaN ground truth would otherwise be ranked first.
+        raise ValueError("`scores` contains NaN.")
     best_positive = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values
     beats = scores >= best_positive if tie_break == "pessimistic" else scores > best_positive
     return (beats & ~positives).sum(dim=1)
@@ -259,6 +262,8 @@ def egomcq_accuracy(
     if ids is not None:
         keep = first_occurrence_indices(ids)
         logits, labels, types = logits[keep.to(logits.device)], labels[keep], types[keep]
+    if bool(logits.isnan().any()):
+        raise ValueError("`logits` contains NaN (`argmax` would pick it as the maximum).")
     unknown = set(types.unique().tolist()) - {EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO}
     if unknown:
         raise ValueError(f"Unknown EgoMCQ types {sorted(unknown)}; expected 1 (intra-video) or 2 (inter-video).")

@@ -180,3 +180,11 @@ def test_ranks_match_a_brute_force_sort(case, pessimistic):
     positives[:, 0] |= ~positives.any(dim=1)  # every query needs a ground truth
     tie_break = "pessimistic" if pessimistic else "optimistic"
     assert retrieval_ranks(scores, positives, tie_break).tolist() == _brute_force_rank(scores, positives, pessimistic)
+
+
+def test_nan_scores_are_an_error_not_a_perfect_rank():
+    scores = torch.tensor([[float("nan"), 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_ranks(scores, torch.eye(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="NaN"):
+        egomcq_accuracy(torch.tensor([[float("nan"), 0.0]]), [0], [1])
