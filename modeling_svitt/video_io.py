@@ -335,6 +335,7 @@ class _SeekingFrameReader:
         self._decoded = 0
         self._previous = None  # last (frame, seconds) at or before the current target
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
+        self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
 
     def _seek(self, seconds: float) -> None:
         if self.sequential is not None:
@@ -384,6 +385,7 @@ class _SeekingFrameReader:
         while True:
             item = self._next_frame()
             if item is None:  # end of stream: the last decodable frame stands in
+                self.ended = True
                 return self._previous
             if item[1] <= target:
                 self._previous = item
@@ -431,12 +433,14 @@ def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata
             item = reader.frame_at(target)
             if item is None:
                 raise VideoDecodingError(path, "no frame could be decoded")
-            if target - item[1] > max(1.0, 0.1 * metadata.duration):
-                raise VideoDecodingError(
-                    path,
-                    f"the video stream ends at {item[1]:.2f} s but the file declares {metadata.duration:.2f} s "
-                    "(truncated?)",
-                )
+        # Whichever way the end of the stream was reached (a seek past it, or decoding forward into it), a last frame
+        # far short of the target means the file is cut short.
+        if reader.ended and target - item[1] > max(1.0, 0.1 * metadata.duration):
+            raise VideoDecodingError(
+                path,
+                f"the video stream ends at {item[1]:.2f} s but the file declares {metadata.duration:.2f} s "
+                "(truncated?)",
+            )
         frames.append(item[0].to_ndarray(format="rgb24"))
         timestamps.append(item[1])
     shapes = {frame.shape for frame in frames}

@@ -288,21 +288,42 @@ def _bad_files(tmp_path, video_30):
     data = open(faststart, "rb").read()
     truncated_media = tmp_path / "truncated_media.mp4"
     truncated_media.write_bytes(data[: len(data) * 3 // 5])
+    # Matroska keeps its declared duration in the header and its blocks end cleanly: a file cut in half opens and
+    # decodes, and only the timestamps show that the second half is missing
+    matroska = write_index_video(tmp_path / "full.mkv", 100, keyframe_interval=5)
+    data = open(matroska, "rb").read()
+    truncated_matroska = tmp_path / "truncated.mkv"
+    truncated_matroska.write_bytes(data[: len(data) // 2])
     return {
         "empty": empty,
         "text": text,
         "truncated": truncated,
         "truncated_media": truncated_media,
+        "truncated_matroska": truncated_matroska,
         "directory": tmp_path,
     }
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "truncated_media", "directory"])
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "truncated_media", "truncated_matroska", "directory"])
 def test_bad_files_raise_an_error_naming_the_file(tmp_path, video_30, kind):
     path = _bad_files(tmp_path, video_30)[kind]
     with pytest.raises(VideoDecodingError) as info:
         read_video(path, 4)
     assert str(path) in str(info.value) and info.value.path == str(path)
+    if kind == "truncated_matroska":
+        assert "truncated" in info.value.reason
+
+
+def test_truncated_stream_is_caught_when_decoding_forward_into_its_end(tmp_path):
+    # with a long keyframe interval the reader decodes forward rather than seeking, and meets the end of the stream
+    # there: the last frame it has is seconds short of the wanted one, which must not stand in for it
+    path = write_index_video(tmp_path / "full.mkv", 100, keyframe_interval=50)
+    data = open(path, "rb").read()
+    truncated = tmp_path / "truncated.mkv"
+    truncated.write_bytes(data[: len(data) // 2])
+    for kwargs in ({}, {"seek_threshold": 100.0}, {"num_clips": 3}):
+        with pytest.raises(VideoDecodingError, match="truncated"):
+            read_video(truncated, 4, "middle", **kwargs)
 
 
 def test_missing_file(tmp_path):
