@@ -50,6 +50,13 @@ def first_occurrence_indices(ids: Any) -> torch.Tensor:
     return first.scatter_reduce(0, inverse, positions, reduce="amin")
 
 
+def _check_ids(ids: Any, expected: int, name: str) -> None:
+    """Sample ids must name every row: a shorter list would silently evaluate only part of the rows."""
+    count = _as_long_tensor(ids).numel()
+    if count != expected:
+        raise ValueError(f"`{name}` has {count} entries, expected one per row ({expected}).")
+
+
 def _select(values: Any, index: torch.Tensor) -> Any:
     if isinstance(values, torch.Tensor):
         return values[index.to(values.device)]
@@ -173,11 +180,13 @@ def retrieval_metrics(
     positives = positives.to(device=scores_t2v.device, dtype=torch.bool)
 
     if text_ids is not None:
+        _check_ids(text_ids, num_texts, "text_ids")
         keep_rows = first_occurrence_indices(text_ids).to(scores_t2v.device)
         scores_t2v, positives = scores_t2v[keep_rows], positives[keep_rows]
         if scores_v2t is not None:
             scores_v2t = scores_v2t[:, keep_rows.to(scores_v2t.device)]
     if video_ids is not None:
+        _check_ids(video_ids, num_videos, "video_ids")
         keep_columns = first_occurrence_indices(video_ids).to(scores_t2v.device)
         scores_t2v, positives = scores_t2v[:, keep_columns], positives[:, keep_columns]
         if scores_v2t is not None:
@@ -215,8 +224,7 @@ def qa_accuracy(predictions: Any, references: Any, *, ids: Any | None = None) ->
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
     if ids is not None:
-        if len(_to_list(ids)) != len(predictions):
-            raise ValueError("`ids` must have one entry per prediction.")
+        _check_ids(ids, len(predictions), "ids")
         keep = first_occurrence_indices(ids)
         predictions, references = _select(predictions, keep), _select(references, keep)
     if not predictions:
@@ -259,7 +267,10 @@ def egomcq_accuracy(
             f"Expected logits (N, C), labels (N,), types (N,); got {tuple(logits.shape)}, "
             f"{tuple(labels.shape)}, {tuple(types.shape)}."
         )
+    if bool(((labels < 0) | (labels >= logits.shape[1])).any()):
+        raise ValueError(f"`labels` must index one of the {logits.shape[1]} candidates.")
     if ids is not None:
+        _check_ids(ids, labels.numel(), "ids")
         keep = first_occurrence_indices(ids)
         logits, labels, types = logits[keep.to(logits.device)], labels[keep], types[keep]
     if bool(logits.isnan().any()):

@@ -188,3 +188,18 @@ def test_nan_scores_are_an_error_not_a_perfect_rank():
         retrieval_ranks(scores, torch.eye(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="NaN"):
         egomcq_accuracy(torch.tensor([[float("nan"), 0.0]]), [0], [1])
+
+
+def test_ids_must_name_every_row_and_egomcq_labels_must_name_a_candidate():
+    text_match, video_match = [0, 1, 2, 2], [0, 1, 2]
+    scores = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="text_ids"):
+        retrieval_metrics(scores, text_match, video_match, text_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="video_ids"):
+        retrieval_metrics(scores, text_match, video_match, video_ids=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="ids"):
+        egomcq_accuracy(torch.eye(3), [0, 1, 2], [1, 1, 2], ids=[0, 1])
+    with pytest.raises(ValueError, match="ids"):
+        qa_accuracy(["a", "b"], ["a", "b"], ids=[0])
+    with pytest.raises(ValueError, match="labels"):
+        egomcq_accuracy(torch.eye(3), [0, 1, 7], [1, 1, 2])
