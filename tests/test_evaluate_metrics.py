@@ -39,6 +39,13 @@ def test_retrieval_module_drops_duplicated_queries():
     assert result["t2v_R@1"] == pytest.approx(expected["t2v_R@1"]) and result["v2t_MnR"] == pytest.approx(expected["v2t_MnR"])
 
 
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_retrieval_module_rejects_video_indices_outside_the_gallery(bad):
+    metric = load("svitt_retrieval")
+    with pytest.raises(ValueError, match="outside"):
+        metric.compute(predictions=[[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]], references=[[0], [bad]])
+
 def test_qa_module_strings_lists_and_indices():
     metric = load("svitt_qa_accuracy")
     assert metric.compute(predictions=["dog", "cat"], references=["dog", "bird"]) == qa_accuracy(["dog", "cat"], ["dog", "bird"])

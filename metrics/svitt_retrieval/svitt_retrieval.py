@@ -78,8 +78,13 @@ class SvittRetrieval(evaluate.Metric):
         if scores.dim() != 2:
             raise ValueError("Every prediction must hold one score per video (the same videos for every text).")
         positives = torch.zeros(scores.shape, dtype=torch.bool)
+        num_videos = scores.shape[1]
         for row, videos in enumerate(references):
-            positives[row, list(videos)] = True
+            videos = list(videos)
+            if any(not 0 <= video < num_videos for video in videos):
+                # a negative index would silently wrap around to a video at the end of the gallery
+                raise ValueError(f"Text {row}: ground-truth video indices {videos} outside 0..{num_videos - 1}.")
+            positives[row, videos] = True
         return modeling_svitt.metrics.retrieval_metrics(
             scores,
             positives=positives,
