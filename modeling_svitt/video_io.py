@@ -14,7 +14,8 @@ Frame grid and policies (documented choices, shared by every sampling strategy):
 * When the container does not store a frame count, it is estimated from duration x average frame rate, or counted
   from the packets (demuxing only, no decoding) when the duration is missing too. Streams that cannot seek, or whose
   frames carry no timestamps (raw elementary streams such as `.h264`), are read from the start, frames placed by
-  their count.
+  their count. So are streams whose seeks land after the target or on nothing (MPEG-TS, seeked by byte estimates):
+  a seek is trusted only when the first frame it gives is at or before the target (or is the stream's first frame).
 * A video with fewer frames than requested gives as many distinct frames as it has and repeats the last one to reach
   the requested count (the release's policy), so a clip always has exactly `num_frames` frames.
 * If the stream ends before a requested position (a header that overstates the length a little), the last decodable
@@ -331,6 +332,8 @@ class _SeekingFrameReader:
         self.time_base = stream.time_base
         self.seek_threshold = math.inf if sequential is not None else seek_threshold
         self.sequential = sequential
+        # Presentation time of the stream's first frame: the only frame a correct seek may return after its target.
+        self.first_time = float(stream.start_time * self.time_base) if stream.start_time is not None else None
         self._frames = None
         self._decoded = 0
         self._previous = None  # last (frame, seconds) at or before the current target
@@ -351,6 +354,18 @@ class _SeekingFrameReader:
         self._frames = self.container.decode(self.stream)
         self._decoded = 0
         self._previous = self._pending = None
+
+    def _seek_to(self, target: float) -> None:
+        """Seek for `target` and check where the seek landed (the frame it gives is kept as pending)."""
+        self._seek(target)
+        if self.sequential is not None:
+            return
+        first = self._next_frame()
+        if first is not None and first[1] > target and (self.first_time is None or first[1] > self.first_time):
+            # The demuxer went past the target (MPEG-TS seeks on byte estimates and can land seconds later, or on
+            # nothing): the frames before the landing point are unreachable this way, so read from the start instead.
+            raise _NeedsSequentialReading()
+        self._pending = first
 
     def _next_frame(self):
         if self._pending is not None:
@@ -373,12 +388,11 @@ class _SeekingFrameReader:
     def frame_at(self, target: float):
         """`(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it)."""
         if self._frames is None:
-            self._seek(target)
+            self._seek_to(target)
         else:
             current = self._pending if self._pending is not None else self._previous
             if current is not None and target - current[1] > self.seek_threshold:
-                self._seek(target)
-                self._pending = self._next_frame()
+                self._seek_to(target)
                 if self._pending is not None and self._pending[1] <= current[1]:
                     # The seek went back into a keyframe interval already decoded: decode forward next time.
                     self.seek_threshold = max(self.seek_threshold, target - self._pending[1])
@@ -429,10 +443,12 @@ def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata
             # The seek found no data: the stream ends before `target`. Decode forward from the last frame obtained
             # (or the start) to find the last decodable one.
             reader = _SeekingFrameReader(reader.container, reader.stream, math.inf)
-            reader._seek(timestamps[-1] if timestamps else metadata.start_time)
+            reader._seek_to(timestamps[-1] if timestamps else metadata.start_time)
             item = reader.frame_at(target)
             if item is None:
-                raise VideoDecodingError(path, "no frame could be decoded")
+                # Seeking found nothing even where frames were found before (or at the start): only reading from the
+                # start can tell an undecodable file from one whose seeks cannot be trusted.
+                raise _NeedsSequentialReading()
         # Whichever way the end of the stream was reached (a seek past it, or decoding forward into it), a last frame
         # far short of the target means the file is cut short.
         if reader.ended and target - item[1] > max(1.0, 0.1 * metadata.duration):

@@ -213,6 +213,18 @@ def test_variable_frame_rate(tmp_path):
     assert decoded_indices(decoded.frames)[-1] == 14
 
 
+@pytest.mark.parametrize("keyframe_interval", [5, 50])
+def test_mpeg_ts_seeks_that_land_late_are_not_trusted(tmp_path, keyframe_interval):
+    # MPEG-TS has no index: FFmpeg seeks it by byte estimates and lands seconds after the target (even for a target at
+    # the very start), or on nothing at all; the frames must still be the sampled ones
+    path = write_index_video(tmp_path / "v.ts", 100, keyframe_interval=keyframe_interval)
+    for sample, kwargs in (("middle", {}), ("uniform", {}), ("middle", {"num_clips": 3})):
+        decoded = read_video(path, 4, sample, **kwargs)
+        flat = decoded.frames.reshape(-1, *decoded.frames.shape[-3:])
+        assert decoded_indices(flat) == [i % 64 for i in decoded.frame_indices], (sample, kwargs)
+    assert read_video(path, 4, "middle").frame_indices == [12, 37, 62, 87]
+
+
 def test_missing_frame_count_is_estimated(tmp_path):
     # Matroska stores no frame count
     path = write_index_video(tmp_path / "v.mkv", 20)
