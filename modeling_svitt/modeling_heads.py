@@ -1173,6 +1173,27 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         self.decoder_head.predictions.decoder = new_embeddings
         self.decoder_head.predictions.bias = new_embeddings.bias
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the vocabulary of the question encoder and, with it, of the answer decoder.
+
+        Questions and answers share one tokenizer, but the answer decoder has its own word embeddings (with the
+        prediction head tied to them), which the library's resizing does not reach.
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        self.text_decoder.resize_token_embeddings(size, mean_resizing=mean_resizing)
+        predictions = self.decoder_head.predictions
+        old_bias = predictions.bias
+        if old_bias.shape[0] != size:
+            bias = old_bias.new_zeros(size)
+            kept = min(size, old_bias.shape[0])
+            bias[:kept] = old_bias.detach()[:kept]
+            predictions.bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
+        self.tie_weights()
+        return embeddings
+
     # Initialisation from another head --------------------------------------------------------------
 
     @torch.no_grad()

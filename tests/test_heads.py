@@ -366,6 +366,28 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
 
 
+
+def test_qa_resize_token_embeddings_reaches_the_answer_decoder(tmp_path):
+    model = make_model(SViTTForVideoQuestionAnswering)
+    model.resize_token_embeddings(120, mean_resizing=False)
+    head = model.decoder_head.predictions
+    assert model.config.text_config.vocab_size == 120
+    assert model.svitt.text_model.embeddings.word_embeddings.weight.shape[0] == 120
+    assert model.text_decoder.embeddings.word_embeddings.weight.shape[0] == 120
+    assert head.decoder.weight is model.text_decoder.embeddings.word_embeddings.weight
+    assert head.bias.shape == (120,) and head.decoder.bias is head.bias
+    answers = ANSWERS.clone()
+    answers[0, 1] = 115  # a new token in the answer list
+    ids, mask = captions(1)
+    result = model.rank_answers(videos(1), ids, mask, answers, ANSWER_MASK, k=5)
+    assert result.answer_indices.shape == (1, 5)
+    model.save_pretrained(tmp_path)
+    reloaded = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded.decoder_head.predictions.bias, head.bias)
+    torch.testing.assert_close(
+        reloaded.text_decoder.embeddings.word_embeddings.weight, model.text_decoder.embeddings.word_embeddings.weight
+    )
+
 # Multiple choice -----------------------------------------------------------------------------------
 
 
