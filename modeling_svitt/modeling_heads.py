@@ -1428,6 +1428,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         """
         if clip_aggregation not in CLIP_AGGREGATIONS:
             raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
+        if k < 1 or answer_input_ids.shape[0] == 0:
+            raise ValueError(f"Ranking needs k >= 1 and a non-empty answer list (k={k}, {answer_input_ids.shape[0]} answers).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if answer_attention_mask is None:

@@ -388,6 +388,14 @@ def test_qa_resize_token_embeddings_reaches_the_answer_decoder(tmp_path):
         reloaded.text_decoder.embeddings.word_embeddings.weight, model.text_decoder.embeddings.word_embeddings.weight
     )
 
+
+@pytest.mark.parametrize("k, num_answers", [(0, 5), (3, 0)])
+def test_rank_answers_rejects_k_below_one_and_an_empty_answer_list(k, num_answers):
+    model = make_model(SViTTForVideoQuestionAnswering)
+    ids, mask = captions(1)
+    with pytest.raises(ValueError, match="k >= 1"):
+        model.rank_answers(videos(1), ids, mask, ANSWERS[:num_answers], ANSWER_MASK[:num_answers], k=k)
+
 # Multiple choice -----------------------------------------------------------------------------------
 
 
