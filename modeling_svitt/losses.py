@@ -56,6 +56,15 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, padding], dim=0).contiguous()
 
 
+def _all_gather_rows(tensor: torch.Tensor, group, world_size: int) -> tuple[torch.Tensor, list[int]]:
+    """All-gather along dim 0 with uneven row counts (padded for the collective, trimmed after); returns the sizes."""
+    sizes = _gather_sizes(tensor, group, world_size)
+    max_rows = max(sizes)
+    buffers = [tensor.new_empty((max_rows, *tensor.shape[1:])) for _ in range(world_size)]
+    dist.all_gather(buffers, _pad_rows(tensor, max_rows), group=group)
+    return torch.cat([buffer[:size] for buffer, size in zip(buffers, sizes)], dim=0), sizes
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward routes every process's gradient back to the tensor's owner.
 
@@ -68,14 +77,11 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
         world_size, rank = _distributed_world(group)
-        sizes = _gather_sizes(tensor, group, world_size)
-        max_rows = max(sizes)
-        buffers = [tensor.new_empty((max_rows, *tensor.shape[1:])) for _ in range(world_size)]
-        dist.all_gather(buffers, _pad_rows(tensor, max_rows), group=group)
+        gathered, sizes = _all_gather_rows(tensor, group, world_size)
         ctx.group = group
         ctx.sizes = sizes
         ctx.rank = rank
-        return torch.cat([buffer[:size] for buffer, size in zip(buffers, sizes)], dim=0)
+        return gathered
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -103,11 +109,7 @@ def all_gather_no_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
     world_size, _ = _distributed_world(group)
     if world_size == 1:
         return tensor
-    sizes = _gather_sizes(tensor, group, world_size)
-    max_rows = max(sizes)
-    buffers = [tensor.new_empty((max_rows, *tensor.shape[1:])) for _ in range(world_size)]
-    dist.all_gather(buffers, _pad_rows(tensor, max_rows), group=group)
-    return torch.cat([buffer[:size] for buffer, size in zip(buffers, sizes)], dim=0)
+    return _all_gather_rows(tensor, group, world_size)[0]
 
 
 def local_row_offset(tensor: torch.Tensor, group=None) -> int:
