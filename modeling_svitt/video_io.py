@@ -64,6 +64,13 @@ class VideoNotFoundError(VideoDecodingError, FileNotFoundError):
     """The video file does not exist."""
 
 
+class VideoSegmentError(VideoDecodingError, ValueError):
+    """
+    The requested time segment lies outside the video: a clip annotation that does not fit its file (e.g. an Ego4D
+    narration past the end of a shorter-than-declared video). Datasets skip and count it like an unreadable file.
+    """
+
+
 def _import_av():
     # Kept inside a try block so that Hub remote-code import checks do not demand PyAV for the whole package.
     try:
@@ -501,8 +508,9 @@ def read_video(
         positions and timestamps, and the file's metadata.
 
     Raises:
-        [`VideoDecodingError`]: the file is missing, empty, truncated, corrupt or not a video; the message names it.
-        `ValueError`: invalid arguments (unknown strategy, a segment outside the video).
+        [`VideoDecodingError`]: the file is missing, empty, truncated, corrupt or not a video, or the segment
+            `[start, end]` starts after its end ([`VideoSegmentError`], also a `ValueError`); the message names it.
+        `ValueError`: invalid arguments (unknown strategy, a negative or reversed segment).
     """
     path = os.fspath(path)
     if num_clips is not None and _FPS_PATTERN.match(sample):
@@ -548,9 +556,9 @@ def _segment_positions(metadata: VideoMetadata, start: float | None, end: float 
     step = metadata.frame_step
     first = int(round(start / step))
     if first >= metadata.num_frames:
-        raise ValueError(
-            f"Time segment [{start}, {end}] starts after the end of '{metadata.path}' "
-            f"(duration {metadata.duration:.3f} s)."
+        raise VideoSegmentError(
+            metadata.path,
+            f"the time segment [{start}, {end}] starts after the end of the video (duration {metadata.duration:.3f} s)",
         )
     last = min(int(round(end / step)), metadata.num_frames)
     return first, max(1, last - first)
@@ -644,6 +652,7 @@ __all__ = [
     "VideoDecodingError",
     "VideoMetadata",
     "VideoNotFoundError",
+    "VideoSegmentError",
     "probe_video",
     "read_video",
     "sample_frame_indices",

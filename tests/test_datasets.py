@@ -146,6 +146,23 @@ def test_egoclip_segments_and_tags(corpus, processor, tmp_path):
         EgoClipDataset(tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=3)
 
 
+def test_egoclip_clip_past_the_end_of_its_video_is_a_bad_sample(corpus, processor, tmp_path, caplog):
+    # an annotation whose segment starts after the (3 s) file ends: skipped, counted and named, not a crash of the run
+    header = "\t".join(EGOCLIP_COLUMNS) + "\n"
+    lines = [
+        "0\tv3\t3.0\tnarration_pass_1\t0\t1.5\t1.0\t2.0\t#C C opens a door\t[1]\t[0]\n",
+        "1\tv4\t9.0\tnarration_pass_1\t1\t7.5\t7.0\t8.0\t#C C closes a door\t[2]\t[1]\n",
+    ]
+    (tmp_path / "egoclip.tsv").write_text(header + "".join(lines))
+    dataset = EgoClipDataset(
+        tmp_path / "egoclip.tsv", processor, media_root=corpus, num_verbs=5, num_nouns=6, max_bad_fraction=0.5
+    )
+    assert dataset[0] is not None
+    with caplog.at_level(logging.WARNING, logger="training.data.readers"):
+        assert dataset[1] is None
+    assert dataset.num_bad_samples == 1 and "v4.mp4" in caplog.text and "starts after the end" in caplog.text
+
+
 def test_ego_video_chunks():
     # EgoVLP's 600 s chunks: a clip at 1250-1252 s lives in chunk 2, at 50-52 s of it
     in_chunk = ego_video_path("/ego", "abc", 1250.0, 1252.0, "{video_uid}/{chunk}.mp4", 600)

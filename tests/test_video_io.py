@@ -147,6 +147,10 @@ def test_time_segment(video_30):
     assert all(22 <= i < 28 for i in decoded_indices(rand.frames))
     with pytest.raises(ValueError, match="starts after the end"):
         read_video(video_30, 4, start=5.0, end=6.0)
+    # a clip that does not fit its file is a bad sample for the datasets (skipped and counted), naming the file
+    with pytest.raises(VideoDecodingError) as info:
+        read_video(video_30, 4, start=5.0, end=6.0)
+    assert info.value.path == video_30 and video_30 in str(info.value)
 
 
 @pytest.mark.parametrize(
