@@ -151,6 +151,19 @@ def test_egomcq_items_are_well_formed(tiny):
             assert len(set(uids)) == 5
 
 
+def test_inter_video_egomcq_items_have_one_right_answer(tmp_path):
+    # enough inter-video items that a distractor segment narrated exactly like the query (48 possible narrations)
+    # would turn up: that choice would be a second right answer
+    config = SyntheticConfig(
+        seed=5, num_pretrain_clips=1, num_test_clips=1, num_ego_train_videos=1, num_ego_test_videos=5,
+        segments_per_ego_video=5, mcq_items_per_type=100,
+    )
+    items = json.loads(generate_synthetic_dataset(tmp_path / "mcq", config).egomcq.read_text())
+    for key, item in items.items():
+        texts = [item["choices"][str(k)]["clip_text"] for k in range(5)]
+        assert texts.count(item["query"]["clip_text"]) == 1, (key, texts)
+
+
 def test_generated_on_first_use_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     assert default_synthetic_root() == tmp_path / "cache" / "synthetic" / f"{SYNTHETIC_VERSION}-0"

@@ -42,7 +42,7 @@ import numpy as np
 
 from modeling_svitt.video_io import write_video
 
-SYNTHETIC_VERSION = "v1"
+SYNTHETIC_VERSION = "v2"  # v2: inter-video EgoMCQ distractors never repeat the query's narration
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 190, 70),
@@ -471,9 +471,16 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
             else:
                 others = [v for v in range(len(test_videos)) if v != video]
                 picks = rng.choice(others, size=4, replace=False)
-                candidates = [
-                    clip_record(test_videos[int(v)], int(rng.integers(config.segments_per_ego_video))) for v in picks
-                ]
+                candidates = []
+                for v in picks:
+                    # A segment narrated exactly like the query would be a second right answer (one video narrates
+                    # each move once, so at most one of its segments is excluded).
+                    segments = [
+                        s
+                        for s in range(config.segments_per_ego_video)
+                        if ego_caption(test_videos[int(v)], s) != query["clip_text"]
+                    ]
+                    candidates.append(clip_record(test_videos[int(v)], int(rng.choice(segments))))
             answer = int(rng.integers(5))
             candidates.insert(answer, query)
             mcq[str(len(mcq))] = {
