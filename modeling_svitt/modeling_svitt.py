@@ -483,8 +483,12 @@ class SViTTVisionEncoder(nn.Module):
             keep_rate = config.token_keep_rate if index in config.token_drop_layers else 1.0
             random_scores = None
             if keep_rate < 1.0 and config.token_keep_strategy == "random":
-                # drawn here, not inside the layer, so a checkpointed layer recomputes the same selection
-                random_scores = torch.rand((batch, num_tokens), generator=generator).to(hidden_states.device)
+                # Drawn here, not inside the layer, so a checkpointed layer recomputes the same selection; from a
+                # generator of their own, seeded by one fixed-size draw, so that the random blocks of later layers do
+                # not depend on the batch size.
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                scores_generator = torch.Generator().manual_seed(seed)
+                random_scores = torch.rand((batch, num_tokens), generator=scores_generator).to(hidden_states.device)
             hidden_states, new_positions, global_attention = layer(
                 hidden_states,
                 positions,

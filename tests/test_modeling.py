@@ -285,3 +285,16 @@ def test_eager_and_sdpa_agree_and_switch_on_the_composite_model(sparse):
         assert model.vision_model.config._attn_implementation == model.text_model.config._attn_implementation == "eager"
         eager = model(video(), ids, attention_mask=mask).logits_per_video
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["cls_attn", "random"])
+def test_attention_blocks_do_not_depend_on_the_batch(strategy):
+    torch.manual_seed(0)
+    tower = SViTTVisionModel(tiny_vision_config(token_keep_strategy=strategy, num_hidden_layers=3)).eval()
+    pixels = video(batch=4)
+    with torch.no_grad():
+        alone, together = tower(pixels[:1]), tower(pixels)
+    for blocks_alone, blocks_together in zip(alone.random_blocks, together.random_blocks):
+        assert torch.equal(blocks_alone, blocks_together)
+    if strategy == "cls_attn":
+        torch.testing.assert_close(alone.pooler_output, together.pooler_output[:1], atol=1e-5, rtol=1e-5)
