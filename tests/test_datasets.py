@@ -200,6 +200,9 @@ def test_egomcq_items(corpus, processor):
     for k, clip in enumerate(intra_item["pixel_values"]):
         assert all(6 * k <= i < 6 * k + 5 for i in decoded_indices(pixels_to_uint8(clip)))
     assert dataset[2] is None and dataset.num_bad_samples == 1  # one unreadable choice skips the whole item
+    # the loaded JSON object itself (keyed by stringified index, as egomcq.json) is accepted as well
+    keyed = {"10": broken, "2": intra, "1": inter}
+    assert EgoMCQDataset(keyed, processor, media_root=corpus).types == [2, 1, 1]
     batch = MultipleChoiceCollator(processor, return_types=True)([dataset[0], dataset[1], dataset[2]])
     assert batch["pixel_values"].shape == (2, 5, 4, 3, 16, 16)
     assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [2, 1]

@@ -75,6 +75,8 @@ def read_rows(source: AnnotationSource) -> list[dict[str, Any]]:
     Rows of an annotation source: a `.json` list, a `.jsonl` file, a JSON object keyed by index (EgoMCQ), or an
     in-memory sequence of mappings (a list of dicts, a `datasets.Dataset`, ...).
     """
+    if isinstance(source, Mapping):  # an EgoMCQ-style object keyed by index, already loaded
+        return _rows_of_keyed_object(source)
     if not isinstance(source, (str, os.PathLike)):
         return [dict(row) for row in source]
     path = os.fspath(source)
@@ -88,11 +90,15 @@ def read_rows(source: AnnotationSource) -> list[dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise AnnotationError(f"Annotation file '{path}' is not valid JSON: {error}") from error
     if isinstance(data, dict):
-        # EgoMCQ stores its items under stringified indices; keep them in numeric order.
-        return [dict(data[key], _key=key) for key in sorted(data, key=lambda k: (len(str(k)), str(k)))]
+        return _rows_of_keyed_object(data)
     if not isinstance(data, list):
         raise AnnotationError(f"Annotation file '{path}' must hold a JSON list, got {type(data).__name__}.")
     return data
+
+
+def _rows_of_keyed_object(data: Mapping[Any, Any]) -> list[dict[str, Any]]:
+    # EgoMCQ stores its items under stringified indices; keep them in numeric order.
+    return [dict(data[key], _key=key) for key in sorted(data, key=lambda k: (len(str(k)), str(k)))]
 
 
 def _require(row: Mapping[str, Any], keys: Sequence[str], source: str, position: int) -> None:
