@@ -333,6 +333,11 @@ def itc_loss(
         if gather_across_processes and _distributed_world(group)[0] > 1:
             raise ValueError("`match_ids` unique across processes are required when gathering negatives.")
         match_ids = torch.arange(batch_size, device=video_embeds.device)
+    device = video_embeds.device
+    match_ids = match_ids.to(device)
+    verb_tags, noun_tags, video_ids = (
+        None if tensor is None else tensor.to(device) for tensor in (verb_tags, noun_tags, video_ids)
+    )
 
     offset = 0
     all_video_embeds, all_text_embeds, all_match_ids = video_embeds, text_embeds, match_ids
@@ -534,7 +539,7 @@ def answer_decoder_loss(
     """
     nll = sequence_negative_log_likelihood(logits, labels)
     if answer_weights is not None:
-        nll = nll * answer_weights.to(nll.dtype)
+        nll = nll * answer_weights.to(device=nll.device, dtype=nll.dtype)
     return nll.sum() / num_questions
 
 
