@@ -253,6 +253,29 @@ def test_too_many_bad_samples_abort_with_a_clear_message(corpus, processor):
         list(make_dataloader(strict, 3, VideoTextCollator(processor)))
 
 
+def test_nothing_readable_aborts_early_on_a_large_dataset():
+    from training.data.readers import BadSampleTracker
+
+    error = OSError("no such file: wrong_root/video.mp4")
+    tracker = BadSampleTracker(100, max_bad_fraction=0.5, name="big")  # the fraction alone would allow 50 failures
+    for index in range(31):
+        tracker.record(index, error)
+    with pytest.raises(TooManyBadSamplesError, match=r"first 32 samples of big .* none could.*wrong_root"):
+        tracker.record(31, error)
+
+    partly_readable = BadSampleTracker(100, max_bad_fraction=0.5, name="big")
+    partly_readable.record_success(99)
+    for index in range(50):
+        partly_readable.record(index, error)
+    with pytest.raises(TooManyBadSamplesError, match="51 of the 100 samples"):
+        partly_readable.record(50, error)
+
+    tolerant = BadSampleTracker(100, max_bad_fraction=1.0, name="big")
+    for index in range(100):
+        tolerant.record(index, error)
+    assert tolerant.num_bad == 100
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Loaders
 

@@ -89,18 +89,28 @@ class BadSampleTracker:
     from the process that built the dataset) updates the same numbers; each sample counts once however often it is
     read. A plain copy of the tracker (deepcopy, pickling outside process start-up) gets its own snapshot.
 
+    Two rules abort: more than `max_bad_fraction * num_samples` distinct samples failed, or the first
+    `abort_if_first_all_fail` distinct samples read all failed (nothing is readable, e.g. a wrong media root: on a
+    dataset of millions the fraction alone would only trip after thousands of failures).
+
     Args:
         num_samples (`int`): size of the dataset.
         max_bad_fraction (`float`): abort when more than `max_bad_fraction * num_samples` distinct samples failed.
         name (`str`): the dataset, for messages.
+        abort_if_first_all_fail (`int`, defaults to 32): abort when this many distinct samples were read and none
+            succeeded (0 disables the rule; so does `max_bad_fraction=1`).
     """
 
-    def __init__(self, num_samples: int, max_bad_fraction: float, name: str = "dataset"):
+    _UNREAD, _BAD, _GOOD = 0, 1, 2
+
+    def __init__(self, num_samples: int, max_bad_fraction: float, name: str = "dataset", abort_if_first_all_fail: int = 32):
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ValueError(f"`max_bad_fraction` must be in [0, 1], got {max_bad_fraction}.")
         self.num_samples, self.max_bad_fraction, self.name = num_samples, max_bad_fraction, name
+        self.abort_if_first_all_fail = abort_if_first_all_fail
         self._flags = multiprocessing.RawArray("b", max(num_samples, 1))
         self._count = SharedInt(0)
+        self._good = SharedInt(0)
         self.errors: dict[int, str] = {}  # this process's view, for inspection
 
     def __getstate__(self):
@@ -122,18 +132,32 @@ class BadSampleTracker:
     @property
     def bad_indices(self) -> list[int]:
         """Indices of the samples that could not be read so far (all processes)."""
-        return [index for index in range(self.num_samples) if self._flags[index]]
+        return [index for index in range(self.num_samples) if self._flags[index] == self._BAD]
+
+    def record_success(self, index: int) -> None:
+        """Note a sample that was read (only the first read of each sample takes the lock)."""
+        if self._flags[index] == self._UNREAD:
+            with self._good.get_lock():
+                if self._flags[index] == self._UNREAD:
+                    self._flags[index] = self._GOOD
+                    self._good.value += 1
 
     def record(self, index: int, error: Exception) -> None:
-        """Count a failed sample, warn, and raise [`TooManyBadSamplesError`] once the limit is passed."""
+        """Count a failed sample, warn, and raise [`TooManyBadSamplesError`] once a limit is passed."""
         with self._count.get_lock():
-            if not self._flags[index]:
-                self._flags[index] = 1
+            if self._flags[index] != self._BAD:
+                self._flags[index] = self._BAD
                 self._count.value += 1
             count = self._count.value
         self.errors[index] = str(error)
         limit = self.max_bad_fraction * self.num_samples
         logger.warning(f"Skipping sample {index} of {self.name}: {error} ({count} unreadable so far).")
+        first = min(self.abort_if_first_all_fail, self.num_samples)
+        if self.max_bad_fraction < 1.0 and first and count >= first and self._good.value == 0:
+            raise TooManyBadSamplesError(
+                f"The first {count} samples of {self.name} read could not be read, and none could: nothing in it "
+                f"seems readable. Last failure: {error}. Check the media root and the files."
+            )
         if count > limit:
             raise TooManyBadSamplesError(
                 f"{count} of the {self.num_samples} samples of {self.name} could not be read, more than "
@@ -251,6 +275,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
         except VideoDecodingError as error:
             self.bad_samples.record(index, error)
             return None
+        self.bad_samples.record_success(index)
         item["index"] = index
         return item
 
