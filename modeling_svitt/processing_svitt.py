@@ -517,22 +517,13 @@ class SViTTProcessor(ProcessorMixin):
         self, answers: str | list[str], max_length: int | None = None, return_tensors: str | None = "pt"
     ) -> BatchFeature:
         """
-        Tokenize candidate or ground-truth answers for the QA answer decoder, as the release does: the text
-        `"<answer> [SEP]"` becomes `[CLS] answer [SEP] [PAD]...` of `max_answer_length` tokens (the `[SEP]` is cut off
-        for answers longer than `max_answer_length - 2` word pieces, as in the release).
+        Tokenize candidate or ground-truth answers for the QA answer decoder as the release does (see
+        [`SViTTTokenizer.encode_answers`]), `max_answer_length` tokens by default.
 
         Returns:
             [`BatchFeature`] with `answer_input_ids` and `answer_attention_mask`.
         """
-        answers = [answers] if isinstance(answers, str) else list(answers)
-        sep = str(self.tokenizer.sep_token)
-        encoded = self.tokenizer(
-            [f"{answer} {sep}" for answer in answers],
-            padding="max_length",
-            truncation=True,
-            max_length=max_length or self.max_answer_length,
-            return_tensors=return_tensors,
-        )
+        encoded = self.tokenizer.encode_answers(answers, max_length or self.max_answer_length, return_tensors)
         return BatchFeature(
             data={
                 "answer_input_ids": encoded["input_ids"],

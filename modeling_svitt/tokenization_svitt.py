@@ -106,6 +106,21 @@ class SViTTTokenizer(BertTokenizer):
             return [self.clean_text(item) for item in text]
         return text
 
+    def encode_answers(self, answers: str | list[str], max_length: int = 5, return_tensors: str | None = "pt"):
+        """
+        Answers for the video-QA answer decoder, encoded as the release does: `"<answer> [SEP]"` becomes
+        `[CLS] answer [SEP] [PAD]...` of `max_length` tokens (the `[SEP]` is cut off for answers longer than
+        `max_length - 2` word pieces, as in the release). Returns the tokenizer's `input_ids` / `attention_mask`.
+        """
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        return self(
+            [f"{answer} {self.sep_token}" for answer in answers],
+            padding="max_length",
+            truncation=True,
+            max_length=max_length,
+            return_tensors=return_tensors,
+        )
+
     def _encode_plus(self, text, text_pair=None, *args, is_split_into_words: bool = False, **kwargs):
         # Every public entry point (`__call__`, `encode`, `tokenize`, batch calls) funnels through here.
         if self.clean_captions and not is_split_into_words:

@@ -117,8 +117,7 @@ class VideoQACollator(_CollatorBase):
         self.max_answer_length = max_answer_length
 
     def encode_answers(self, answers: list[str]) -> dict[str, torch.Tensor]:
-        sep = str(self.tokenizer.sep_token)
-        encoded = self.tokenize([f"{answer} {sep}" for answer in answers], self.max_answer_length)
+        encoded = self.tokenizer.encode_answers(answers, self.max_answer_length)
         return {"answer_input_ids": encoded["input_ids"], "answer_attention_mask": encoded["attention_mask"]}
 
     def collate(self, samples):
