@@ -36,6 +36,37 @@ def write_index_video(path, num_frames: int, fps: float = 10, identity: int = 0,
     return write_video(path, frames, fps=fps, crf=kwargs.pop("crf", 4), **kwargs)
 
 
+def mux_index_frames(
+    path: str,
+    timestamps: list[int],
+    *,
+    format: str | None = None,
+    codec: str = "libx264",
+    codec_options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    time_base: Fraction | None = None,
+) -> str:
+    """Encode index frames 0, 1, ... at the given `pts` with PyAV directly, for the containers and timings that
+    `write_video` does not make (variable frame rate, raw streams, still images, faststart)."""
+    with av.open(path, "w", format=format, options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=10) if codec != "png" else container.add_stream(codec)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "rgb24" if codec == "png" else "yuv420p"
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        stream.codec_context.options = codec_options or {}
+        for i, pts in enumerate(timestamps):
+            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
+            frame.pts = pts
+            if time_base is not None:
+                frame.time_base = time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def decoded_indices(frames: torch.Tensor) -> list[int]:
     """Frame indices (modulo 64) encoded in `uint8 (T, 3, H, W)` frames."""
     means = frames.float().mean(dim=(-2, -1))
@@ -194,19 +225,7 @@ def test_variable_frame_rate(tmp_path):
     # 10 frames at 10 fps, then 5 frames 0.4 s apart: each sample is the frame on screen at its grid time
     path = str(tmp_path / "vfr.mp4")
     times_ms = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1400, 1800, 2200, 2600]
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        stream.codec_context.options = {"bf": "0", "crf": "4"}
-        for i, pts in enumerate(times_ms):
-            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    mux_index_frames(path, times_ms, codec_options={"bf": "0", "crf": "4"}, time_base=Fraction(1, 1000))
     metadata = probe_video(path)
     decoded = read_video(path, 6, "uniform")
     for position, index in zip(decoded.frame_indices, decoded_indices(decoded.frames)):
@@ -240,18 +259,7 @@ def test_missing_frame_count_is_estimated(tmp_path):
 def test_raw_stream_without_timestamps_or_seeking(tmp_path):
     # a raw H.264 elementary stream: no frame count, no duration, no timestamps, cannot seek
     path = str(tmp_path / "raw.h264")
-    with av.open(path, "w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"crf": "4"}
-        for i in range(30):
-            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    mux_index_frames(path, list(range(30)), format="h264", codec_options={"crf": "4"})
     metadata = probe_video(path)
     assert metadata.num_frames == 30 and metadata.num_frames_is_estimate  # counted from the packets
     decoded = read_video(path, 4, "middle")
@@ -260,14 +268,8 @@ def test_raw_stream_without_timestamps_or_seeking(tmp_path):
 
 def test_still_image_is_a_one_frame_video(tmp_path):
     path = str(tmp_path / "image.png")
-    image = index_frame(5)
-    with av.open(path, "w", format="image2") as container:
-        stream = container.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "rgb24"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    image = index_frame(0)  # what mux_index_frames writes first
+    mux_index_frames(path, [0], format="image2", codec="png")
     decoded = read_video(path, 4, "rand")
     assert decoded.metadata.is_still_image
     assert decoded.frames.shape == (4, 3, 32, 32)
@@ -289,18 +291,12 @@ def _bad_files(tmp_path, video_30):
     truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: the file does not open
     # index at the front ("faststart", as streamed files are): the file opens, the media data stops half-way
     faststart = str(tmp_path / "faststart.mp4")
-    with av.open(faststart, "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"x264-params": "keyint=5:min-keyint=5:scenecut=0", "crf": "4"}
-        for i in range(60):
-            frame = av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    mux_index_frames(
+        faststart,
+        list(range(60)),
+        container_options={"movflags": "faststart"},
+        codec_options={"x264-params": "keyint=5:min-keyint=5:scenecut=0", "crf": "4"},
+    )
     data = open(faststart, "rb").read()
     truncated_media = tmp_path / "truncated_media.mp4"
     truncated_media.write_bytes(data[: len(data) * 3 // 5])
