@@ -21,7 +21,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput, can_return_tuple
 
-from .configuration_svitt import SViTTConfig, SViTTTextConfig
+from .configuration_svitt import MULTIPLE_CHOICE_SCORINGS, SViTTConfig, SViTTTextConfig
 from .losses import (
     ContrastiveLossOutput,
     answer_decoder_loss,
@@ -42,13 +42,12 @@ from .modeling_svitt import (
     SViTTTextModelOutput,
     SViTTVisionModelOutput,
 )
+from .video_io import CLIP_LAYOUTS, split_clips
 
 logger = logging.getLogger(__name__)
 
 CLIP_AGGREGATIONS = ("lse", "mean", "max")
-CLIP_SAMPLINGS = ("consecutive", "strided")
 ITM_SCORES = ("positive_logit", "match_log_prob")
-MULTIPLE_CHOICE_SCORINGS = ("itc", "itm")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,20 +275,15 @@ def split_into_clips(
     frames `k, k + K, k + 2K, ...` (the release's `eval_sparse_sampling`). Returns the clips, ordered video by
     video (`(B * K, T, C, H, W)`), and K.
     """
-    if sampling not in CLIP_SAMPLINGS:
-        raise ValueError(f"`clip_sampling` must be one of {CLIP_SAMPLINGS}, got {sampling!r}.")
-    batch, total = pixel_values.shape[:2]
+    if sampling not in CLIP_LAYOUTS:
+        raise ValueError(f"`clip_sampling` must be one of {CLIP_LAYOUTS}, got {sampling!r}.")
+    total = pixel_values.shape[1]
     if total % num_frames:
         raise ValueError(
             f"Videos of {total} frames cannot be cut into clips of {num_frames} frames (the model's clip length)."
         )
     num_clips = total // num_frames
-    frames = pixel_values.shape[2:]
-    if sampling == "consecutive":
-        clips = pixel_values.reshape(batch, num_clips, num_frames, *frames)
-    else:
-        clips = pixel_values.reshape(batch, num_frames, num_clips, *frames).transpose(1, 2)
-    return clips.reshape(batch * num_clips, num_frames, *frames), num_clips
+    return split_clips(pixel_values, num_clips, sampling, dim=1).flatten(0, 1), num_clips
 
 
 def aggregate_clips(scores: torch.Tensor, how: str = "lse", dim: int = -1) -> torch.Tensor:
@@ -321,16 +315,12 @@ def text_guided_selection(
     previous = (config.fusion_token_keep_rate, list(config.fusion_token_drop_layers), config.fusion_token_keep_strategy)
     try:
         if keep_rate is not None:
-            if not 0.0 < keep_rate <= 1.0:
-                raise ValueError(f"`keep_rate` must be in (0, 1], got {keep_rate}.")
             config.fusion_token_keep_rate = float(keep_rate)
         if drop_layers is not None:
-            drop_layers = [int(layer) for layer in drop_layers]
-            if any(not 0 <= layer < config.num_fusion_layers for layer in drop_layers):
-                raise ValueError(f"`drop_layers` must lie in 0..{config.num_fusion_layers - 1}, got {drop_layers}.")
-            config.fusion_token_drop_layers = drop_layers
+            config.fusion_token_drop_layers = [int(layer) for layer in drop_layers]
         if strategy is not None:
             config.fusion_token_keep_strategy = strategy
+        config.validate_architecture()  # the same checks as at construction
         yield
     finally:
         config.fusion_token_keep_rate, config.fusion_token_drop_layers, config.fusion_token_keep_strategy = previous

@@ -221,7 +221,7 @@ def sample_frame_indices(
     return _pad_with_last(indices, num_frames)
 
 
-def split_clips(frames: torch.Tensor, num_clips: int, layout: str = "consecutive") -> torch.Tensor:
+def split_clips(frames: torch.Tensor, num_clips: int, layout: str = "consecutive", dim: int = 0) -> torch.Tensor:
     """
     Split `num_clips * T` frames into `num_clips` clips of `T` frames for test-time ensembling.
 
@@ -229,20 +229,23 @@ def split_clips(frames: torch.Tensor, num_clips: int, layout: str = "consecutive
     `eval_sparse_sampling`) makes it frames `k, k + K, k + 2K, ...`, so every clip spans the whole video.
 
     Args:
-        frames (`torch.Tensor`): `(num_clips * T, ...)`.
+        frames (`torch.Tensor`): `(..., num_clips * T, ...)`, the frame axis at `dim`.
         num_clips (`int`): number of clips `K`.
         layout (`str`): `consecutive` or `strided`.
+        dim (`int`, defaults to 0): the frame axis (1 for a batch of videos).
 
     Returns:
-        `torch.Tensor`: `(num_clips, T, ...)`.
+        `torch.Tensor`: the frame axis replaced by `(num_clips, T)`.
     """
-    if num_clips < 1 or frames.shape[0] % num_clips:
-        raise ValueError(f"Cannot split {frames.shape[0]} frames into {num_clips} clips of equal length.")
-    per_clip = frames.shape[0] // num_clips
+    length = frames.shape[dim]
+    if num_clips < 1 or length % num_clips:
+        raise ValueError(f"Cannot split {length} frames into {num_clips} clips of equal length.")
+    per_clip = length // num_clips
+    before, after = frames.shape[:dim], frames.shape[dim + 1 :]
     if layout == "consecutive":
-        return frames.reshape(num_clips, per_clip, *frames.shape[1:])
+        return frames.reshape(*before, num_clips, per_clip, *after)
     if layout == "strided":
-        return frames.reshape(per_clip, num_clips, *frames.shape[1:]).transpose(0, 1).contiguous()
+        return frames.reshape(*before, per_clip, num_clips, *after).transpose(dim, dim + 1).contiguous()
     raise ValueError(f"Unknown clip layout {layout!r}; expected one of {CLIP_LAYOUTS}.")
 
 

@@ -274,6 +274,15 @@ def test_text_guided_selection_switches_on_at_inference_and_is_restored(gallery_
     with text_guided_selection(model.svitt, keep_rate=0.5):
         assert model.svitt.text_model.config.fusion_token_keep_rate == 0.5
     assert model.svitt.text_model.config.fusion_token_keep_rate == 1.0
+    for bad, field in (
+        ({"keep_rate": 0.0}, "fusion_token_keep_rate"),
+        ({"keep_rate": 0.5, "drop_layers": [5]}, "fusion_token_drop_layers"),
+        ({"strategy": "best"}, "fusion_token_keep_strategy"),
+    ):
+        with pytest.raises(ValueError, match=field), text_guided_selection(model.svitt, **bad):
+            pass
+        config = model.svitt.text_model.config
+        assert (config.fusion_token_keep_rate, config.fusion_token_keep_strategy) == (1.0, "cls_attn")
 
 
 # Video QA ------------------------------------------------------------------------------------------
