@@ -384,22 +384,6 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             if source_loaded or target_loaded:
                 missing_keys.discard(target)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, num_frames: int | None = None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with an optional move to another clip length.
-
-        `num_frames` loads the checkpoint at its own clip length, then resamples every relative-position table to
-        the new one (the release's temporal expansion between curriculum stages and to downstream tasks, spec §5;
-        interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
-        """
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
-        if num_frames is not None and num_frames != model.config.vision_config.num_frames:
-            model.svitt.vision_model.resize_num_frames(num_frames)
-        return (model, loading_info) if output_loading_info else model
-
     # ITC ------------------------------------------------------------------------------------------
 
     def _contrastive(

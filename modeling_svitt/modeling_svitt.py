@@ -757,6 +757,27 @@ class SViTTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, num_frames: int | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with an optional move to another clip length.
+
+        `num_frames` loads the checkpoint at its own clip length, then resamples every relative-position table of
+        the video tower to the new one (the temporal expansion between curriculum stages and to downstream tasks,
+        spec §5; interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
+        """
+        if num_frames is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        video_tower = next((module for module in model.modules() if isinstance(module, SViTTVisionModel)), None)
+        if video_tower is None:
+            raise ValueError(f"{cls.__name__} has no video tower, so `num_frames` does not apply to it.")
+        if num_frames != video_tower.config.num_frames:
+            video_tower.resize_num_frames(num_frames)
+        return (model, loading_info) if output_loading_info else model
+
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
         """Also writes the full `auto_map` and the model source, so the folder loads with `trust_remote_code=True`."""
         self.config.auto_map = model_auto_map()

@@ -298,3 +298,18 @@ def test_attention_blocks_do_not_depend_on_the_batch(strategy):
         assert torch.equal(blocks_alone, blocks_together)
     if strategy == "cls_attn":
         torch.testing.assert_close(alone.pooler_output, together.pooler_output[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_from_pretrained_moves_any_svitt_model_to_a_new_clip_length(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    for model_class in (SViTTModel, SViTTVisionModel):
+        source = tmp_path if model_class is SViTTModel else tmp_path / "vision"
+        if model_class is SViTTVisionModel:
+            model.vision_model.save_pretrained(source)
+        loaded = model_class.from_pretrained(source, num_frames=4)
+        tower = loaded.vision_model if model_class is SViTTModel else loaded
+        assert tower.config.num_frames == 4
+        assert tower.encoder.layer[0].attention.attention.relative_position_bias.relative_position_bias_table.shape[0] == 7 * 49 + 3
+    model.text_model.save_pretrained(tmp_path / "text")
+    with pytest.raises(ValueError, match="no video tower"):
+        SViTTTextModel.from_pretrained(tmp_path / "text", num_frames=4)
