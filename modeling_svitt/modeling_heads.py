@@ -848,7 +848,7 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
         batch_size: int = 16,
         storage_device: torch.device | str | None = "cpu",
         storage_dtype: torch.dtype | None = None,
-        seed: int | None = -1,
+        seed: int | None = None,
     ) -> SViTTVideoGallery:
         """Encode test videos for ranking, clip by clip, keeping only what ranking needs.
 
@@ -858,13 +858,12 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
                 model's clip length `T` are cut into K clips (`clip_sampling`: "consecutive" or "strided").
             storage_device, storage_dtype: where and how the features are kept (default: CPU, model dtype), so
                 that accelerator memory stays bounded by one batch whatever the gallery size.
-            seed: random attention blocks of every batch are drawn from a generator with this seed, so a video's
-                features do not depend on the batch it was encoded in. `-1` (default) uses
-                `vision_config.random_block_seed`; `None` draws them from the global RNG (release behaviour).
+            seed: draw the random attention blocks of every batch from a generator with this seed. By default the
+                video tower's own rule applies: in eval mode with `vision_config.deterministic_eval` (the default)
+                every forward re-seeds with `random_block_seed`, so a video's features do not depend on the batch it
+                was encoded in; with `deterministic_eval=False` patterns are fresh, as the release draws them.
         """
         num_frames = self.config.vision_config.num_frames
-        if seed == -1:
-            seed = self.config.vision_config.random_block_seed
         device = self.device
         embeds, tokens, masks = [], [], []
         for batch in _iterate_video_batches(videos, batch_size):
