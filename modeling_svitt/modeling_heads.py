@@ -564,6 +564,9 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
                 negative_text_indices=negative_text_indices,
                 loss_itm=image_text_matching_loss(itm_logits, itm_labels),
             )
+        result["loss"] = self.config.loss_weight_itc * contrastive.loss
+        if compute_itm:
+            result["loss"] = result["loss"] + self.config.loss_weight_itm * result["loss_itm"]
         return result
 
 
@@ -690,8 +693,7 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
         )
         video, text, contrastive = shared["video"], shared["text"], shared["contrastive"]
         attention_mask = shared["attention_mask"]
-        loss_itc = contrastive.loss
-        loss_itm = shared.get("loss_itm")
+        loss_itc, loss_itm, loss = contrastive.loss, shared.get("loss_itm"), shared["loss"]
 
         loss_mlm = mlm_logits = mlm_fusion = None
         if compute_mlm:
@@ -706,11 +708,6 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
             )
             mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
             loss_mlm = masked_lm_loss(mlm_logits, mlm_labels)
-
-        loss = config.loss_weight_itc * loss_itc
-        if loss_itm is not None:
-            loss = loss + config.loss_weight_itm * loss_itm
-        if loss_mlm is not None:
             loss = loss + config.loss_weight_mlm * loss_mlm
 
         return SViTTForPreTrainingOutput(
@@ -813,13 +810,9 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             compute_loss=return_loss,
         )
         video, text, contrastive = shared["video"], shared["text"], shared["contrastive"]
-        loss = loss_itc = loss_itm = None
-        if return_loss:
-            loss_itc = contrastive.loss
-            loss_itm = shared.get("loss_itm")
-            loss = config.loss_weight_itc * loss_itc
-            if loss_itm is not None:
-                loss = loss + config.loss_weight_itm * loss_itm
+        loss = shared.get("loss")
+        loss_itc = contrastive.loss if return_loss else None
+        loss_itm = shared.get("loss_itm")
         return SViTTForVideoTextRetrievalOutput(
             loss=loss,
             loss_itc=loss_itc,
