@@ -1378,7 +1378,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         clip_sampling: str = "consecutive",
         clip_aggregation: str = "lse",
         release_scoring: bool = False,
-        seed: int | None = -1,
+        seed: int | None = None,
     ) -> SViTTAnswerRankingOutput:
         """Pick each question's answer from a closed answer list (spec §6.2).
 
@@ -1389,8 +1389,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             answer_input_ids, answer_attention_mask: `(num_answers, answer_length)` answer list as `[CLS] answer [SEP]`.
             k: candidates kept by the first-token stage (clamped to the list size).
             release_scoring: reproduce the release's scoring quirks (see the class docstring).
-            seed: random attention blocks drawn from a generator with this seed (`-1`: the config's
-                `random_block_seed`; `None`: the global RNG).
+            seed: draw the random attention blocks from a generator with this seed; by default the video tower's own
+                rule applies (deterministic in eval mode, see `SViTTVisionConfig.deterministic_eval`).
         """
         if clip_aggregation not in CLIP_AGGREGATIONS:
             raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
@@ -1404,8 +1404,6 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         batch = input_ids.shape[0]
         num_frames = self.config.vision_config.num_frames
         clips, num_clips = split_into_clips(pixel_values.to(device), num_frames, clip_sampling)
-        if seed == -1:
-            seed = self.config.vision_config.random_block_seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         question_ids = input_ids.to(device).repeat_interleave(num_clips, dim=0)
         question_mask = attention_mask.to(device).repeat_interleave(num_clips, dim=0)
