@@ -310,7 +310,7 @@ class SViTTVideoProcessor(BaseImageProcessor):
     def _transform(self, video: torch.Tensor, options: dict[str, Any], generator: torch.Generator | None):
         leading = video.shape[:-3]
         is_uint8 = video.dtype == torch.uint8
-        frames = video.reshape(-1, *video.shape[-3:]).to(torch.float32)
+        frames = video.reshape(-1, *video.shape[-3:])
         size = _as_size(options["size"])
         height, width = frames.shape[-2:]
 
@@ -319,8 +319,10 @@ class SViTTVideoProcessor(BaseImageProcessor):
                 height, width, _as_pair(options["crop_scale"], "crop_scale"),
                 _as_pair(options["crop_ratio"], "crop_ratio"), generator,
             )
-            frames = self._resize(frames[..., top : top + crop_height, left : left + crop_width], size, options)
-        elif options["do_resize"]:
+            # crop before converting, so only the kept pixels are turned into floats
+            frames = frames[..., top : top + crop_height, left : left + crop_width]
+        frames = frames.to(torch.float32)
+        if options["do_random_resized_crop"] or options["do_resize"]:
             frames = self._resize(frames, size, options)
         if is_uint8:
             # torchvision resized uint8 tensors back to uint8: keep that rounding for parity.
