@@ -318,7 +318,8 @@ def test_two_workers_give_deterministic_batches(corpus, processor):
 
 
 def test_datasets_interop(corpus, processor):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     dataset = VideoCaptionDataset(corpus / "captions.json", processor, max_bad_fraction=0.5)
     collator = VideoTextCollator(processor)
     hf = dataset.to_hf_dataset()

@@ -2,12 +2,11 @@
 
 from pathlib import Path
 
+import evaluate
 import pytest
 import torch
 
 from modeling_svitt.metrics import egomcq_accuracy, qa_accuracy, retrieval_metrics
-
-evaluate = pytest.importorskip("evaluate")
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,6 @@ from modeling_svitt.video_io import (
     write_video,
 )
 
-av = pytest.importorskip("av")
 
 # ------------------------------------------------------------------------------------------------------------------
 # Index-coded videos: frame i is a flat colour from which i can be read back despite lossy compression.
