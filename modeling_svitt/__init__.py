@@ -3,10 +3,10 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .answer_ranking import SViTTAnswerRankingOutput
 from .modeling_heads import (
     SViTTForMultipleChoice,
     SViTTForPreTraining,
-    SViTTForVideoQuestionAnswering,
     SViTTForVideoTextRetrieval,
     register_head_auto_classes,
 )
@@ -14,11 +14,12 @@ from .modeling_svitt import (
     SViTTModel,
     SViTTOutput,
     SViTTPreTrainedModel,
-    SViTTTextModel,
-    SViTTTextModelOutput,
     SViTTVisionModel,
     SViTTVisionModelOutput,
 )
+from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
+from .modeling_video_qa import SViTTForVideoQuestionAnswering
+from .retrieval_ranking import SViTTRetrievalOutput, SViTTTextGallery, SViTTVideoGallery
 from .processing_svitt import SViTTProcessor, SViTTVideoProcessor, register_processing_auto_classes
 from .tokenization_svitt import SViTTTokenizer
 
@@ -36,6 +37,7 @@ register_head_auto_classes()
 register_processing_auto_classes()
 
 __all__ = [
+    "SViTTAnswerRankingOutput",
     "SViTTConfig",
     "SViTTForMultipleChoice",
     "SViTTForPreTraining",
@@ -45,10 +47,13 @@ __all__ = [
     "SViTTOutput",
     "SViTTPreTrainedModel",
     "SViTTProcessor",
+    "SViTTRetrievalOutput",
     "SViTTTextConfig",
+    "SViTTTextGallery",
     "SViTTTextModel",
     "SViTTTextModelOutput",
     "SViTTTokenizer",
+    "SViTTVideoGallery",
     "SViTTVideoProcessor",
     "SViTTVisionConfig",
     "SViTTVisionModel",

@@ -223,9 +223,7 @@ def infer_config(
         model_args["temperature_max"] = max(0.5, model_args["temperature"])
     if "mlm_prob" in original_config:
         model_args["mlm_probability"] = float(original_config["mlm_prob"])
-    return SViTTConfig(
-        vision_config=SViTTVisionConfig(**vision), text_config=SViTTTextConfig(**text), **model_args
-    )
+    return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=SViTTTextConfig(**text), **model_args)
 
 
 def load_original_checkpoint(
@@ -281,12 +279,13 @@ def _to_plain(config: Any) -> dict[str, Any] | None:
 
 
 def model_class_for_kind(kind: str):
-    from . import modeling_heads
+    from .modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval
+    from .modeling_video_qa import SViTTForVideoQuestionAnswering
 
     return {
-        PRETRAINING: modeling_heads.SViTTForPreTraining,
-        RETRIEVAL: modeling_heads.SViTTForVideoTextRetrieval,
-        QUESTION_ANSWERING: modeling_heads.SViTTForVideoQuestionAnswering,
+        PRETRAINING: SViTTForPreTraining,
+        RETRIEVAL: SViTTForVideoTextRetrieval,
+        QUESTION_ANSWERING: SViTTForVideoQuestionAnswering,
     }[kind]
 
 
@@ -316,12 +315,18 @@ def convert_loaded_state_dict(
     converted, kind = convert_state_dict(state_dict)
     model = model_class_for_kind(kind)(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
-    tied = {name for name in missing if name.endswith("predictions.decoder.weight") or name.endswith("predictions.decoder.bias")}
+    tied = {
+        name
+        for name in missing
+        if name.endswith("predictions.decoder.weight") or name.endswith("predictions.decoder.bias")
+    }
     # weights the release deletes from a task model (the QA model has no projections, temperature or pooler)
     optional = [re.compile(pattern) for pattern in (model._keys_to_ignore_on_load_missing or ())]
     missing = [name for name in missing if name not in tied and not any(p.search(name) for p in optional)]
     if missing or unexpected:
-        raise ValueError(f"Converted weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}.")
+        raise ValueError(
+            f"Converted weights do not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}."
+        )
     model.tie_weights()
     model.eval()
     if output_dir is not None:
@@ -341,11 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="release checkpoint (.pth / .pt / .safetensors)")
     parser.add_argument("--output", required=True, help="folder to write the converted model to")
     parser.add_argument("--original-config", help="the release's YAML/JSON training config, if not in the checkpoint")
-    parser.add_argument("--allow-pickle", action="store_true", help="read checkpoints with pickled configs (trusted files)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="read checkpoints with pickled configs (trusted files)"
+    )
     parser.add_argument(
         "--vision", action="append", default=[], metavar="KEY=VALUE", help="override a SViTTVisionConfig field"
     )
-    parser.add_argument("--text", action="append", default=[], metavar="KEY=VALUE", help="override a SViTTTextConfig field")
+    parser.add_argument(
+        "--text", action="append", default=[], metavar="KEY=VALUE", help="override a SViTTTextConfig field"
+    )
     args = parser.parse_args(argv)
 
     original_config = None

@@ -9,45 +9,38 @@ into another wherever the weights overlap (pretraining -> retrieval / multiple c
 All losses come from `losses.py`; the heads only decide what to feed them.
 """
 
-import contextlib
-import json
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import can_return_tuple
 
 from .configuration_svitt import MULTIPLE_CHOICE_SCORINGS, SViTTConfig, SViTTTextConfig
 from .losses import (
     ContrastiveLossOutput,
-    answer_decoder_loss,
-    answer_token_labels,
     image_text_matching_loss,
     itc_loss,
     mask_tokens_for_mlm,
     masked_lm_loss,
     multiple_choice_loss,
     sample_itm_negatives,
-    sequence_negative_log_likelihood,
 )
-from .modeling_svitt import (
-    RandomBlocks,
-    SViTTModel,
-    SViTTPreTrainedModel,
-    SViTTTextModel,
-    SViTTTextModelOutput,
-    SViTTVisionModelOutput,
+from .modeling_common import NestedModelOutput, SViTTPreTrainedModel
+from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
+from .modeling_svitt_text import SViTTTextModelOutput
+from .retrieval_ranking import (
+    encode_text_gallery,
+    encode_video_gallery,
+    itc_scores,
+    itm_pair_scores,
+    rank_galleries,
+    retrieve,
 )
-from .video_io import CLIP_LAYOUTS, split_clips
 
 logger = logging.getLogger(__name__)
-
-CLIP_AGGREGATIONS = ("lse", "mean", "max")
-ITM_SCORES = ("positive_logit", "match_log_prob")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,15 +48,8 @@ ITM_SCORES = ("positive_logit", "match_log_prob")
 # --------------------------------------------------------------------------------------------------
 
 
-class _NestedOutput(ModelOutput):
-    """`to_tuple` that also flattens nested outputs (as CLIP / XCLIP outputs do)."""
-
-    def to_tuple(self) -> tuple:
-        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
-
-
 @dataclass
-class SViTTForPreTrainingOutput(_NestedOutput):
+class SViTTForPreTrainingOutput(NestedModelOutput):
     r"""
     loss (`torch.FloatTensor`, *optional*):
         `loss_weight_itc * loss_itc + loss_weight_itm * loss_itm + loss_weight_mlm * loss_mlm`.
@@ -105,7 +91,7 @@ class SViTTForPreTrainingOutput(_NestedOutput):
 
 
 @dataclass
-class SViTTForVideoTextRetrievalOutput(_NestedOutput):
+class SViTTForVideoTextRetrievalOutput(NestedModelOutput):
     r"""
     loss (`torch.FloatTensor`, *optional*): `loss_weight_itc * loss_itc + loss_weight_itm * loss_itm`.
     loss_itc, loss_itm (`torch.FloatTensor`, *optional*): the two objectives.
@@ -133,89 +119,7 @@ class SViTTForVideoTextRetrievalOutput(_NestedOutput):
 
 
 @dataclass
-class SViTTVideoGallery(ModelOutput):
-    r"""
-    Pre-computed video features for ranking (see [`SViTTForVideoTextRetrieval.encode_videos`]).
-
-    embeds (`(num_videos, num_clips, embed_dim)`): L2-normalised ITC embedding of every clip.
-    tokens (`(num_videos, num_clips, num_tokens, hidden_size)`): fusion tokens of every clip.
-    token_mask (`(num_videos, num_clips, num_tokens)`): video token mask (all ones).
-    """
-
-    embeds: torch.FloatTensor | None = None
-    tokens: torch.FloatTensor | None = None
-    token_mask: torch.LongTensor | None = None
-
-
-@dataclass
-class SViTTTextGallery(ModelOutput):
-    r"""
-    Pre-computed text features for ranking (see [`SViTTForVideoTextRetrieval.encode_texts`]).
-
-    embeds (`(num_texts, embed_dim)`): L2-normalised ITC embeddings.
-    hidden_states (`(num_texts, sequence_length, hidden_size)`): text-layer outputs (fusion-layer input).
-    attention_mask (`(num_texts, sequence_length)`): padding mask.
-    """
-
-    embeds: torch.FloatTensor | None = None
-    hidden_states: torch.FloatTensor | None = None
-    attention_mask: torch.LongTensor | None = None
-
-
-@dataclass
-class SViTTRetrievalOutput(ModelOutput):
-    r"""
-    Result of ranking a text gallery against a video gallery (spec §6.1).
-
-    scores_t2v (`(num_texts, num_videos)`): final text-to-video scores (ITM re-ranked where candidates).
-    scores_v2t (`(num_videos, num_texts)`): final video-to-text scores (each direction re-ranks its own top-k).
-    itc_scores_t2v (`(num_texts, num_videos)`): cosine similarities averaged over clips (the first stage).
-    candidates_t2v (`(num_texts, num_videos)` bool), candidates_v2t (`(num_videos, num_texts)` bool):
-        The pairs that were re-scored by ITM.
-    """
-
-    scores_t2v: torch.FloatTensor | None = None
-    scores_v2t: torch.FloatTensor | None = None
-    itc_scores_t2v: torch.FloatTensor | None = None
-    candidates_t2v: torch.BoolTensor | None = None
-    candidates_v2t: torch.BoolTensor | None = None
-
-
-@dataclass
-class SViTTForVideoQuestionAnsweringOutput(_NestedOutput):
-    r"""
-    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss (spec §6.2).
-    logits (`(num_answers, answer_length, vocab_size)`, *optional*): answer-decoder logits.
-    question_hidden_states (`(batch_size, question_length, hidden_size)`): the multimodal question encoding.
-    vision_model_output: the video tower's output.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    question_hidden_states: torch.FloatTensor | None = None
-    vision_model_output: SViTTVisionModelOutput | None = None
-
-
-@dataclass
-class SViTTAnswerRankingOutput(ModelOutput):
-    r"""
-    Answer-list ranking of [`SViTTForVideoQuestionAnswering.rank_answers`].
-
-    predictions (`(batch_size,)`): index (into the answer list) of the best answer.
-    answer_indices (`(batch_size, k)`): the k candidates, best first.
-    scores (`(batch_size, k)`): their ranking scores (clean mode: clip-aggregated log-likelihood; release mode:
-        the release's aggregated score), best first.
-    probabilities (`(batch_size, k)`): softmax of the scores over the k candidates (the release's output).
-    """
-
-    predictions: torch.LongTensor | None = None
-    answer_indices: torch.LongTensor | None = None
-    scores: torch.FloatTensor | None = None
-    probabilities: torch.FloatTensor | None = None
-
-
-@dataclass
-class SViTTMultipleChoiceOutput(_NestedOutput):
+class SViTTMultipleChoiceOutput(NestedModelOutput):
     r"""
     loss (`torch.FloatTensor`, *optional*, returned when `labels` is given): cross-entropy over the candidates.
     logits (`(batch_size, num_choices)`): score of every candidate clip for its question's text.
@@ -264,78 +168,6 @@ class SViTTOnlyMLMHead(nn.Module):
 
     def forward(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return self.predictions(sequence_output)
-
-
-def split_into_clips(
-    pixel_values: torch.Tensor, num_frames: int, sampling: str = "consecutive"
-) -> tuple[torch.Tensor, int]:
-    """Cut `(B, K * T, C, H, W)` test videos into `B * K` clips of `T = num_frames` frames (spec §6.1).
-
-    `"consecutive"`: clip k is frames `k*T .. k*T + T - 1` (the release's default). `"strided"`: clip k is
-    frames `k, k + K, k + 2K, ...` (the release's `eval_sparse_sampling`). Returns the clips, ordered video by
-    video (`(B * K, T, C, H, W)`), and K.
-    """
-    if sampling not in CLIP_LAYOUTS:
-        raise ValueError(f"`clip_sampling` must be one of {CLIP_LAYOUTS}, got {sampling!r}.")
-    total = pixel_values.shape[1]
-    if total % num_frames:
-        raise ValueError(
-            f"Videos of {total} frames cannot be cut into clips of {num_frames} frames (the model's clip length)."
-        )
-    num_clips = total // num_frames
-    return split_clips(pixel_values, num_clips, sampling, dim=1).flatten(0, 1), num_clips
-
-
-def aggregate_clips(scores: torch.Tensor, how: str = "lse", dim: int = -1) -> torch.Tensor:
-    """Combine per-clip scores: `"lse"` (log-sum-exp, the release's default), `"mean"` or `"max"`."""
-    if how == "lse":
-        return torch.logsumexp(scores, dim=dim)
-    if how == "mean":
-        return scores.mean(dim=dim)
-    if how == "max":
-        return scores.max(dim=dim).values
-    raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {how!r}.")
-
-
-@contextlib.contextmanager
-def text_guided_selection(
-    model: "SViTTModel",
-    keep_rate: float | None = None,
-    drop_layers: Iterable[int] | None = None,
-    strategy: str | None = None,
-) -> Iterator[None]:
-    """Temporarily switch on (or change) text-guided video token selection in the fusion layers.
-
-    The paper's S_M prunes video tokens inside the fusion layers by the text's cross-attention; it has no
-    parameters, so a model trained without it can use it at inference. `keep_rate` is the fraction kept,
-    `drop_layers` the fusion layers (counted from the first) after whose cross-attention tokens are selected,
-    `strategy` one of "cls_attn", "avg_attn", "random". `None` leaves a setting unchanged.
-    """
-    config = model.config.text_config
-    previous = (config.fusion_token_keep_rate, list(config.fusion_token_drop_layers), config.fusion_token_keep_strategy)
-    try:
-        if keep_rate is not None:
-            config.fusion_token_keep_rate = float(keep_rate)
-        if drop_layers is not None:
-            config.fusion_token_drop_layers = [int(layer) for layer in drop_layers]
-        if strategy is not None:
-            config.fusion_token_keep_strategy = strategy
-        config.validate_architecture()  # the same checks as at construction
-        yield
-    finally:
-        config.fusion_token_keep_rate, config.fusion_token_drop_layers, config.fusion_token_keep_strategy = previous
-
-
-def _iterate_video_batches(videos, batch_size: int) -> Iterator[torch.Tensor]:
-    """Yield `pixel_values` batches from a tensor (cut into `batch_size` chunks) or from an iterable of batches."""
-    if isinstance(videos, torch.Tensor):
-        for start in range(0, videos.shape[0], batch_size):
-            yield videos[start : start + batch_size]
-        return
-    for batch in videos:
-        if isinstance(batch, dict) or hasattr(batch, "keys"):
-            batch = batch["pixel_values"]
-        yield batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,17 +260,13 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         video_positives = contrastive.video_positive_mask[:, local]
         hard = self.config.itm_hard_negatives
         if negative_video_indices is None:
-            negative_video_indices = sample_itm_negatives(
-                text_to_video, text_positives, hard=hard, generator=generator
-            )
+            negative_video_indices = sample_itm_negatives(text_to_video, text_positives, hard=hard, generator=generator)
         else:
             negative_video_indices = self._check_negatives(
                 negative_video_indices, text_positives, "negative_video_indices"
             )
         if negative_text_indices is None:
-            negative_text_indices = sample_itm_negatives(
-                video_to_text, video_positives, hard=hard, generator=generator
-            )
+            negative_text_indices = sample_itm_negatives(video_to_text, video_positives, hard=hard, generator=generator)
         else:
             negative_text_indices = self._check_negatives(
                 negative_text_indices, video_positives, "negative_text_indices"
@@ -486,13 +314,6 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         itm_labels = torch.zeros(text_rows.shape[0], dtype=torch.long, device=itm_logits.device)
         itm_labels[:batch] = 1
         return itm_logits, itm_labels, fusion
-
-    def _itm_scores(self, itm_logits: torch.Tensor, itm_score: str) -> torch.Tensor:
-        if itm_score == "positive_logit":
-            return itm_logits[:, 1]
-        if itm_score == "match_log_prob":
-            return itm_logits.float().log_softmax(dim=-1)[:, 1]
-        raise ValueError(f"`itm_score` must be one of {ITM_SCORES}, got {itm_score!r}.")
 
     def _contrastive_matching_forward(
         self,
@@ -830,616 +651,14 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             itm_fusion_output=shared.get("itm_fusion"),
         )
 
-    # Gallery encoding ------------------------------------------------------------------------------
+    # Gallery ranking (implemented in `retrieval_ranking.py`) --------------------------------------------
 
-    @torch.no_grad()
-    def encode_videos(
-        self,
-        videos,
-        *,
-        clip_sampling: str = "consecutive",
-        batch_size: int = 16,
-        storage_device: torch.device | str | None = "cpu",
-        storage_dtype: torch.dtype | None = None,
-        seed: int | None = None,
-    ) -> SViTTVideoGallery:
-        """Encode test videos for ranking, clip by clip, keeping only what ranking needs.
-
-        Args:
-            videos: `(num_videos, K * T, C, H, W)` pixel values (cut into batches of `batch_size`), or an iterable
-                of such batches (or of dicts with `pixel_values`, e.g. a `DataLoader`). Videos longer than the
-                model's clip length `T` are cut into K clips (`clip_sampling`: "consecutive" or "strided").
-            storage_device, storage_dtype: where and how the features are kept (default: CPU, model dtype), so
-                that accelerator memory stays bounded by one batch whatever the gallery size.
-            seed: draw the random attention blocks of every batch from a generator with this seed. By default the
-                video tower's own rule applies: in eval mode with `vision_config.deterministic_eval` (the default)
-                every forward re-seeds with `random_block_seed`, so a video's features do not depend on the batch it
-                was encoded in; with `deterministic_eval=False` patterns are fresh, as the release draws them.
-        """
-        num_frames = self.config.vision_config.num_frames
-        device = self.device
-        embeds, tokens, masks = [], [], []
-        for batch in _iterate_video_batches(videos, batch_size):
-            clips, num_clips = split_into_clips(batch.to(device), num_frames, clip_sampling)
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            encoding = self.svitt.encode_video(clips, generator=generator)
-            count = clips.shape[0] // num_clips
-            store = {"device": storage_device} if storage_device is not None else {}
-            embeds.append(encoding.embeds.reshape(count, num_clips, -1).to(**store))
-            tokens.append(
-                encoding.tokens.reshape(count, num_clips, *encoding.tokens.shape[1:]).to(dtype=storage_dtype, **store)
-            )
-            masks.append(encoding.token_mask.reshape(count, num_clips, -1).to(**store))
-        if not embeds:
-            raise ValueError("No videos to encode.")
-        return SViTTVideoGallery(embeds=torch.cat(embeds), tokens=torch.cat(tokens), token_mask=torch.cat(masks))
-
-    @torch.no_grad()
-    def encode_texts(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        batch_size: int = 256,
-        storage_device: torch.device | str | None = "cpu",
-        storage_dtype: torch.dtype | None = None,
-    ) -> SViTTTextGallery:
-        """Encode captions for ranking: ITC embeddings plus the text-layer states the fusion layers need."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        device = self.device
-        store = {"device": storage_device} if storage_device is not None else {}
-        embeds, hidden = [], []
-        for start in range(0, input_ids.shape[0], batch_size):
-            encoding = self.svitt.encode_text(
-                input_ids[start : start + batch_size].to(device), attention_mask[start : start + batch_size].to(device)
-            )
-            embeds.append(encoding.embeds.to(**store))
-            hidden.append(encoding.hidden_states.to(dtype=storage_dtype, **store))
-        if not embeds:
-            raise ValueError("No texts to encode.")
-        return SViTTTextGallery(
-            embeds=torch.cat(embeds), hidden_states=torch.cat(hidden), attention_mask=attention_mask.to(**store)
-        )
-
-    # Ranking ---------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def itc_scores(self, videos: SViTTVideoGallery, texts: SViTTTextGallery, chunk_size: int = 1024) -> torch.Tensor:
-        """`(num_texts, num_videos)` cosine similarities, averaged over each video's clips (no temperature)."""
-        device = self.device
-        text_embeds = texts.embeds.to(device)
-        rows = []
-        for start in range(0, videos.embeds.shape[0], chunk_size):
-            video_embeds = videos.embeds[start : start + chunk_size].to(device, text_embeds.dtype)
-            rows.append(torch.einsum("te,vke->tvk", text_embeds, video_embeds).mean(dim=-1).to(texts.embeds.device))
-        return torch.cat(rows, dim=1)
-
-    @torch.no_grad()
-    def itm_pair_scores(
-        self,
-        videos: SViTTVideoGallery,
-        texts: SViTTTextGallery,
-        text_indices: torch.Tensor,
-        video_indices: torch.Tensor,
-        *,
-        clip_aggregation: str = "lse",
-        itm_score: str = "positive_logit",
-        batch_size: int = 128,
-    ) -> torch.Tensor:
-        """ITM score of the pairs `(text_indices[i], video_indices[i])`, each clip fused and the clips combined.
-
-        `batch_size` counts fusion rows (pairs x clips) per forward, which bounds memory.
-        """
-        device = self.device
-        num_clips = videos.tokens.shape[1]
-        pairs_per_batch = max(1, batch_size // num_clips)
-        scores = []
-        for start in range(0, text_indices.numel(), pairs_per_batch):
-            t = text_indices[start : start + pairs_per_batch].to(texts.hidden_states.device)
-            v = video_indices[start : start + pairs_per_batch].to(videos.tokens.device)
-            count = t.numel()
-            # galleries may be stored in a smaller dtype; compute in the model's
-            text_hidden = texts.hidden_states[t].to(device, self.dtype).repeat_interleave(num_clips, dim=0)
-            text_mask = texts.attention_mask[t.to(texts.attention_mask.device)].to(device)
-            text_mask = text_mask.repeat_interleave(num_clips, dim=0)
-            video_tokens = videos.tokens[v].to(device, self.dtype).flatten(0, 1)
-            video_mask = videos.token_mask[v.to(videos.token_mask.device)].to(device).flatten(0, 1)
-            fusion = self.svitt.fuse(text_hidden, text_mask, video_tokens, video_mask)
-            logits = self.itm_head(fusion.last_hidden_state[:, 0])
-            per_clip = self._itm_scores(logits, itm_score).float().reshape(count, num_clips)
-            scores.append(aggregate_clips(per_clip, clip_aggregation).cpu())
-        if not scores:
-            return torch.empty(0)
-        return torch.cat(scores)
-
-    @torch.no_grad()
-    def rank(
-        self,
-        videos: SViTTVideoGallery,
-        texts: SViTTTextGallery,
-        *,
-        k: int = 128,
-        use_itm: bool = True,
-        clip_aggregation: str = "lse",
-        itm_score: str = "positive_logit",
-        itm_batch_size: int = 128,
-        non_candidate_fill: str | float = "itc",
-        fusion_token_keep_rate: float | None = None,
-        fusion_token_drop_layers: Iterable[int] | None = None,
-        fusion_token_keep_strategy: str | None = None,
-    ) -> SViTTRetrievalOutput:
-        """Rank every text against every video the way the release evaluates (spec §6.1).
-
-        1. ITC for all pairs (cosine similarity averaged over each video's clips).
-        2. With `use_itm`, ITM re-ranking in both directions: each text's top-`k` videos and each video's top-`k`
-           texts by ITC are re-scored by the fusion layers + ITM head, per clip, and the clips combined with
-           `clip_aggregation` ("lse", "mean", "max"). A pair that is a candidate in both directions is fused once.
-        3. Non-candidates stay below every candidate of their row. `non_candidate_fill="itc"` keeps them in ITC
-           order (so ranks beyond k, mean and median rank stay meaningful); a number fills them with that
-           constant (the release uses -100).
-
-        Args:
-            itm_score: "positive_logit" (the release: raw class-1 logit) or "match_log_prob" (log p(match)).
-            itm_batch_size: fusion rows (pairs x clips) per forward; bounds memory for any gallery size.
-            fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy: switch on text-guided
-                video token selection in the fusion layers for this ranking only (see `text_guided_selection`).
-
-        The result is deterministic and does not depend on how the galleries were batched.
-        """
-        if clip_aggregation not in CLIP_AGGREGATIONS:
-            raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
-        itc = self.itc_scores(videos, texts).float().cpu()
-        num_texts, num_videos = itc.shape
-        if not use_itm or k <= 0:
-            no_candidates = torch.zeros_like(itc, dtype=torch.bool)
-            return SViTTRetrievalOutput(itc, itc.T.clone(), itc, no_candidates, no_candidates.T.clone())
-
-        k_t2v, k_v2t = min(k, num_videos), min(k, num_texts)
-        candidates_t2v = torch.zeros_like(itc, dtype=torch.bool)
-        candidates_t2v.scatter_(1, itc.topk(k_t2v, dim=1).indices, True)
-        candidates_v2t = torch.zeros(num_videos, num_texts, dtype=torch.bool)
-        candidates_v2t.scatter_(1, itc.T.topk(k_v2t, dim=1).indices, True)
-        # Scores do not depend on the direction, so every pair needed by either direction is fused once.
-        needed = candidates_t2v | candidates_v2t.T
-        text_indices, video_indices = needed.nonzero(as_tuple=True)
-        selection = (fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy)
-        with text_guided_selection(self.svitt, *selection):
-            pair_scores = self.itm_pair_scores(
-                videos,
-                texts,
-                text_indices,
-                video_indices,
-                clip_aggregation=clip_aggregation,
-                itm_score=itm_score,
-                batch_size=itm_batch_size,
-            )
-        itm = torch.zeros_like(itc)
-        itm[text_indices, video_indices] = pair_scores
-        scores_t2v = self._fill_non_candidates(itm, itc, candidates_t2v, non_candidate_fill)
-        scores_v2t = self._fill_non_candidates(itm.T, itc.T, candidates_v2t, non_candidate_fill)
-        return SViTTRetrievalOutput(scores_t2v, scores_v2t, itc, candidates_t2v, candidates_v2t)
-
-    @staticmethod
-    def _fill_non_candidates(
-        itm: torch.Tensor, itc: torch.Tensor, candidates: torch.Tensor, fill: str | float
-    ) -> torch.Tensor:
-        if fill != "itc":
-            return torch.where(candidates, itm, torch.full_like(itm, float(fill)))
-        lowest_candidate = itm.masked_fill(~candidates, float("inf")).min(dim=1, keepdim=True).values
-        highest_itc = itc.masked_fill(candidates, float("-inf")).max(dim=1, keepdim=True).values
-        # Shift each row's ITC scores so that the best non-candidate lands 1 below the worst candidate.
-        shifted = itc - highest_itc + lowest_candidate - 1.0
-        return torch.where(candidates, itm, shifted)
-
-    @torch.no_grad()
-    def retrieve(
-        self,
-        pixel_values,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        clip_sampling: str = "consecutive",
-        video_batch_size: int = 16,
-        text_batch_size: int = 256,
-        storage_device: torch.device | str | None = "cpu",
-        **rank_kwargs,
-    ) -> SViTTRetrievalOutput:
-        """`encode_videos` + `encode_texts` + `rank` in one call (keyword arguments of `rank` pass through)."""
-        videos = self.encode_videos(
-            pixel_values, clip_sampling=clip_sampling, batch_size=video_batch_size, storage_device=storage_device
-        )
-        texts = self.encode_texts(input_ids, attention_mask, batch_size=text_batch_size, storage_device=storage_device)
-        return self.rank(videos, texts, **rank_kwargs)
-
-
-# --------------------------------------------------------------------------------------------------
-# Video question answering
-# --------------------------------------------------------------------------------------------------
-
-
-def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
-    """Config of the answer decoder: the text config with as many layers as there are fusion layers, every one
-    with causal self-attention and cross-attention to the question states (spec §6.2).
-
-    `config.answer_decoder_num_layers` overrides the depth.
-    """
-    text_config = config.text_config
-    values = text_config.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
-        values.pop(key, None)
-    num_layers = config.answer_decoder_num_layers or text_config.num_fusion_layers
-    if num_layers < 1:
-        raise ValueError("The answer decoder needs at least one layer (`text_config` has no fusion layers).")
-    values.update(
-        num_hidden_layers=int(num_layers),
-        fusion_layer=0,
-        encoder_width=text_config.hidden_size,
-        fusion_token_keep_rate=1.0,
-        fusion_token_drop_layers=[0],
-    )
-    return SViTTTextConfig(**values)
-
-
-def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """`(N, L)` padding mask -> `(N, 1, L, L)` boolean mask: position i sees the real tokens j <= i."""
-    length = attention_mask.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
-    return causal[None, None] & attention_mask.bool()[:, None, None, :]
-
-
-_DECODER_SOURCE_HEAD = "mlm_head.predictions."
-
-
-class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
-    """Video QA by ranking a closed answer list with an answer decoder (ALBEF-style, spec §6.2).
-
-    The question is encoded by the whole text tower, cross-attending to the video in the fusion layers; a
-    causal answer decoder (`text_decoder`, as deep as the fusion stack, cross-attending to the question
-    states) scores answers by their likelihood. Loading a pretraining (or retrieval) checkpoint with
-    `from_pretrained` initialises the decoder from the fusion layers, the word embeddings and the MLM head,
-    as the release does.
-
-    Ranking (`rank_answers`): the first answer token's probability picks the top-k answers, whose full
-    likelihood then decides. Two scoring modes:
-
-    * clean (default): per clip, the first-token log-probability and then each candidate's sequence
-      log-likelihood (first token counted once); clips combined with `clip_aggregation`; rank by the result.
-    * `release_scoring=True`: the release's `forward_ensemble` (its default evaluation path, even for one clip):
-      per-clip first-token *probabilities* are aggregated and passed through a second softmax over the
-      vocabulary (which nearly flattens them), and the candidate score is `log p_first + sequence
-      log-likelihood`, i.e. the first token is counted twice. Use it to reproduce released numbers.
-    """
-
-    _tied_weights_keys = {
-        "decoder_head.predictions.decoder.weight": "text_decoder.embeddings.word_embeddings.weight",
-        "decoder_head.predictions.decoder.bias": "decoder_head.predictions.bias",
-    }
-    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^itm_head\."]
-    # The release's QA model deletes these (they are unused by QA); checkpoints converted from it lack them.
-    _keys_to_ignore_on_load_missing = [
-        r"^svitt\.vision_model\.pooler\.",
-        r"^svitt\.vision_projection\.",
-        r"^svitt\.text_projection\.",
-        r"^svitt\.temperature$",
-    ]
-
-    def __init__(self, config: SViTTConfig) -> None:
-        super().__init__(config)
-        self.svitt = SViTTModel(config)
-        decoder_config = answer_decoder_config(config)
-        self.text_decoder = SViTTTextModel(decoder_config)
-        self.decoder_head = SViTTOnlyMLMHead(decoder_config)
-        self.post_init()
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.decoder_head.predictions.decoder
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.decoder_head.predictions.decoder = new_embeddings
-        self.decoder_head.predictions.bias = new_embeddings.bias
-
-    def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
-    ) -> nn.Embedding:
-        """Resize the vocabulary of the question encoder and, with it, of the answer decoder.
-
-        Questions and answers share one tokenizer, but the answer decoder has its own word embeddings (with the
-        prediction head tied to them), which the library's resizing does not reach.
-        """
-        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        size = embeddings.num_embeddings
-        self.text_decoder.resize_token_embeddings(size, mean_resizing=mean_resizing)
-        predictions = self.decoder_head.predictions
-        old_bias = predictions.bias
-        if old_bias.shape[0] != size:
-            bias = old_bias.new_zeros(size)
-            kept = min(size, old_bias.shape[0])
-            bias[:kept] = old_bias.detach()[:kept]
-            predictions.bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
-        self.tie_weights()
-        return embeddings
-
-    # Initialisation from another head --------------------------------------------------------------
-
-    @torch.no_grad()
-    def initialize_answer_decoder(self, mlm_head_state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
-        """Initialise the answer decoder as the release does when fine-tuning QA from a pretrained model.
-
-        Decoder layer i <- fusion layer `fusion_layer + i` of `svitt.text_model` (self-attention, cross-attention,
-        feed-forward), decoder embeddings <- the text embeddings, `decoder_head` <- the pretraining MLM head
-        (`mlm_head_state_dict`, keys relative to `mlm_head.predictions.`, e.g. `transform.dense.weight`, `bias`).
-        Tensors whose shapes differ (e.g. cross-attention when `encoder_width` != text width) are skipped.
-        Returns the decoder parameter names that were initialised.
-        """
-        source = self.svitt.text_model
-        fusion_layer = source.config.fusion_layer
-        copied = []
-
-        def copy_module(target: nn.Module, origin: nn.Module, prefix: str) -> None:
-            origin_state = origin.state_dict()
-            for name, tensor in target.state_dict().items():
-                value = origin_state.get(name)
-                if value is None or value.shape != tensor.shape:
-                    logger.warning("Answer decoder: `%s%s` has no matching fusion-layer weight.", prefix, name)
-                    continue
-                tensor.copy_(value)
-                copied.append(prefix + name)
-
-        copy_module(self.text_decoder.embeddings, source.embeddings, "text_decoder.embeddings.")
-        for index, layer in enumerate(self.text_decoder.encoder.layer):
-            origin_index = fusion_layer + index
-            if origin_index >= len(source.encoder.layer):
-                logger.warning("Answer decoder layer %d has no fusion layer to start from.", index)
-                continue
-            copy_module(layer, source.encoder.layer[origin_index], f"text_decoder.encoder.layer.{index}.")
-        if mlm_head_state_dict:
-            predictions = self.decoder_head.predictions
-            for name, tensor in predictions.state_dict().items():
-                value = mlm_head_state_dict.get(name)
-                if name.startswith("decoder.") or value is None or value.shape != tensor.shape:
-                    continue  # the decoder matrix is tied to the (just copied) word embeddings
-                tensor.copy_(value)
-                copied.append("decoder_head.predictions." + name)
-        self.tie_weights()
-        return copied
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus the release's QA initialisation for checkpoints of other heads.
-
-        When the checkpoint has no answer decoder (a pretraining, retrieval or base-model checkpoint), the decoder
-        is initialised from the fusion layers and the MLM head (`initialize_answer_decoder`) instead of randomly.
-        """
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        download_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            if key in kwargs
-        }
-        explicit_state_dict = kwargs.get("state_dict")
-        checkpoint_keys, read_tensors = _checkpoint_reader(
-            pretrained_model_name_or_path, explicit_state_dict, download_kwargs
-        )
-        from_other_head = checkpoint_keys is not None and not any(
-            key.startswith("text_decoder.") for key in checkpoint_keys
-        )
-
-        ignored = list(cls._keys_to_ignore_on_load_missing or [])
-        if from_other_head:
-            # The decoder is filled right below; keep the load report from calling it "newly initialised".
-            cls._keys_to_ignore_on_load_missing = ignored + [r"^text_decoder\.", r"^decoder_head\."]
-        try:
-            model, loading_info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        finally:
-            cls._keys_to_ignore_on_load_missing = ignored
-        model._keys_to_ignore_on_load_missing = set(ignored)
-
-        if from_other_head:
-            head_keys = [key for key in checkpoint_keys if key.startswith(_DECODER_SOURCE_HEAD)]
-            head_state = {key[len(_DECODER_SOURCE_HEAD) :]: value for key, value in read_tensors(head_keys).items()}
-            model.initialize_answer_decoder(head_state)
-            logger.info(
-                "Initialised the answer decoder of %s from the fusion layers%s of the checkpoint.",
-                cls.__name__,
-                " and the MLM head" if head_state else "",
-            )
-        return (model, loading_info) if output_loading_info else model
-
-    # Forward ----------------------------------------------------------------------------------------
-
-    def encode_questions(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        random_blocks: RandomBlocks | None = None,
-        generator: torch.Generator | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, SViTTVisionModelOutput]:
-        """Question states from the whole text tower cross-attending to the clip; `pixel_values` holds one clip per
-        question. Returns `(question_states, attention_mask, vision_output)`."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        video = self.svitt.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
-        question = self.svitt.text_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=video.tokens,
-            encoder_attention_mask=video.token_mask,
-            num_global_video_tokens=self.config.vision_config.num_global_tokens,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        return question.last_hidden_state, attention_mask, video.vision_output
-
-    def decode_answers(
-        self,
-        answer_input_ids: torch.Tensor,
-        answer_attention_mask: torch.Tensor | None,
-        question_states: torch.Tensor,
-        question_attention_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Teacher-forced decoder logits `(N, La, vocab)`; row i of the answers attends to row i of the questions."""
-        if answer_attention_mask is None:
-            answer_attention_mask = torch.ones_like(answer_input_ids)
-        decoded = self.text_decoder(
-            input_ids=answer_input_ids,
-            attention_mask=causal_attention_mask(answer_attention_mask),
-            encoder_hidden_states=question_states,
-            encoder_attention_mask=question_attention_mask,
-            return_dict=True,
-        )
-        return self.decoder_head(decoded.last_hidden_state)
-
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        answer_input_ids: torch.Tensor | None = None,
-        answer_attention_mask: torch.Tensor | None = None,
-        answer_weights: torch.Tensor | None = None,
-        answers_per_question: torch.Tensor | None = None,
-        random_blocks: RandomBlocks | None = None,
-        generator: torch.Generator | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SViTTForVideoQuestionAnsweringOutput:
-        r"""
-        pixel_values (`(batch_size, num_frames, num_channels, height, width)`): one clip per question.
-        input_ids, attention_mask (`(batch_size, question_length)`): the questions.
-        answer_input_ids, answer_attention_mask (`(num_answers, answer_length)`, *optional*): the ground-truth
-            answers of all questions, concatenated question by question, as `[CLS] answer [SEP]` (the first token
-            is the decoder's start token). When given, the weighted teacher-forced loss is returned.
-        answer_weights (`(num_answers,)`, *optional*): weight of every answer (its share of the annotations).
-        answers_per_question (`(batch_size,)`, *optional*): how many answers each question has (defaults to one).
-
-        To predict, use [`rank_answers`] with the answer list.
-        """
-        question_states, question_mask, vision_output = self.encode_questions(
-            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
-        )
-        loss = logits = None
-        if answer_input_ids is not None:
-            batch = input_ids.shape[0]
-            if answers_per_question is None:
-                if answer_input_ids.shape[0] != batch:
-                    raise ValueError("Pass `answers_per_question` when questions have more than one answer.")
-                answers_per_question = torch.ones(batch, dtype=torch.long, device=input_ids.device)
-            answers_per_question = answers_per_question.to(question_states.device)
-            if int(answers_per_question.sum()) != answer_input_ids.shape[0]:
-                raise ValueError(
-                    f"`answers_per_question` sums to {int(answers_per_question.sum())}, "
-                    f"but {answer_input_ids.shape[0]} answers were given."
-                )
-            states = question_states.repeat_interleave(answers_per_question, dim=0)
-            masks = question_mask.repeat_interleave(answers_per_question, dim=0)
-            logits = self.decode_answers(answer_input_ids, answer_attention_mask, states, masks)
-            labels = answer_token_labels(answer_input_ids, answer_attention_mask)
-            loss = answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
-        return SViTTForVideoQuestionAnsweringOutput(
-            loss=loss, logits=logits, question_hidden_states=question_states, vision_model_output=vision_output
-        )
-
-    # Answer-list ranking ---------------------------------------------------------------------------
-
-    def _first_token_logits(self, question_states, question_mask, start_token_id) -> torch.Tensor:
-        shape = (question_states.shape[0], 1)
-        start = torch.full(shape, start_token_id, dtype=torch.long, device=question_states.device)
-        return self.decode_answers(start, torch.ones_like(start), question_states, question_mask)[:, 0].float()
-
-    def _candidate_log_likelihood(self, question_states, question_mask, answer_ids, answer_mask, candidates):
-        """`(B, k)` sequence log-likelihood of each question's candidates (first answer token included once)."""
-        batch, k = candidates.shape
-        flat = candidates.reshape(-1)
-        ids, mask = answer_ids[flat], answer_mask[flat]
-        states = question_states.repeat_interleave(k, dim=0)
-        masks = question_mask.repeat_interleave(k, dim=0)
-        logits = self.decode_answers(ids, mask, states, masks)
-        nll = sequence_negative_log_likelihood(logits, answer_token_labels(ids, mask))
-        return -nll.reshape(batch, k)
-
-    @torch.no_grad()
-    def rank_answers(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        answer_input_ids: torch.Tensor,
-        answer_attention_mask: torch.Tensor | None = None,
-        *,
-        k: int = 128,
-        clip_sampling: str = "consecutive",
-        clip_aggregation: str = "lse",
-        release_scoring: bool = False,
-        seed: int | None = None,
-    ) -> SViTTAnswerRankingOutput:
-        """Pick each question's answer from a closed answer list (spec §6.2).
-
-        Args:
-            pixel_values: `(batch_size, K * T, C, H, W)`; videos longer than the clip length `T` are cut into K clips
-                (`clip_sampling`), each encoded with its own question pass, and the clips' scores combined with
-                `clip_aggregation` ("lse", "mean", "max").
-            answer_input_ids, answer_attention_mask: `(num_answers, answer_length)` answer list as `[CLS] answer [SEP]`.
-            k: candidates kept by the first-token stage (clamped to the list size).
-            release_scoring: reproduce the release's scoring quirks (see the class docstring).
-            seed: draw the random attention blocks from a generator with this seed; by default the video tower's own
-                rule applies (deterministic in eval mode, see `SViTTVisionConfig.deterministic_eval`).
-        """
-        if clip_aggregation not in CLIP_AGGREGATIONS:
-            raise ValueError(f"`clip_aggregation` must be one of {CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
-        if k < 1 or answer_input_ids.shape[0] == 0:
-            raise ValueError(f"Ranking needs k >= 1 and a non-empty answer list (k={k}, {answer_input_ids.shape[0]} answers).")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if answer_attention_mask is None:
-            answer_attention_mask = torch.ones_like(answer_input_ids)
-        device = self.device
-        batch = input_ids.shape[0]
-        num_frames = self.config.vision_config.num_frames
-        clips, num_clips = split_into_clips(pixel_values.to(device), num_frames, clip_sampling)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        question_ids = input_ids.to(device).repeat_interleave(num_clips, dim=0)
-        question_mask = attention_mask.to(device).repeat_interleave(num_clips, dim=0)
-        states, mask, _ = self.encode_questions(clips, question_ids, question_mask, generator=generator)
-        answer_ids, answer_mask = answer_input_ids.to(device), answer_attention_mask.to(device)
-        start_token_id = int(answer_ids[0, 0])
-        first_tokens = answer_ids[:, 1]
-        k = min(k, answer_ids.shape[0])
-
-        first_logits = self._first_token_logits(states, mask, start_token_id).reshape(batch, num_clips, -1)
-        if release_scoring:
-            # forward_ensemble: probabilities aggregated over clips, then a second softmax over the vocabulary.
-            probs = aggregate_clips(first_logits.softmax(dim=-1), clip_aggregation, dim=1)
-            first_scores = probs.softmax(dim=-1)[:, first_tokens]
-            top_first, candidates = first_scores.topk(k, dim=1)
-            first_term = top_first.log()
-        else:
-            log_probs = aggregate_clips(first_logits.log_softmax(dim=-1), clip_aggregation, dim=1)
-            candidates = log_probs[:, first_tokens].topk(k, dim=1).indices
-
-        per_clip = []
-        for clip in range(num_clips):
-            rows = torch.arange(batch, device=device) * num_clips + clip
-            log_likelihood = self._candidate_log_likelihood(
-                states[rows], mask[rows], answer_ids, answer_mask, candidates
-            )
-            per_clip.append(first_term + log_likelihood if release_scoring else log_likelihood)
-        scores = aggregate_clips(torch.stack(per_clip, dim=-1), clip_aggregation, dim=-1)
-        scores, order = scores.sort(dim=1, descending=True, stable=True)
-        answer_indices = torch.gather(candidates, 1, order)
-        return SViTTAnswerRankingOutput(
-            predictions=answer_indices[:, 0],
-            answer_indices=answer_indices,
-            scores=scores,
-            probabilities=scores.softmax(dim=1),
-        )
+    encode_videos = encode_video_gallery
+    encode_texts = encode_text_gallery
+    itc_scores = itc_scores
+    itm_pair_scores = itm_pair_scores
+    rank = rank_galleries
+    retrieve = retrieve
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1512,76 +731,8 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint reading (for cross-head initialisation)
-# --------------------------------------------------------------------------------------------------
-
-
-def _checkpoint_reader(pretrained_model_name_or_path, state_dict, download_kwargs):
-    """Key list of a checkpoint and a function reading some of its tensors, without loading the rest.
-
-    Handles explicit state dicts, local folders and Hub repos, single-file and sharded safetensors. Returns
-    `(None, None)` when the checkpoint cannot be inspected (then no cross-head initialisation happens).
-    """
-    if state_dict is not None:
-        return list(state_dict), lambda names: {name: state_dict[name] for name in names}
-    if pretrained_model_name_or_path is None:
-        return None, None
-    from safetensors import safe_open
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
-
-    def resolve(filename):
-        return cached_file(
-            pretrained_model_name_or_path,
-            filename,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **download_kwargs,
-        )
-
-    single = resolve(SAFE_WEIGHTS_NAME)
-    if single is not None:
-        with safe_open(single, framework="pt") as handle:
-            keys = list(handle.keys())
-        file_of = dict.fromkeys(keys, SAFE_WEIGHTS_NAME)
-    else:
-        index = resolve(SAFE_WEIGHTS_INDEX_NAME)
-        if index is None:
-            return None, None
-        with open(index, encoding="utf-8") as handle:
-            file_of = json.load(handle)["weight_map"]
-        keys = list(file_of)
-    # Checkpoints of the bare SViTTModel have no `svitt.` prefix; normalise to the heads' names.
-    prefixed = {(key if key.split(".")[0] in _HEAD_TOP_LEVEL else f"svitt.{key}"): key for key in keys}
-
-    def read(names):
-        by_file: dict[str, list[str]] = {}
-        for name in names:
-            by_file.setdefault(file_of[prefixed[name]], []).append(name)
-        tensors = {}
-        for filename, group in by_file.items():
-            path = single if filename == SAFE_WEIGHTS_NAME and single is not None else resolve(filename)
-            with safe_open(path, framework="pt") as handle:
-                for name in group:
-                    tensors[name] = handle.get_tensor(prefixed[name])
-        return tensors
-
-    return list(prefixed), read
-
-
-_HEAD_TOP_LEVEL = {"svitt", "itm_head", "mlm_head", "text_decoder", "decoder_head"}
-
-
-# --------------------------------------------------------------------------------------------------
 # Registration
 # --------------------------------------------------------------------------------------------------
-
-
-HEAD_AUTO_CLASSES = {
-    "AutoModelForPreTraining": SViTTForPreTraining,
-    "AutoModelForZeroShotImageClassification": SViTTForVideoTextRetrieval,
-    "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
-    "AutoModelForMultipleChoice": SViTTForMultipleChoice,
-}
 
 
 def register_head_auto_classes() -> None:
@@ -1592,29 +743,26 @@ def register_head_auto_classes() -> None:
     """
     import transformers
 
-    for auto_class_name, model_class in HEAD_AUTO_CLASSES.items():
+    from .modeling_video_qa import SViTTForVideoQuestionAnswering
+
+    head_auto_classes = {
+        "AutoModelForPreTraining": SViTTForPreTraining,
+        "AutoModelForZeroShotImageClassification": SViTTForVideoTextRetrieval,
+        "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
+        "AutoModelForMultipleChoice": SViTTForMultipleChoice,
+    }
+    for auto_class_name, model_class in head_auto_classes.items():
         getattr(transformers, auto_class_name).register(SViTTConfig, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class_name)
 
 
 __all__ = [
-    "SViTTAnswerRankingOutput",
     "SViTTForMultipleChoice",
     "SViTTForPreTraining",
     "SViTTForPreTrainingOutput",
-    "SViTTForVideoQuestionAnswering",
-    "SViTTForVideoQuestionAnsweringOutput",
     "SViTTForVideoTextRetrieval",
     "SViTTForVideoTextRetrievalOutput",
     "SViTTHeadPreTrainedModel",
     "SViTTMultipleChoiceOutput",
-    "SViTTRetrievalOutput",
-    "SViTTTextGallery",
-    "SViTTVideoGallery",
-    "aggregate_clips",
-    "answer_decoder_config",
-    "causal_attention_mask",
     "register_head_auto_classes",
-    "split_into_clips",
-    "text_guided_selection",
 ]

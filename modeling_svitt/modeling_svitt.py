@@ -2,44 +2,38 @@
 
 Video tower: BEiT applied per frame, one sequence per clip, 3-D relative position bias, block-sparse
 attention (edge sparsity, `sparse_attention.py`) and [CLS]-attention token pruning (node sparsity,
-`token_selection.py`). Text tower: BERT whose last layers ("fusion layers") cross-attend to the video.
+`token_selection.py`). The text tower, BERT whose last layers ("fusion layers") cross-attend to the video, is in
+`modeling_svitt_text.py`; [`SViTTModel`] here joins the two.
 """
 
-
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
-from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .configuration_svitt import SViTTConfig, SViTTVisionConfig
 from .losses import video_text_contrastive_loss
+from .modeling_common import NestedModelOutput, SViTTPreTrainedModel, eager_attention_forward
+from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
 from .relative_position import (
     SViTTRelativePositionBias3D,
     relative_position_index,
     resample_relative_position_bias_table,
 )
-from .remote_code import copy_model_sources, model_auto_map
 from .sparse_attention import (
     BlockSparseLayout,
     block_sparse_attention,
     build_block_sparse_layout,
     softmax_in_float32,
 )
-from .token_selection import (
-    gather_tokens,
-    keep_tokens,
-    text_guided_video_scores,
-    video_token_scores,
-)
+from .token_selection import gather_tokens, keep_tokens, video_token_scores
 
 RandomBlocks = Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None]
 
@@ -78,25 +72,6 @@ class SViTTVisionModelOutput(ModelOutput):
 
 
 @dataclass
-class SViTTTextModelOutput(ModelOutput):
-    r"""
-    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-        Output of the last layer that ran (the last text layer, or the last fusion layer).
-    hidden_states, attentions, cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Per layer that ran, as in BERT.
-    kept_video_token_indices (`tuple(torch.LongTensor)`, *optional*):
-        With text-guided token selection, after each selecting fusion layer, the indices `(batch_size, k)` of the
-        kept video tokens among the non-global video tokens it received.
-    """
-
-    last_hidden_state: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    kept_video_token_indices: tuple[torch.LongTensor, ...] | None = None
-
-
-@dataclass
 class SViTTVideoEncoding(ModelOutput):
     r"""
     embeds (`(batch_size, embed_dim)`): L2-normalised projection of the pooled video (ITC embedding).
@@ -128,7 +103,7 @@ class SViTTTextEncoding(ModelOutput):
 
 
 @dataclass
-class SViTTOutput(ModelOutput):
+class SViTTOutput(NestedModelOutput):
     r"""
     loss (`torch.FloatTensor`, *optional*, returned when `return_loss=True`): video-text contrastive loss.
     logits_per_video (`(video_batch_size, text_batch_size)`): cosine similarities divided by the temperature.
@@ -144,60 +119,6 @@ class SViTTOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     vision_model_output: SViTTVisionModelOutput | None = None
     text_model_output: SViTTTextModelOutput | None = None
-
-    def to_tuple(self) -> tuple:
-        return tuple(
-            value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple()
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------------
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention on `(B, H, L, d)` inputs with an additive mask; returns `(B, L, H, d)` and the probabilities."""
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = softmax_in_float32(scores)
-    output = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
-    return output.transpose(1, 2).contiguous(), probs
-
-
-def _attention_function(config, need_weights: bool):
-    if need_weights:
-        return eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
-
-
-def additive_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Attention mask -> additive float mask broadcastable to `(B, H, Lq, Lk)`.
-
-    A 2-D mask `(B, Lk)` is a padding mask (1 = real token). A 4-D mask `(B, 1, Lq, Lk)` is boolean or 0/1 integer
-    (True = attend, e.g. causal), or already additive when it is floating point.
-    """
-    if mask is None:
-        return None
-    if mask.dim() == 2:
-        mask = mask[:, None, None, :].bool()
-    elif mask.dim() != 4:
-        raise ValueError(
-            f"An attention mask must be (batch, length) or (batch, 1, query_length, length), got {tuple(mask.shape)}."
-        )
-    elif mask.is_floating_point():
-        return mask.to(dtype)
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask.bool(), torch.finfo(dtype).min)
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -316,7 +237,7 @@ class SViTTVisionSelfAttention(nn.Module):
 
         bias = self.relative_position_bias.relative_position_bias_table[dense_bias_index]  # (B, S, S, H)
         bias = bias.permute(0, 3, 1, 2).to(query.dtype)
-        attention = _attention_function(self.config, need_weights=False)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         context, _ = attention(self, query, key, value, bias, scaling=self.scaling, dropout=dropout)
         global_attention = None
         if need_global_attention:
@@ -528,283 +449,6 @@ class SViTTVisionPooler(nn.Module):
         return self.layernorm(hidden_states[:, self.num_global_tokens :].mean(dim=1))
 
 
-# --------------------------------------------------------------------------------------------------
-# Text tower
-# --------------------------------------------------------------------------------------------------
-
-
-class SViTTTextEmbeddings(nn.Module):
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.register_buffer(
-            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
-        length = inputs_embeds.shape[1]
-        if length > self.position_ids.shape[1]:
-            raise ValueError(
-                f"Text of {length} tokens is longer than `max_position_embeddings` ({self.position_ids.shape[1]})."
-            )
-        if position_ids is None:
-            position_ids = self.position_ids[:, :length]
-        if token_type_ids is None:
-            token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(embeddings))
-
-
-class SViTTTextSelfAttention(nn.Module):
-    def __init__(self, config: SViTTTextConfig, is_cross_attention: bool = False) -> None:
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        key_width = config.encoder_width if is_cross_attention else config.hidden_size
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(key_width, config.hidden_size)
-        self.value = nn.Linear(key_width, config.hidden_size)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        key_value_states: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, _ = hidden_states.shape
-        source = hidden_states if key_value_states is None else key_value_states
-        query = self.query(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-        key = self.key(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        value = self.value(source).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        attention = _attention_function(self.config, need_weights=output_attentions)
-        dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
-        context, probs = attention(self, query, key, value, attention_mask, scaling=self.scaling, dropout=dropout)
-        return context.reshape(batch, length, -1), probs
-
-
-class SViTTTextSelfOutput(nn.Module):
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
-
-
-class SViTTTextAttention(nn.Module):
-    def __init__(self, config: SViTTTextConfig, is_cross_attention: bool = False) -> None:
-        super().__init__()
-        self.self = SViTTTextSelfAttention(config, is_cross_attention)
-        self.output = SViTTTextSelfOutput(config)
-
-    def forward(self, hidden_states, attention_mask=None, key_value_states=None, output_attentions=False):
-        context, probs = self.self(hidden_states, attention_mask, key_value_states, output_attentions)
-        return self.output(context, hidden_states), probs
-
-
-class SViTTTextIntermediate(nn.Module):
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.intermediate_act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
-
-
-class SViTTTextOutput(SViTTTextSelfOutput):
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__(config)
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-
-
-class SViTTTextLayer(GradientCheckpointingLayer):
-    """Post-LN BERT layer; fusion layers add cross-attention to the video between self-attention and FFN."""
-
-    def __init__(self, config: SViTTTextConfig, layer_index: int) -> None:
-        super().__init__()
-        self.attention = SViTTTextAttention(config)
-        self.has_cross_attention = layer_index >= config.fusion_layer
-        if self.has_cross_attention:
-            self.crossattention = SViTTTextAttention(config, is_cross_attention=True)
-        self.intermediate = SViTTTextIntermediate(config)
-        self.output = SViTTTextOutput(config)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        output_cross_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        hidden_states, self_attention = self.attention(hidden_states, attention_mask, None, output_attentions)
-        cross_attention = None
-        if self.has_cross_attention:
-            if encoder_hidden_states is None:
-                raise ValueError("Fusion layers need `encoder_hidden_states` (the video tokens).")
-            hidden_states, cross_attention = self.crossattention(
-                hidden_states, encoder_attention_mask, encoder_hidden_states, output_cross_attentions
-            )
-        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
-        return hidden_states, self_attention, cross_attention
-
-
-class SViTTTextEncoder(nn.Module):
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.layer = nn.ModuleList([SViTTTextLayer(config, index) for index in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False
-
-    def _selects_video_tokens(self, index: int) -> bool:
-        config = self.config
-        return (
-            config.fusion_token_keep_rate < 1.0
-            and index >= config.fusion_layer
-            and index - config.fusion_layer in config.fusion_token_drop_layers
-        )
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        layers: range,
-        attention_mask: torch.Tensor | None,
-        text_padding_mask: torch.Tensor | None,
-        encoder_hidden_states: torch.Tensor | None,
-        encoder_padding_mask: torch.Tensor | None,
-        num_global_video_tokens: int,
-        output_attentions: bool,
-        output_hidden_states: bool,
-    ) -> SViTTTextModelOutput:
-        all_hidden_states, self_attentions, cross_attentions, kept_video = [], [], [], []
-        dtype = hidden_states.dtype
-        additive_mask = additive_attention_mask(attention_mask, dtype)
-        encoder_mask = additive_attention_mask(encoder_padding_mask, dtype)
-        for index in layers:
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            select = self._selects_video_tokens(index)
-            hidden_states, self_attention, cross_attention = self.layer[index](
-                hidden_states,
-                additive_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_mask,
-                output_attentions=output_attentions,
-                output_cross_attentions=output_attentions or select,
-            )
-            if output_attentions:
-                self_attentions.append(self_attention)
-                if cross_attention is not None:
-                    cross_attentions.append(cross_attention)
-            if select:
-                scores = text_guided_video_scores(
-                    cross_attention, text_padding_mask, self.config.fusion_token_keep_strategy, num_global_video_tokens
-                )
-                encoder_hidden_states, kept = keep_tokens(
-                    encoder_hidden_states, scores, self.config.fusion_token_keep_rate, num_global_video_tokens
-                )
-                if encoder_padding_mask is not None:
-                    c = num_global_video_tokens
-                    encoder_padding_mask = torch.cat(
-                        [encoder_padding_mask[:, :c], gather_tokens(encoder_padding_mask[:, c:], kept)], dim=1
-                    )
-                    encoder_mask = additive_attention_mask(encoder_padding_mask, dtype)
-                kept_video.append(kept)
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-        return SViTTTextModelOutput(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(self_attentions) if output_attentions else None,
-            cross_attentions=tuple(cross_attentions) if output_attentions else None,
-            kept_video_token_indices=tuple(kept_video) if kept_video else None,
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Pretrained models
-# --------------------------------------------------------------------------------------------------
-
-
-class SViTTPreTrainedModel(PreTrainedModel):
-    config: SViTTConfig
-    base_model_prefix = "svitt"
-    main_input_name = "pixel_values"
-    input_modalities = ("video", "text")
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["SViTTVisionLayer", "SViTTTextLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, num_frames: int | None = None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, with an optional move to another clip length.
-
-        `num_frames` loads the checkpoint at its own clip length, then resamples every relative-position table of
-        the video tower to the new one (the temporal expansion between curriculum stages and to downstream tasks,
-        spec §5; interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
-        """
-        if num_frames is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
-        video_tower = next((module for module in model.modules() if isinstance(module, SViTTVisionModel)), None)
-        if video_tower is None:
-            raise ValueError(f"{cls.__name__} has no video tower, so `num_frames` does not apply to it.")
-        if num_frames != video_tower.config.num_frames:
-            video_tower.resize_num_frames(num_frames)
-        return (model, loading_info) if output_loading_info else model
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
-        """Also writes the full `auto_map` and the model source, so the folder loads with `trust_remote_code=True`."""
-        self.config.auto_map = model_auto_map()
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            copy_model_sources(save_directory)
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        std = getattr(self.config, "initializer_range", None) or 0.02
-        if isinstance(module, SViTTVisionEmbeddings):
-            init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-        elif isinstance(module, SViTTRelativePositionBias3D):
-            init.zeros_(module.relative_position_bias_table)
-        elif isinstance(module, SViTTVisionLayer) and module.lambda_1 is not None:
-            init.constant_(module.lambda_1, module.config.layer_scale_init_value)
-            init.constant_(module.lambda_2, module.config.layer_scale_init_value)
-        elif isinstance(module, SViTTTextEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, SViTTModel):
-            init.constant_(module.temperature, self.config.temperature)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-
-
 def _random_blocks_by_layer(random_blocks: RandomBlocks | None) -> dict[int, torch.Tensor] | None:
     if random_blocks is None:
         return None
@@ -827,6 +471,17 @@ class SViTTVisionModel(SViTTPreTrainedModel):
         self.pooler = SViTTVisionPooler(config)
         self.post_init()
 
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SViTTVisionEmbeddings):
+            init.trunc_normal_(module.cls_token, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, SViTTRelativePositionBias3D):
+            init.zeros_(module.relative_position_bias_table)
+        elif isinstance(module, SViTTVisionLayer) and module.lambda_1 is not None:
+            init.constant_(module.lambda_1, module.config.layer_scale_init_value)
+            init.constant_(module.lambda_2, module.config.layer_scale_init_value)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
@@ -843,7 +498,9 @@ class SViTTVisionModel(SViTTPreTrainedModel):
                 self.config.num_global_tokens,
                 mode,
             )
-            bias.relative_position_bias_table = nn.Parameter(table, requires_grad=bias.relative_position_bias_table.requires_grad)
+            bias.relative_position_bias_table = nn.Parameter(
+                table, requires_grad=bias.relative_position_bias_table.requires_grad
+            )
             bias.num_frames = num_frames
         self.config.num_frames = num_frames
 
@@ -885,94 +542,6 @@ class SViTTVisionModel(SViTTPreTrainedModel):
         return output
 
 
-class SViTTTextModel(SViTTPreTrainedModel):
-    """The SViTT text tower: BERT text layers, then fusion layers with cross-attention to video tokens.
-
-    - `input_ids` alone: embeddings + text layers (`0 .. fusion_layer-1`), the ITC text encoder.
-    - `input_ids` + `encoder_hidden_states`: every layer (e.g. question encoding for video QA).
-    - `text_hidden_states` + `encoder_hidden_states`: only the fusion layers, on text-layer outputs (ITM, MLM).
-    """
-
-    config: SViTTTextConfig
-    main_input_name = "input_ids"
-    input_modalities = ("text",)
-
-    def __init__(self, config: SViTTTextConfig) -> None:
-        super().__init__(config)
-        self.embeddings = SViTTTextEmbeddings(config)
-        self.encoder = SViTTTextEncoder(config)
-        self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embeddings.word_embeddings = value
-
-    @can_return_tuple
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        text_hidden_states: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
-        num_global_video_tokens: int = 1,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SViTTTextModelOutput:
-        r"""
-        attention_mask (`torch.Tensor`, *optional*):
-            `(batch_size, sequence_length)` padding mask, or a `(batch_size, 1, query_length, sequence_length)`
-            boolean mask (True = attend), e.g. a causal mask for a decoder.
-        text_hidden_states (`torch.FloatTensor`, *optional*):
-            Output of the text layers; runs only the fusion layers on it.
-        encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_video_tokens, encoder_width)`, *optional*):
-            Video tokens the fusion layers attend to (global tokens first).
-        encoder_attention_mask (`torch.Tensor` of shape `(batch_size, num_video_tokens)`, *optional*):
-            Video padding mask (all ones when omitted).
-        num_global_video_tokens (`int`, defaults to 1):
-            Leading video tokens that text-guided selection always keeps.
-        """
-        config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        if text_hidden_states is not None:
-            if encoder_hidden_states is None:
-                raise ValueError("`text_hidden_states` runs the fusion layers, which need `encoder_hidden_states`.")
-            hidden_states = text_hidden_states
-            layers = range(config.fusion_layer, config.num_hidden_layers)
-        else:
-            if (input_ids is None) == (inputs_embeds is None):
-                raise ValueError("Pass exactly one of `input_ids`, `inputs_embeds` (or `text_hidden_states`).")
-            hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-            last = config.num_hidden_layers if encoder_hidden_states is not None else config.fusion_layer
-            layers = range(0, last)
-        if encoder_hidden_states is not None and encoder_hidden_states.shape[-1] != config.encoder_width:
-            raise ValueError(
-                f"Video tokens have width {encoder_hidden_states.shape[-1]}, the fusion layers expect "
-                f"`encoder_width` = {config.encoder_width}."
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
-        text_padding_mask = attention_mask if attention_mask.dim() == 2 else None
-        return self.encoder(
-            hidden_states,
-            layers,
-            attention_mask,
-            text_padding_mask,
-            encoder_hidden_states,
-            encoder_attention_mask,
-            num_global_video_tokens,
-            output_attentions,
-            output_hidden_states,
-        )
-
-
 class SViTTModel(SViTTPreTrainedModel):
     """Dual encoder with fusion layers: video tower, text tower, projections to a shared space, temperature."""
 
@@ -988,6 +557,12 @@ class SViTTModel(SViTTPreTrainedModel):
         self.text_projection = nn.Linear(text_config.hidden_size, config.embed_dim)
         self.temperature = nn.Parameter(torch.tensor(float(config.temperature)))
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(module.temperature, self.config.temperature)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()

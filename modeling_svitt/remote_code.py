@@ -19,7 +19,7 @@ _MODEL_AUTO_MAP = {
     "AutoModel": "modeling_svitt.SViTTModel",
     "AutoModelForPreTraining": "modeling_heads.SViTTForPreTraining",
     "AutoModelForZeroShotImageClassification": "modeling_heads.SViTTForVideoTextRetrieval",
-    "AutoModelForVisualQuestionAnswering": "modeling_heads.SViTTForVideoQuestionAnswering",
+    "AutoModelForVisualQuestionAnswering": "modeling_video_qa.SViTTForVideoQuestionAnswering",
     "AutoModelForMultipleChoice": "modeling_heads.SViTTForMultipleChoice",
 }
 

@@ -9,17 +9,16 @@ from tiny_configs import tiny_config
 
 from modeling_svitt import losses
 from modeling_svitt.metrics import retrieval_metrics
+from modeling_svitt.answer_ranking import candidate_log_likelihood, first_token_logits
+from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
 from modeling_svitt.modeling_heads import (
     SViTTForMultipleChoice,
     SViTTForPreTraining,
-    SViTTForVideoQuestionAnswering,
     SViTTForVideoTextRetrieval,
-    aggregate_clips,
-    causal_attention_mask,
     register_head_auto_classes,
-    split_into_clips,
-    text_guided_selection,
 )
+from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering, causal_attention_mask
+from modeling_svitt.retrieval_ranking import text_guided_selection
 
 FRAMES = 2  # tiny_config's clip length
 
@@ -99,7 +98,9 @@ def test_pretraining_replays_supplied_randomness_and_validates_negatives():
         random_blocks=first.vision_model_output.random_blocks,
     )
     torch.testing.assert_close(replay.itm_logits, first.itm_logits)
-    partial = model(**kwargs, negative_video_indices=torch.tensor([1, -1, 0]), negative_text_indices=torch.tensor([2, 2, 0]))
+    partial = model(
+        **kwargs, negative_video_indices=torch.tensor([1, -1, 0]), negative_text_indices=torch.tensor([2, 2, 0])
+    )
     assert partial.itm_logits.shape == (3 + 2 + 3, 2)
     with pytest.raises(ValueError, match="positive pair"):
         model(**kwargs, match_ids=torch.tensor([0, 0, 1]), negative_video_indices=torch.tensor([1, 2, 0]))
@@ -132,11 +133,22 @@ def test_egonce_is_selected_by_config_and_excludes_action_positives_from_itm():
     nouns = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1]])
     video_ids = torch.tensor([0, 1, 2, 3])
     out = model(
-        pixel_values=videos(4), input_ids=ids, attention_mask=mask, verb_tags=verbs, noun_tags=nouns, video_ids=video_ids
+        pixel_values=videos(4),
+        input_ids=ids,
+        attention_mask=mask,
+        verb_tags=verbs,
+        noun_tags=nouns,
+        video_ids=video_ids,
     )
     expected = losses.itc_loss(
-        out.video_embeds, out.text_embeds, model.svitt.temperature, torch.arange(4),
-        loss_type="egonce", verb_tags=verbs, noun_tags=nouns, video_ids=video_ids,
+        out.video_embeds,
+        out.text_embeds,
+        model.svitt.temperature,
+        torch.arange(4),
+        loss_type="egonce",
+        verb_tags=verbs,
+        noun_tags=nouns,
+        video_ids=video_ids,
     )
     torch.testing.assert_close(out.loss_itc, expected.loss)
     # clips 0 and 1 share "verb 0 + noun 0": never each other's ITM negative
@@ -161,10 +173,11 @@ def test_retrieval_forward_trains_itc_itm_and_serves_zero_shot():
     ids, mask = captions(3)
     zero_shot = model(pixel_values=videos(3), input_ids=ids, attention_mask=mask)
     assert zero_shot.loss is None and zero_shot.itm_logits is None and zero_shot.logits_per_video.shape == (3, 3)
-    trained = model.train()(pixel_values=videos(3), input_ids=ids, attention_mask=mask, match_ids=torch.tensor([0, 1, 1]))
+    trained = model.train()(
+        pixel_values=videos(3), input_ids=ids, attention_mask=mask, match_ids=torch.tensor([0, 1, 1])
+    )
     torch.testing.assert_close(trained.loss, trained.loss_itc + trained.loss_itm)
     trained.loss.backward()
-
 
 
 def test_retrieval_zero_shot_scores_any_number_of_texts_against_any_number_of_videos():
@@ -173,12 +186,15 @@ def test_retrieval_zero_shot_scores_any_number_of_texts_against_any_number_of_vi
     ids, mask = captions(4)
     out = model(pixel_values=videos(1), input_ids=ids, attention_mask=mask, generator=torch.Generator().manual_seed(0))
     assert out.loss is None and out.logits_per_video.shape == (1, 4) and out.logits_per_text.shape == (4, 1)
-    base = model.svitt(pixel_values=videos(1), input_ids=ids, attention_mask=mask, generator=torch.Generator().manual_seed(0))
+    base = model.svitt(
+        pixel_values=videos(1), input_ids=ids, attention_mask=mask, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out.logits_per_video, base.logits_per_video)
     torch.testing.assert_close(out.logits_per_text, base.logits_per_text)
     # EgoNCE only matters for the loss: zero-shot scoring needs no verb / noun tags
     egonce = make_model(SViTTForVideoTextRetrieval, contrastive_loss="egonce")
     assert egonce(pixel_values=videos(2), input_ids=ids, attention_mask=mask).logits_per_video.shape == (2, 4)
+
 
 def test_clip_splitting_and_aggregation():
     frames = torch.arange(6).float().reshape(1, 6, 1, 1, 1).expand(2, 6, 3, 2, 2)
@@ -211,15 +227,19 @@ def test_rank_is_the_release_two_stage_protocol(gallery_setup):
     itc = torch.einsum("te,vke->tvk", text_gallery.embeds, video_gallery.embeds).mean(-1)
     torch.testing.assert_close(result.itc_scores_t2v, itc)
     assert result.candidates_t2v.sum(1).tolist() == [2] * 7 and result.candidates_v2t.sum(1).tolist() == [2] * 5
-    assert torch.equal(result.candidates_t2v, torch.zeros_like(itc, dtype=torch.bool).scatter(1, itc.topk(2).indices, True))
+    assert torch.equal(
+        result.candidates_t2v, torch.zeros_like(itc, dtype=torch.bool).scatter(1, itc.topk(2).indices, True)
+    )
 
     # stage 2: ITM positive logit of each clip, averaged
     t, v = result.candidates_t2v.nonzero()[0].tolist()
     per_clip = []
     for clip in range(2):
         fusion = model.svitt.fuse(
-            text_gallery.hidden_states[t : t + 1], text_gallery.attention_mask[t : t + 1],
-            video_gallery.tokens[v, clip : clip + 1], video_gallery.token_mask[v, clip : clip + 1],
+            text_gallery.hidden_states[t : t + 1],
+            text_gallery.attention_mask[t : t + 1],
+            video_gallery.tokens[v, clip : clip + 1],
+            video_gallery.token_mask[v, clip : clip + 1],
         )
         per_clip.append(model.itm_head(fusion.last_hidden_state[:, 0])[0, 1])
     torch.testing.assert_close(result.scores_t2v[t, v], torch.stack(per_clip).mean(), atol=1e-5, rtol=1e-5)
@@ -256,7 +276,9 @@ def test_rank_clip_ensembling_and_sampling(gallery_setup):
     single = model.encode_videos(clips[:, :FRAMES])  # the first consecutive clip on its own
     torch.testing.assert_close(consecutive.embeds[:, 0], single.embeds[:, 0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(consecutive.embeds, strided.embeds)
-    scores = {how: model.rank(consecutive, texts, k=5, clip_aggregation=how).scores_t2v for how in ("lse", "mean", "max")}
+    scores = {
+        how: model.rank(consecutive, texts, k=5, clip_aggregation=how).scores_t2v for how in ("lse", "mean", "max")
+    }
     # with k = all videos every pair is re-scored; lse >= max >= mean for the same per-clip scores
     assert (scores["lse"] >= scores["max"] - 1e-5).all() and (scores["max"] >= scores["mean"] - 1e-5).all()
     itc_only = model.rank(consecutive, texts, use_itm=False)
@@ -313,9 +335,13 @@ def test_qa_training_loss_is_the_weighted_answer_likelihood():
     model = make_model(SViTTForVideoQuestionAnswering)
     ids, mask = captions(2)
     out = model(
-        pixel_values=videos(2), input_ids=ids, attention_mask=mask,
-        answer_input_ids=ANSWERS[:3], answer_attention_mask=ANSWER_MASK[:3],
-        answer_weights=torch.tensor([0.5, 0.5, 1.0]), answers_per_question=torch.tensor([2, 1]),
+        pixel_values=videos(2),
+        input_ids=ids,
+        attention_mask=mask,
+        answer_input_ids=ANSWERS[:3],
+        answer_attention_mask=ANSWER_MASK[:3],
+        answer_weights=torch.tensor([0.5, 0.5, 1.0]),
+        answers_per_question=torch.tensor([2, 1]),
     )
     states = out.question_hidden_states[[0, 0, 1]]
     logits = model.decode_answers(ANSWERS[:3], ANSWER_MASK[:3], states, mask[[0, 0, 1]])
@@ -331,11 +357,11 @@ def _per_clip_scores(model, clips, ids, mask, num_clips):
     states, qmask, _ = model.encode_questions(
         split, ids.repeat_interleave(num_clips, 0), mask.repeat_interleave(num_clips, 0), generator=generator
     )
-    first = model._first_token_logits(states, qmask, 2).reshape(ids.shape[0], num_clips, -1)
+    first = first_token_logits(model, states, qmask, 2).reshape(ids.shape[0], num_clips, -1)
     every = torch.arange(ANSWERS.shape[0]).expand(ids.shape[0], -1)
     likelihood = torch.stack(
         [
-            model._candidate_log_likelihood(states[c::num_clips], qmask[c::num_clips], ANSWERS, ANSWER_MASK, every)
+            candidate_log_likelihood(model, states[c::num_clips], qmask[c::num_clips], ANSWERS, ANSWER_MASK, every)
             for c in range(num_clips)
         ],
         dim=-1,
@@ -351,7 +377,9 @@ def test_rank_answers_clean_mode_ranks_by_aggregated_log_likelihood():
     _, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
     expected = torch.logsumexp(likelihood, -1).sort(dim=1, descending=True)
     torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
-    assert torch.equal(result.answer_indices, expected.indices) and torch.equal(result.predictions, expected.indices[:, 0])
+    assert torch.equal(result.answer_indices, expected.indices) and torch.equal(
+        result.predictions, expected.indices[:, 0]
+    )
     # k < list size: candidates are the top first-token log-probabilities
     first, _ = _per_clip_scores(model, clips, ids, mask, 2)
     top = torch.logsumexp(first.log_softmax(-1), dim=1)[:, ANSWERS[:, 1]].topk(2).indices
@@ -363,7 +391,9 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     model = make_model(SViTTForVideoQuestionAnswering, seed=8)
     ids, mask = captions(2, seed=9)
     clips = videos(2, frames=2 * FRAMES, seed=10)
-    result = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True)
+    result = model.rank_answers(
+        clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True
+    )
     first, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
     # probabilities averaged over clips, then a second softmax over the vocabulary
     first_prob = first.softmax(-1).mean(1).softmax(-1)[:, ANSWERS[:, 1]]
@@ -373,7 +403,6 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(result.answer_indices, torch.gather(candidates, 1, expected.indices))
     torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
-
 
 
 def test_qa_resize_token_embeddings_reaches_the_answer_decoder(tmp_path):
@@ -405,6 +434,7 @@ def test_rank_answers_rejects_k_below_one_and_an_empty_answer_list(k, num_answer
     with pytest.raises(ValueError, match="k >= 1"):
         model.rank_answers(videos(1), ids, mask, ANSWERS[:num_answers], ANSWER_MASK[:num_answers], k=k)
 
+
 # Multiple choice -----------------------------------------------------------------------------------
 
 
@@ -433,11 +463,16 @@ def _head_outputs(model, cls):
     ids, mask = captions(2)
     with torch.no_grad():
         if cls is SViTTForVideoQuestionAnswering:
-            return model(pixel_values=videos(2), input_ids=ids, attention_mask=mask, answer_input_ids=ANSWERS[:2]).logits
+            return model(
+                pixel_values=videos(2), input_ids=ids, attention_mask=mask, answer_input_ids=ANSWERS[:2]
+            ).logits
         if cls is SViTTForMultipleChoice:
             return model(pixel_values=videos(4).reshape(2, 2, FRAMES, 3, 32, 32), input_ids=ids).logits
         out = model(
-            pixel_values=videos(2), input_ids=ids, attention_mask=mask, match_ids=torch.arange(2),
+            pixel_values=videos(2),
+            input_ids=ids,
+            attention_mask=mask,
+            match_ids=torch.arange(2),
             sampling_generator=torch.Generator().manual_seed(0),
         )
         return out.itm_logits
@@ -490,7 +525,9 @@ def test_pretraining_checkpoint_initialises_the_answer_decoder(pretraining_check
         )
     assert qa.decoder_head.predictions.decoder.weight is qa.text_decoder.embeddings.word_embeddings.weight
     # the decoder is a copy, not a tie: fine-tuning QA does not move the question encoder's fusion layers
-    assert qa.text_decoder.embeddings.word_embeddings.weight is not qa.svitt.text_model.embeddings.word_embeddings.weight
+    assert (
+        qa.text_decoder.embeddings.word_embeddings.weight is not qa.svitt.text_model.embeddings.word_embeddings.weight
+    )
 
 
 def test_qa_checkpoint_keeps_its_own_decoder(tmp_path):
@@ -527,7 +564,7 @@ def test_auto_classes_and_remote_code_entries(pretraining_checkpoint):
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     for auto_name, cls in expected.items():
         assert type(getattr(transformers, auto_name).from_pretrained(folder)) is cls
-        assert auto_map[auto_name] == f"modeling_heads.{cls.__name__}"
+        assert auto_map[auto_name] == f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
     assert (folder / "modeling_heads.py").is_file() and (folder / "losses.py").is_file()
 
 
@@ -535,12 +572,18 @@ def test_from_pretrained_moves_to_another_clip_length(pretraining_checkpoint, tm
     source, folder = pretraining_checkpoint
     model = SViTTForVideoTextRetrieval.from_pretrained(folder, num_frames=2 * FRAMES)
     assert model.config.vision_config.num_frames == 2 * FRAMES
-    table = model.svitt.vision_model.encoder.layer[0].attention.attention.relative_position_bias.relative_position_bias_table
-    original = source.svitt.vision_model.encoder.layer[0].attention.attention.relative_position_bias.relative_position_bias_table
+    table = model.svitt.vision_model.encoder.layer[
+        0
+    ].attention.attention.relative_position_bias.relative_position_bias_table
+    original = source.svitt.vision_model.encoder.layer[
+        0
+    ].attention.attention.relative_position_bias.relative_position_bias_table
     spatial = (2 * 4 - 1) ** 2  # 4 patches per side
     assert table.shape[0] == (2 * 2 * FRAMES - 1) * spatial + 3 and original.shape[0] == (2 * FRAMES - 1) * spatial + 3
     ids, mask = captions(2)
-    assert model(pixel_values=videos(2, frames=2 * FRAMES), input_ids=ids, attention_mask=mask).logits_per_video.shape == (2, 2)
+    assert model(
+        pixel_values=videos(2, frames=2 * FRAMES), input_ids=ids, attention_mask=mask
+    ).logits_per_video.shape == (2, 2)
     model.save_pretrained(tmp_path)
     assert SViTTForVideoTextRetrieval.from_pretrained(tmp_path).config.vision_config.num_frames == 2 * FRAMES
 
@@ -549,7 +592,9 @@ def test_galleries_can_be_stored_in_half_precision(gallery_setup):
     model, clips, ids, mask = gallery_setup
     full = model.retrieve(clips, ids, mask, k=2)
     half = model.rank(
-        model.encode_videos(clips, storage_dtype=torch.float16), model.encode_texts(ids, mask, storage_dtype=torch.float16), k=2
+        model.encode_videos(clips, storage_dtype=torch.float16),
+        model.encode_texts(ids, mask, storage_dtype=torch.float16),
+        k=2,
     )
     torch.testing.assert_close(half.scores_t2v, full.scores_t2v, atol=5e-2, rtol=5e-2)
 

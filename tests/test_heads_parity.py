@@ -141,7 +141,7 @@ def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4):
 
 
 def test_release_qa_checkpoint_converts_into_the_qa_head(original_fixture_dir):
-    from modeling_svitt.modeling_heads import SViTTForVideoQuestionAnswering
+    from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 
     meta = json.loads((original_fixture_dir / "meta.json").read_text())
     state_dict = load_file(original_fixture_dir / "state_dict.safetensors")

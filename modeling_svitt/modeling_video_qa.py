@@ -1,0 +1,407 @@
+"""Video question answering head of SViTT: an answer decoder that ranks a closed answer list (ALBEF-style).
+
+The question is encoded by the whole text tower cross-attending to the clip; a causal decoder as deep as the
+fusion stack scores answers by their likelihood. A checkpoint of another head (pretraining, retrieval) initialises
+the decoder from its fusion layers and MLM head, as the release does. Ranking an answer list is in
+`answer_ranking.py`.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import can_return_tuple
+
+from .answer_ranking import rank_answers
+from .configuration_svitt import SViTTConfig, SViTTTextConfig
+from .losses import answer_decoder_loss, answer_token_labels
+from .modeling_common import NestedModelOutput
+from .modeling_heads import SViTTHeadPreTrainedModel, SViTTOnlyMLMHead
+from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
+from .modeling_svitt_text import SViTTTextModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss (spec §6.2).
+    logits (`(num_answers, answer_length, vocab_size)`, *optional*): answer-decoder logits.
+    question_hidden_states (`(batch_size, question_length, hidden_size)`): the multimodal question encoding.
+    vision_model_output: the video tower's output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    question_hidden_states: torch.FloatTensor | None = None
+    vision_model_output: SViTTVisionModelOutput | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Video question answering
+# --------------------------------------------------------------------------------------------------
+
+
+def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
+    """Config of the answer decoder: the text config with as many layers as there are fusion layers, every one
+    with causal self-attention and cross-attention to the question states (spec §6.2).
+
+    `config.answer_decoder_num_layers` overrides the depth.
+    """
+    text_config = config.text_config
+    values = text_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+        values.pop(key, None)
+    num_layers = config.answer_decoder_num_layers or text_config.num_fusion_layers
+    if num_layers < 1:
+        raise ValueError("The answer decoder needs at least one layer (`text_config` has no fusion layers).")
+    values.update(
+        num_hidden_layers=int(num_layers),
+        fusion_layer=0,
+        encoder_width=text_config.hidden_size,
+        fusion_token_keep_rate=1.0,
+        fusion_token_drop_layers=[0],
+    )
+    return SViTTTextConfig(**values)
+
+
+def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """`(N, L)` padding mask -> `(N, 1, L, L)` boolean mask: position i sees the real tokens j <= i."""
+    length = attention_mask.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    return causal[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+_DECODER_SOURCE_HEAD = "mlm_head.predictions."
+
+
+class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
+    """Video QA by ranking a closed answer list with an answer decoder (ALBEF-style, spec §6.2).
+
+    The question is encoded by the whole text tower, cross-attending to the video in the fusion layers; a
+    causal answer decoder (`text_decoder`, as deep as the fusion stack, cross-attending to the question
+    states) scores answers by their likelihood. Loading a pretraining (or retrieval) checkpoint with
+    `from_pretrained` initialises the decoder from the fusion layers, the word embeddings and the MLM head,
+    as the release does.
+
+    Ranking (`rank_answers`): the first answer token's probability picks the top-k answers, whose full
+    likelihood then decides. Two scoring modes:
+
+    * clean (default): per clip, the first-token log-probability and then each candidate's sequence
+      log-likelihood (first token counted once); clips combined with `clip_aggregation`; rank by the result.
+    * `release_scoring=True`: the release's `forward_ensemble` (its default evaluation path, even for one clip):
+      per-clip first-token *probabilities* are aggregated and passed through a second softmax over the
+      vocabulary (which nearly flattens them), and the candidate score is `log p_first + sequence
+      log-likelihood`, i.e. the first token is counted twice. Use it to reproduce released numbers.
+    """
+
+    _tied_weights_keys = {
+        "decoder_head.predictions.decoder.weight": "text_decoder.embeddings.word_embeddings.weight",
+        "decoder_head.predictions.decoder.bias": "decoder_head.predictions.bias",
+    }
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^itm_head\."]
+    # The release's QA model deletes these (they are unused by QA); checkpoints converted from it lack them.
+    _keys_to_ignore_on_load_missing = [
+        r"^svitt\.vision_model\.pooler\.",
+        r"^svitt\.vision_projection\.",
+        r"^svitt\.text_projection\.",
+        r"^svitt\.temperature$",
+    ]
+
+    def __init__(self, config: SViTTConfig) -> None:
+        super().__init__(config)
+        self.svitt = SViTTModel(config)
+        decoder_config = answer_decoder_config(config)
+        self.text_decoder = SViTTTextModel(decoder_config)
+        self.decoder_head = SViTTOnlyMLMHead(decoder_config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.decoder_head.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.decoder_head.predictions.decoder = new_embeddings
+        self.decoder_head.predictions.bias = new_embeddings.bias
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resize the vocabulary of the question encoder and, with it, of the answer decoder.
+
+        Questions and answers share one tokenizer, but the answer decoder has its own word embeddings (with the
+        prediction head tied to them), which the library's resizing does not reach.
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        self.text_decoder.resize_token_embeddings(size, mean_resizing=mean_resizing)
+        predictions = self.decoder_head.predictions
+        old_bias = predictions.bias
+        if old_bias.shape[0] != size:
+            bias = old_bias.new_zeros(size)
+            kept = min(size, old_bias.shape[0])
+            bias[:kept] = old_bias.detach()[:kept]
+            predictions.bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
+        self.tie_weights()
+        return embeddings
+
+    # Initialisation from another head --------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize_answer_decoder(self, mlm_head_state_dict: dict[str, torch.Tensor] | None = None) -> list[str]:
+        """Initialise the answer decoder as the release does when fine-tuning QA from a pretrained model.
+
+        Decoder layer i <- fusion layer `fusion_layer + i` of `svitt.text_model` (self-attention, cross-attention,
+        feed-forward), decoder embeddings <- the text embeddings, `decoder_head` <- the pretraining MLM head
+        (`mlm_head_state_dict`, keys relative to `mlm_head.predictions.`, e.g. `transform.dense.weight`, `bias`).
+        Tensors whose shapes differ (e.g. cross-attention when `encoder_width` != text width) are skipped.
+        Returns the decoder parameter names that were initialised.
+        """
+        source = self.svitt.text_model
+        fusion_layer = source.config.fusion_layer
+        copied = []
+
+        def copy_module(target: nn.Module, origin: nn.Module, prefix: str) -> None:
+            origin_state = origin.state_dict()
+            for name, tensor in target.state_dict().items():
+                value = origin_state.get(name)
+                if value is None or value.shape != tensor.shape:
+                    logger.warning("Answer decoder: `%s%s` has no matching fusion-layer weight.", prefix, name)
+                    continue
+                tensor.copy_(value)
+                copied.append(prefix + name)
+
+        copy_module(self.text_decoder.embeddings, source.embeddings, "text_decoder.embeddings.")
+        for index, layer in enumerate(self.text_decoder.encoder.layer):
+            origin_index = fusion_layer + index
+            if origin_index >= len(source.encoder.layer):
+                logger.warning("Answer decoder layer %d has no fusion layer to start from.", index)
+                continue
+            copy_module(layer, source.encoder.layer[origin_index], f"text_decoder.encoder.layer.{index}.")
+        if mlm_head_state_dict:
+            predictions = self.decoder_head.predictions
+            for name, tensor in predictions.state_dict().items():
+                value = mlm_head_state_dict.get(name)
+                if name.startswith("decoder.") or value is None or value.shape != tensor.shape:
+                    continue  # the decoder matrix is tied to the (just copied) word embeddings
+                tensor.copy_(value)
+                copied.append("decoder_head.predictions." + name)
+        self.tie_weights()
+        return copied
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus the release's QA initialisation for checkpoints of other heads.
+
+        When the checkpoint has no answer decoder (a pretraining, retrieval or base-model checkpoint), the decoder
+        is initialised from the fusion layers and the MLM head (`initialize_answer_decoder`) instead of randomly.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        download_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if key in kwargs
+        }
+        explicit_state_dict = kwargs.get("state_dict")
+        checkpoint_keys, read_tensors = _checkpoint_reader(
+            pretrained_model_name_or_path, explicit_state_dict, download_kwargs
+        )
+        from_other_head = checkpoint_keys is not None and not any(
+            key.startswith("text_decoder.") for key in checkpoint_keys
+        )
+
+        ignored = list(cls._keys_to_ignore_on_load_missing or [])
+        if from_other_head:
+            # The decoder is filled right below; keep the load report from calling it "newly initialised".
+            cls._keys_to_ignore_on_load_missing = ignored + [r"^text_decoder\.", r"^decoder_head\."]
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        finally:
+            cls._keys_to_ignore_on_load_missing = ignored
+        model._keys_to_ignore_on_load_missing = set(ignored)
+
+        if from_other_head:
+            head_keys = [key for key in checkpoint_keys if key.startswith(_DECODER_SOURCE_HEAD)]
+            head_state = {key[len(_DECODER_SOURCE_HEAD) :]: value for key, value in read_tensors(head_keys).items()}
+            model.initialize_answer_decoder(head_state)
+            logger.info(
+                "Initialised the answer decoder of %s from the fusion layers%s of the checkpoint.",
+                cls.__name__,
+                " and the MLM head" if head_state else "",
+            )
+        return (model, loading_info) if output_loading_info else model
+
+    # Forward ----------------------------------------------------------------------------------------
+
+    def encode_questions(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, SViTTVisionModelOutput]:
+        """Question states from the whole text tower cross-attending to the clip; `pixel_values` holds one clip per
+        question. Returns `(question_states, attention_mask, vision_output)`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        video = self.svitt.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        question = self.svitt.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=video.tokens,
+            encoder_attention_mask=video.token_mask,
+            num_global_video_tokens=self.config.vision_config.num_global_tokens,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        return question.last_hidden_state, attention_mask, video.vision_output
+
+    def decode_answers(
+        self,
+        answer_input_ids: torch.Tensor,
+        answer_attention_mask: torch.Tensor | None,
+        question_states: torch.Tensor,
+        question_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Teacher-forced decoder logits `(N, La, vocab)`; row i of the answers attends to row i of the questions."""
+        if answer_attention_mask is None:
+            answer_attention_mask = torch.ones_like(answer_input_ids)
+        decoded = self.text_decoder(
+            input_ids=answer_input_ids,
+            attention_mask=causal_attention_mask(answer_attention_mask),
+            encoder_hidden_states=question_states,
+            encoder_attention_mask=question_attention_mask,
+            return_dict=True,
+        )
+        return self.decoder_head(decoded.last_hidden_state)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        answer_input_ids: torch.Tensor | None = None,
+        answer_attention_mask: torch.Tensor | None = None,
+        answer_weights: torch.Tensor | None = None,
+        answers_per_question: torch.Tensor | None = None,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SViTTForVideoQuestionAnsweringOutput:
+        r"""
+        pixel_values (`(batch_size, num_frames, num_channels, height, width)`): one clip per question.
+        input_ids, attention_mask (`(batch_size, question_length)`): the questions.
+        answer_input_ids, answer_attention_mask (`(num_answers, answer_length)`, *optional*): the ground-truth
+            answers of all questions, concatenated question by question, as `[CLS] answer [SEP]` (the first token
+            is the decoder's start token). When given, the weighted teacher-forced loss is returned.
+        answer_weights (`(num_answers,)`, *optional*): weight of every answer (its share of the annotations).
+        answers_per_question (`(batch_size,)`, *optional*): how many answers each question has (defaults to one).
+
+        To predict, use [`rank_answers`] with the answer list.
+        """
+        question_states, question_mask, vision_output = self.encode_questions(
+            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+        )
+        loss = logits = None
+        if answer_input_ids is not None:
+            batch = input_ids.shape[0]
+            if answers_per_question is None:
+                if answer_input_ids.shape[0] != batch:
+                    raise ValueError("Pass `answers_per_question` when questions have more than one answer.")
+                answers_per_question = torch.ones(batch, dtype=torch.long, device=input_ids.device)
+            answers_per_question = answers_per_question.to(question_states.device)
+            if int(answers_per_question.sum()) != answer_input_ids.shape[0]:
+                raise ValueError(
+                    f"`answers_per_question` sums to {int(answers_per_question.sum())}, "
+                    f"but {answer_input_ids.shape[0]} answers were given."
+                )
+            states = question_states.repeat_interleave(answers_per_question, dim=0)
+            masks = question_mask.repeat_interleave(answers_per_question, dim=0)
+            logits = self.decode_answers(answer_input_ids, answer_attention_mask, states, masks)
+            labels = answer_token_labels(answer_input_ids, answer_attention_mask)
+            loss = answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
+        return SViTTForVideoQuestionAnsweringOutput(
+            loss=loss, logits=logits, question_hidden_states=question_states, vision_model_output=vision_output
+        )
+
+    # Answer-list ranking (implemented in `answer_ranking.py`) --------------------------------------------
+
+    rank_answers = rank_answers
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint reading (for cross-head initialisation)
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_reader(pretrained_model_name_or_path, state_dict, download_kwargs):
+    """Key list of a checkpoint and a function reading some of its tensors, without loading the rest.
+
+    Handles explicit state dicts, local folders and Hub repos, single-file and sharded safetensors. Returns
+    `(None, None)` when the checkpoint cannot be inspected (then no cross-head initialisation happens).
+    """
+    if state_dict is not None:
+        return list(state_dict), lambda names: {name: state_dict[name] for name in names}
+    if pretrained_model_name_or_path is None:
+        return None, None
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+    def resolve(filename):
+        return cached_file(
+            pretrained_model_name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **download_kwargs,
+        )
+
+    single = resolve(SAFE_WEIGHTS_NAME)
+    if single is not None:
+        with safe_open(single, framework="pt") as handle:
+            keys = list(handle.keys())
+        file_of = dict.fromkeys(keys, SAFE_WEIGHTS_NAME)
+    else:
+        index = resolve(SAFE_WEIGHTS_INDEX_NAME)
+        if index is None:
+            return None, None
+        with open(index, encoding="utf-8") as handle:
+            file_of = json.load(handle)["weight_map"]
+        keys = list(file_of)
+    # Checkpoints of the bare SViTTModel have no `svitt.` prefix; normalise to the heads' names.
+    prefixed = {(key if key.split(".")[0] in _HEAD_TOP_LEVEL else f"svitt.{key}"): key for key in keys}
+
+    def read(names):
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(file_of[prefixed[name]], []).append(name)
+        tensors = {}
+        for filename, group in by_file.items():
+            path = single if filename == SAFE_WEIGHTS_NAME and single is not None else resolve(filename)
+            with safe_open(path, framework="pt") as handle:
+                for name in group:
+                    tensors[name] = handle.get_tensor(prefixed[name])
+        return tensors
+
+    return list(prefixed), read
+
+
+_HEAD_TOP_LEVEL = {"svitt", "itm_head", "mlm_head", "text_decoder", "decoder_head"}
+
+
+__all__ = [
+    "SViTTForVideoQuestionAnswering",
+    "SViTTForVideoQuestionAnsweringOutput",
+    "answer_decoder_config",
+    "causal_attention_mask",
+]
