@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -45,25 +44,6 @@ def vision_config(frames: int, mode: str):
         token_keep_rate=KEEP_RATES.get(frames, 0.5) if settings["prune"] else 1.0,
         drop_path_rate=0.0,  # stochastic depth would skip random layers and blur the timing
     )
-
-
-def analytic_macs(config) -> float:
-    """Multiply-accumulates of the tower's layers: 12 N d^2 for projections + MLP, 2 N k d for QK^T and AV."""
-    d, c = config.hidden_size, config.num_global_tokens
-    tokens = config.num_patch_tokens
-    total = 0.0
-    for layer in range(config.num_hidden_layers):
-        n = tokens + c
-        if config.use_sparse_attention:
-            blocks = math.ceil(tokens / config.attention_block_size)
-            kept_blocks = min(blocks, config.num_local_blocks + config.num_random_blocks)
-            keys = tokens * (c + kept_blocks * config.attention_block_size) + c * n
-        else:
-            keys = n * n
-        total += 12 * n * d * d + 2 * keys * d
-        if config.prunes_tokens and layer in config.token_drop_layers:
-            tokens = math.ceil(config.token_keep_rate * tokens)
-    return total
 
 
 def resident_bytes() -> int:
@@ -120,6 +100,8 @@ def main() -> None:
 
     import torch
 
+    from modeling_svitt.compute_cost import video_tower_macs
+
     header = (
         f"SViTT video tower, base size, batch 1, fp32, forward+backward, CPU ({args.threads} threads, "
         f"torch {torch.__version__})"
@@ -133,7 +115,7 @@ def main() -> None:
     print(header, flush=True)
     for frames in args.frames:
         results = {}
-        dense_macs = analytic_macs(vision_config(frames, "dense"))
+        dense_macs = video_tower_macs(vision_config(frames, "dense"))
         for mode in MODES:
             results[mode] = run_child(frames, mode, args.iterations, args.threads)
             config = vision_config(frames, mode)
@@ -142,7 +124,7 @@ def main() -> None:
                 row = f"| {frames} | {mode} | {config.token_keep_rate} | failed: {result['error']} | | | | | |"
             else:
                 dense = results["dense"]
-                analytic = dense_macs / analytic_macs(config)
+                analytic = dense_macs / video_tower_macs(config)
                 speedup = dense["seconds"] / result["seconds"] if "seconds" in dense else float("nan")
                 memory = result["peak_bytes"] / dense["peak_bytes"] if "peak_bytes" in dense else float("nan")
                 row = (
