@@ -73,7 +73,7 @@ def rank_answers(
     release_scoring: bool = False,
     seed: int | None = None,
 ) -> SViTTAnswerRankingOutput:
-    """Pick each question's answer from a closed answer list (spec §6.2).
+    """Pick each question's answer from a closed answer list.
 
     Args:
         pixel_values: `(batch_size, K * T, C, H, W)`; videos longer than the clip length `T` are cut into K clips

@@ -14,7 +14,7 @@ CLIP_AGGREGATIONS = ("lse", "mean", "max")
 def split_into_clips(
     pixel_values: torch.Tensor, num_frames: int, sampling: str = "consecutive"
 ) -> tuple[torch.Tensor, int]:
-    """Cut `(B, K * T, C, H, W)` test videos into `B * K` clips of `T = num_frames` frames (spec §6.1).
+    """Cut `(B, K * T, C, H, W)` test videos into `B * K` clips of `T = num_frames` frames.
 
     `"consecutive"`: clip k is frames `k*T .. k*T + T - 1` (the release's default). `"strided"`: clip k is
     frames `k, k + K, k + 2K, ...` (the release's `eval_sparse_sampling`). Returns the clips, ordered video by

@@ -2,7 +2,7 @@
 
     python -m modeling_svitt.convert_original_svitt --checkpoint ckpt_best.pth --output svitt-msrvtt
 
-Reads the pretraining, retrieval and video-QA layouts (spec §8), as a plain state dict, the release's
+Reads the pretraining, retrieval and video-QA layouts, as a plain state dict, the release's
 `{"model": state_dict, "config": ...}` dict, or a safetensors file. Shapes give the architecture (frames,
 patch grid, widths, depths, fusion layer); sparsity comes from the checkpoint's own training config when it
 carries one (`vision_encoder_args`), else from the release's defaults, and every value can be overridden.
@@ -52,7 +52,7 @@ _DROPPED = re.compile(r"(relative_position_index|embeddings\.position_ids)$")
 
 
 def detect_checkpoint_kind(keys) -> str:
-    """Which task model of the release wrote these keys (spec §8.5)."""
+    """Which task model of the release wrote these keys."""
     keys = list(keys)
     if any(key.startswith("text_decoder.") for key in keys):
         return QUESTION_ANSWERING
@@ -101,7 +101,10 @@ def _convert_key(key: str) -> str | None:
             return new + key[len(old) :]
     if key == "temp":
         return "svitt.temperature"
-    raise ValueError(f"Unexpected key {key!r} in the checkpoint; this converter knows the layouts of spec §8.")
+    raise ValueError(
+        f"Unexpected key {key!r} in the checkpoint; this converter knows the release's pretraining, retrieval "
+        "and QA layouts."
+    )
 
 
 def _check_tied(state_dict, prefix: str, embeddings_key: str) -> None:

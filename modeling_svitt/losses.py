@@ -3,12 +3,12 @@
 Everything the task heads optimise lives here, so that every head (and every training script) uses one
 implementation:
 
-* video-text contrastive learning (ITC): multi-positive soft targets (SViTT, spec §4.1) or EgoNCE
+* video-text contrastive learning (ITC): multi-positive soft targets (SViTT) or EgoNCE
   (SViTT-Ego: action-aware positives, scene-aware negatives), optionally with negatives gathered from
   every process through a gradient-carrying all-gather;
-* video-text matching (ITM): hard negatives drawn from the similarity distribution (spec §4.2);
-* masked language modelling (MLM): the release's 80/10/10 masking (spec §4.3) and its loss;
-* the answer decoder's teacher-forced sequence likelihood (video QA, spec §6.2);
+* video-text matching (ITM): hard negatives drawn from the similarity distribution;
+* masked language modelling (MLM): the release's 80/10/10 masking and its loss;
+* the answer decoder's teacher-forced sequence likelihood (video QA);
 * multiple choice cross-entropy (EgoMCQ).
 
 Randomness (ITM negatives, MLM masks) is drawn on the input's device from an optional
@@ -134,7 +134,7 @@ def positive_mask_from_ids(row_ids: torch.Tensor, column_ids: torch.Tensor | Non
 def soft_target_cross_entropy(logits: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every row against the uniform distribution over that row's positives, averaged over rows.
 
-    This is the release's multi-positive ITC target (spec §4.1): `Y[i, j] = 1[j is a positive of i]`, each
+    This is the release's multi-positive ITC target: `Y[i, j] = 1[j is a positive of i]`, each
     row normalised to sum 1. It reduces to ordinary InfoNCE when the only positive is the diagonal.
     """
     if logits.shape != positive_mask.shape:
@@ -389,7 +389,7 @@ def sample_itm_negatives(
     hard: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one negative column for every row of a similarity matrix (ITM hard negatives, spec §4.2).
+    """Draw one negative column for every row of a similarity matrix (ITM hard negatives).
 
     With `hard=True` the negative of row i is drawn with probability `softmax(similarity[i])` restricted to
     the non-positive columns (the release draws from the full softmax with positives zeroed: the same
@@ -448,7 +448,7 @@ def mask_tokens_for_mlm(
     random_replace_probability: float = 0.1,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt token ids for MLM the way the release does (spec §4.3), on the input's device.
+    """Corrupt token ids for MLM the way the release does, on the input's device.
 
     Each position is selected with probability `mlm_probability`, except the ids in `special_token_ids`
     (the release never masks `[PAD]` and `[CLS]`; ALBEF-style text has no `[SEP]`) and, when given,
@@ -532,7 +532,7 @@ def answer_decoder_loss(
     answer_weights: torch.Tensor | None,
     num_questions: int,
 ) -> torch.Tensor:
-    """The release's weighted answer loss (spec §6.2): `sum_a weight_a * NLL_a / num_questions`.
+    """The release's weighted answer loss: `sum_a weight_a * NLL_a / num_questions`.
 
     Every ground-truth answer of a question is decoded with teacher forcing; its NLL is the sum over its
     tokens (no label smoothing), weighted by the answer's share of the annotators' answers.

@@ -78,8 +78,8 @@ class SViTTPreTrainedModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, with an optional move to another clip length.
 
         `num_frames` loads the checkpoint at its own clip length, then resamples every relative-position table of
-        the video tower to the new one (the temporal expansion between curriculum stages and to downstream tasks,
-        spec §5; interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
+        the video tower to the new one (the temporal expansion between curriculum stages and to downstream tasks;
+        interpolation from `vision_config.temporal_bias_interpolation`, "nearest" as the release).
         """
         if num_frames is None:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

@@ -296,7 +296,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         negative_text_indices: torch.Tensor,
         output_attentions: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, SViTTTextModelOutput]:
-        """ITM over the positives, then (text i, negative video) and (negative text, video i) pairs (spec §4.2)."""
+        """ITM over the positives, then (text i, negative video) and (negative text, video i) pairs."""
         batch = text_hidden_states.shape[0]
         rows = torch.arange(batch, device=text_hidden_states.device)
         has_video_negative = negative_video_indices >= 0
@@ -397,7 +397,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
 
 
 class SViTTForPreTraining(SViTTHeadPreTrainedModel):
-    """SViTT pretraining: ITC (or EgoNCE) + ITM with hard negatives + MLM (spec §4).
+    """SViTT pretraining: ITC (or EgoNCE) + ITM with hard negatives + MLM.
 
     ```python
     >>> model = SViTTForPreTraining(config)
@@ -559,7 +559,7 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
 
 
 class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
-    """Video-text retrieval: ITC + ITM fine-tuning, and the release's two-stage gallery ranking (spec §6.1).
+    """Video-text retrieval: ITC + ITM fine-tuning, and the release's two-stage gallery ranking.
 
     Training: `model(pixel_values, input_ids, attention_mask, match_ids=..., return_loss=True).loss`.
 

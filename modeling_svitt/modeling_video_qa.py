@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
     r"""
-    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss (spec §6.2).
+    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss.
     logits (`(num_answers, answer_length, vocab_size)`, *optional*): answer-decoder logits.
     question_hidden_states (`(batch_size, question_length, hidden_size)`): the multimodal question encoding.
     vision_model_output: the video tower's output.
@@ -47,7 +47,7 @@ class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
 
 def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
     """Config of the answer decoder: the text config with as many layers as there are fusion layers, every one
-    with causal self-attention and cross-attention to the question states (spec §6.2).
+    with causal self-attention and cross-attention to the question states.
 
     `config.answer_decoder_num_layers` overrides the depth.
     """
@@ -79,7 +79,7 @@ _DECODER_SOURCE_HEAD = "mlm_head.predictions."
 
 
 class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
-    """Video QA by ranking a closed answer list with an answer decoder (ALBEF-style, spec §6.2).
+    """Video QA by ranking a closed answer list with an answer decoder (ALBEF-style).
 
     The question is encoded by the whole text tower, cross-attending to the video in the fusion layers; a
     causal answer decoder (`text_decoder`, as deep as the fusion stack, cross-attending to the question

@@ -1,6 +1,6 @@
 """Video and text preprocessing for SViTT, in plain torch (no torchvision, no Pillow).
 
-[`SViTTVideoProcessor`] reproduces the release's transforms (spec §7.3), applied to a whole clip at once so that
+[`SViTTVideoProcessor`] reproduces the release's transforms, applied to a whole clip at once so that
 every frame gets the same crop and flip:
 
 * training: random resized crop (scale 0.5-1, ratio 3/4-4/3, bicubic) then horizontal flip with probability 0.5;

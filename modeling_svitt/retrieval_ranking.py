@@ -59,7 +59,7 @@ class SViTTTextGallery(ModelOutput):
 @dataclass
 class SViTTRetrievalOutput(ModelOutput):
     r"""
-    Result of ranking a text gallery against a video gallery (spec §6.1).
+    Result of ranking a text gallery against a video gallery.
 
     scores_t2v (`(num_texts, num_videos)`): final text-to-video scores (ITM re-ranked where candidates).
     scores_v2t (`(num_videos, num_texts)`): final video-to-text scores (each direction re-ranks its own top-k).
@@ -265,7 +265,7 @@ def rank_galleries(
     fusion_token_drop_layers: Iterable[int] | None = None,
     fusion_token_keep_strategy: str | None = None,
 ) -> SViTTRetrievalOutput:
-    """Rank every text against every video the way the release evaluates (spec §6.1).
+    """Rank every text against every video the way the release evaluates.
 
     1. ITC for all pairs (cosine similarity averaged over each video's clips).
     2. With `use_itm`, ITM re-ranking in both directions: each text's top-`k` videos and each video's top-`k`

@@ -1,9 +1,8 @@
 """Node sparsity: keep the most informative video tokens, drop the rest.
 
-Two places prune, with one mechanism: the video tower scores patch tokens by the [CLS] query's
-attention (spec §3.1), and the fusion layers can score video tokens by the text's cross-attention
-(spec §3.2). Both keep `ceil(rate * n)` tokens, re-sorted into their current order, always keep the
-global tokens, and report which tokens survived.
+Two places prune, with one mechanism: the video tower scores patch tokens by the [CLS] query's attention, and
+the fusion layers can score video tokens by the text's cross-attention. Both keep `ceil(rate * n)` tokens,
+re-sorted into their current order, always keep the global tokens, and report which tokens survived.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import re
 from tokenizers import processors
 from transformers.models.bert.tokenization_bert import BertTokenizer
 
-# Characters the release deletes from captions before tokenizing (spec §7.4).
+# Characters the release deletes from captions before tokenizing.
 _DELETED_CHARACTERS = re.compile(r"[,.'!?\"()*#:;~]")
 _WHITESPACE_RUN = re.compile(r"\s{2,}")
 

@@ -122,7 +122,7 @@ def test_parity_survives_save_and_from_pretrained(original_fixture_dir, tmp_path
 
 
 def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4):
-    """The fixture's pretraining weights rearranged into the release's QA layout (spec §6.2, §8.4)."""
+    """The fixture's pretraining weights rearranged into the release's QA layout."""
     qa = {}
     for key, value in state_dict.items():
         if key.startswith(("vision_proj", "text_proj", "temp", "itm_head", "vision_encoder.pooler")):

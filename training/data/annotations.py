@@ -1,4 +1,4 @@
-"""Readers of the annotation formats of the SViTT release and of EgoVLP (spec §7.1, anchors §3).
+"""Readers of the annotation formats of the SViTT release and of EgoVLP.
 
 Each loader turns a file (or in-memory rows, e.g. a `datasets.Dataset`) into plain records with absolute video paths
 and the targets the heads need (match ids, answers and weights, tags, choices). Decoding is left to `readers.py`.
