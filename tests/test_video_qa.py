@@ -1,13 +1,17 @@
-"""Video QA head: answer decoder, training loss, answer-list ranking and loading from other heads."""
+"""Video QA head: answer decoder, training loss, answer-list ranking, its sub-config and loading from other heads."""
+
+import json
 
 import pytest
 import torch
-from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_model, videos
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, videos
 
 from modeling_svitt import losses
 from modeling_svitt.answer_ranking import candidate_log_likelihood, first_token_logits
 from modeling_svitt.clip_ensemble import split_into_clips
-from modeling_svitt.modeling_heads import SViTTForPreTraining
+from modeling_svitt.modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering, causal_attention_mask
 
 
@@ -135,7 +139,7 @@ def test_rank_answers_rejects_k_below_one_and_an_empty_answer_list(k, num_answer
         model.rank_answers(videos(1), ids, mask, ANSWERS[:num_answers], ANSWER_MASK[:num_answers], k=k)
 
 
-# Loading from other heads -----------------------------------------------------------------
+# Loading: sub-config, checkpoints of other heads ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +183,149 @@ def test_qa_checkpoint_keeps_its_own_decoder(tmp_path):
         reloaded.text_decoder.encoder.layer[0].output.dense.weight, qa.text_decoder.encoder.layer[0].output.dense.weight
     )
 
+
+def _assert_decoder_starts_from(qa, source):
+    fusion_layer = source.config.text_config.fusion_layer
+    for index, layer in enumerate(qa.text_decoder.encoder.layer):
+        origin = source.svitt.text_model.encoder.layer[fusion_layer + index].state_dict()
+        for name, tensor in layer.state_dict().items():
+            torch.testing.assert_close(tensor, origin[name], msg=f"decoder layer {index}: {name}")
+    for name in ("transform.dense.weight", "transform.LayerNorm.bias", "bias"):
+        torch.testing.assert_close(
+            qa.decoder_head.predictions.get_parameter(name), source.mlm_head.predictions.get_parameter(name)
+        )
+
+
+def _save_as_pytorch_bin(model, folder):
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("layout", ["bin", "variant", "sharded", "state_dict"])
+def test_every_checkpoint_format_initialises_the_answer_decoder(layout, tmp_path):
+    source = make_model(SViTTForPreTraining, seed=21)
+    kwargs = {}
+    if layout == "bin":
+        _save_as_pytorch_bin(source, tmp_path)
+    elif layout == "variant":
+        source.save_pretrained(tmp_path, variant="ema")
+        kwargs["variant"] = "ema"
+    elif layout == "sharded":
+        source.save_pretrained(tmp_path, max_shard_size="20KB")
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+    else:
+        kwargs = {"config": source.config, "state_dict": source.state_dict()}
+    folder = None if layout == "state_dict" else tmp_path
+    qa, info = SViTTForVideoQuestionAnswering.from_pretrained(folder, output_loading_info=True, **kwargs)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    _assert_decoder_starts_from(qa, source)
+
+
+def test_use_safetensors_false_initialises_from_the_weights_it_loads(tmp_path):
+    loaded = make_model(SViTTForPreTraining, seed=22)
+    _save_as_pytorch_bin(loaded, tmp_path)
+    make_model(SViTTForPreTraining, seed=23).save_pretrained(tmp_path)  # other weights beside, as safetensors
+    qa = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, use_safetensors=False)
+    _assert_decoder_starts_from(qa, loaded)
+    assert SViTTForVideoQuestionAnswering._keys_to_ignore_on_load_missing == [
+        r"^svitt\.vision_model\.pooler\.",
+        r"^svitt\.vision_projection\.",
+        r"^svitt\.text_projection\.",
+        r"^svitt\.temperature$",
+    ]
+
+
+def test_saving_after_initialising_from_pretraining_keeps_the_qa_names(pretraining_checkpoint, tmp_path):
+    # the MLM head reaches `decoder_head` through a renaming at load time, which saving must not undo
+    source, folder = pretraining_checkpoint
+    SViTTForVideoQuestionAnswering.from_pretrained(folder).save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    assert "decoder_head.predictions.bias" in keys and not any(key.startswith("mlm_head.") for key in keys)
+    reloaded, info = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"]
+    _assert_decoder_starts_from(reloaded, source)
+
+
+def test_retrieval_checkpoint_initialises_the_decoder_and_reports_the_fresh_prediction_head(tmp_path):
+    source = make_model(SViTTForVideoTextRetrieval, seed=24)
+    source.save_pretrained(tmp_path)
+    qa, info = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    # no MLM head in a retrieval checkpoint: the prediction transform and bias are new, and said so
+    assert set(info["missing_keys"]) == {
+        "decoder_head.predictions.bias",
+        "decoder_head.predictions.decoder.bias",  # the same tensor as `predictions.bias`
+        "decoder_head.predictions.transform.dense.weight",
+        "decoder_head.predictions.transform.dense.bias",
+        "decoder_head.predictions.transform.LayerNorm.weight",
+        "decoder_head.predictions.transform.LayerNorm.bias",
+    }
+    fusion = source.svitt.text_model.encoder.layer[source.config.text_config.fusion_layer]
+    torch.testing.assert_close(
+        qa.text_decoder.encoder.layer[0].crossattention.self.query.weight, fusion.crossattention.self.query.weight
+    )
+
+
+@pytest.mark.parametrize("kept", ["nothing", "video tower only"])
+def test_checkpoint_without_fusion_layers_reports_the_decoder_missing(kept, tmp_path):
+    source = make_model(SViTTForPreTraining, seed=25)
+    state = {} if kept == "nothing" else {
+        key: value for key, value in source.state_dict().items() if key.startswith("svitt.vision_model.")
+    }
+    source.config.save_pretrained(tmp_path)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    _, info = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    missing = set(info["missing_keys"])
+    assert "text_decoder.encoder.layer.0.attention.self.query.weight" in missing
+    assert "text_decoder.embeddings.word_embeddings.weight" in missing
+    assert "svitt.text_model.encoder.layer.2.crossattention.self.query.weight" in missing
+
+
+def test_answer_decoder_is_a_sub_config(tmp_path):
+    config = make_config()
+    decoder = config.answer_decoder_config
+    assert (decoder.num_hidden_layers, decoder.fusion_layer, decoder.encoder_width) == (2, 0, 32)
+    model = SViTTForVideoQuestionAnswering(config)
+    assert model.text_decoder.config is config.answer_decoder_config
+    # a deeper decoder round-trips through save / load, and `answer_decoder_num_layers` sets its depth
+    deeper = make_config(answer_decoder_num_layers=3)
+    assert deeper.answer_decoder_config.num_hidden_layers == 3 == deeper.answer_decoder_num_layers
+    deeper.save_pretrained(tmp_path)
+    assert "answer_decoder_config" in json.loads((tmp_path / "config.json").read_text())
+    reloaded = type(deeper).from_pretrained(tmp_path)
+    assert reloaded.answer_decoder_config.to_dict() == deeper.answer_decoder_config.to_dict()
+    assert type(deeper).from_pretrained(tmp_path, answer_decoder_num_layers=1).answer_decoder_config.num_hidden_layers == 1
+    with pytest.raises(ValueError, match="encoder_width"):
+        make_config(answer_decoder_config={**decoder.to_dict(), "encoder_width": 48})
+
+
+def test_attention_implementation_reaches_the_answer_decoder(tmp_path):
+    make_model(SViTTForVideoQuestionAnswering).save_pretrained(tmp_path)
+
+    def implementations(model):
+        return model.svitt.text_model.config._attn_implementation, model.text_decoder.config._attn_implementation
+
+    assert implementations(SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, attn_implementation="eager")) == (
+        "eager",
+        "eager",
+    )
+    per_part = SViTTForVideoQuestionAnswering.from_pretrained(
+        tmp_path, attn_implementation={"text_config": "sdpa", "answer_decoder_config": "eager"}
+    )
+    assert implementations(per_part) == ("sdpa", "eager")
+    per_part.set_attn_implementation("eager")
+    assert implementations(per_part) == ("eager", "eager")
+    per_part.set_attn_implementation({"answer_decoder_config": "sdpa"})
+    assert implementations(per_part) == ("eager", "sdpa")
+
+
+def test_resized_pretraining_checkpoint_gives_the_decoder_its_vocabulary(tmp_path):
+    source = make_model(SViTTForPreTraining, seed=26)
+    source.resize_token_embeddings(120, mean_resizing=False)
+    source.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["answer_decoder_config"]["vocab_size"] == 100
+    qa = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path)
+    assert qa.config.answer_decoder_config.vocab_size == 120
+    torch.testing.assert_close(
+        qa.text_decoder.embeddings.word_embeddings.weight, source.svitt.text_model.embeddings.word_embeddings.weight
+    )
