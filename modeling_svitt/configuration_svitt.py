@@ -364,9 +364,12 @@ class SViTTConfig(PreTrainedConfig):
             )
 
 
-def answer_decoder_config_from_text(text_config: SViTTTextConfig, num_layers: int | None = None) -> SViTTTextConfig:
+def answer_decoder_config_from_text(
+    text_config: SViTTTextConfig, num_layers: int | None = None, **overrides
+) -> SViTTTextConfig:
     """The answer decoder the release builds from the text config: `num_layers` (default: as many as the fusion
-    layers) layers, every one with causal self-attention and cross-attention to the question states."""
+    layers) layers, every one with causal self-attention and cross-attention to the question states; `overrides`
+    set other fields (e.g. the width of a converted decoder)."""
     num_layers = text_config.num_fusion_layers if num_layers is None else num_layers
     values = text_config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
@@ -378,6 +381,7 @@ def answer_decoder_config_from_text(text_config: SViTTTextConfig, num_layers: in
         fusion_token_keep_rate=1.0,
         fusion_token_drop_layers=[0],
     )
+    values.update(overrides)
     return SViTTTextConfig(**values)
 
 
