@@ -11,6 +11,7 @@ from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, ma
 from modeling_svitt import losses
 from modeling_svitt.answer_ranking import candidate_log_likelihood, first_token_logits
 from modeling_svitt.clip_ensemble import split_into_clips
+from modeling_svitt.convert_original_svitt import convert_loaded_state_dict
 from modeling_svitt.modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering, causal_attention_mask
 
@@ -294,7 +295,8 @@ def test_answer_decoder_is_a_sub_config(tmp_path):
     assert "answer_decoder_config" in json.loads((tmp_path / "config.json").read_text())
     reloaded = type(deeper).from_pretrained(tmp_path)
     assert reloaded.answer_decoder_config.to_dict() == deeper.answer_decoder_config.to_dict()
-    assert type(deeper).from_pretrained(tmp_path, answer_decoder_num_layers=1).answer_decoder_config.num_hidden_layers == 1
+    shallower = type(deeper).from_pretrained(tmp_path, answer_decoder_num_layers=1)
+    assert shallower.answer_decoder_config.num_hidden_layers == 1
     with pytest.raises(ValueError, match="encoder_width"):
         make_config(answer_decoder_config={**decoder.to_dict(), "encoder_width": 48})
 
@@ -329,3 +331,71 @@ def test_resized_pretraining_checkpoint_gives_the_decoder_its_vocabulary(tmp_pat
     torch.testing.assert_close(
         qa.text_decoder.embeddings.word_embeddings.weight, source.svitt.text_model.embeddings.word_embeddings.weight
     )
+
+
+# Release QA checkpoints ----------------------------------------------------------------------------
+
+# this package's names -> the release's QA model (`models/model_vqa.py`); None: the release's QA model has no such
+# weight
+_TO_RELEASE = (
+    ("svitt.vision_model.pooler.", None),
+    ("svitt.vision_projection.", None),
+    ("svitt.text_projection.", None),
+    ("svitt.temperature", None),
+    ("svitt.vision_model.", "vision_encoder."),
+    ("svitt.vision_layernorm.", "vision_layernorm."),
+    ("svitt.text_model.", "text_encoder."),
+    ("text_decoder.", "text_decoder.bert."),
+    ("decoder_head.", "text_decoder.cls."),
+)
+
+
+def release_name(name):
+    old, new = next((old, new) for old, new in _TO_RELEASE if name.startswith(old))
+    return None if new is None else new + name[len(old) :]
+
+
+def release_layout(model):
+    return {release_name(name): tensor.clone() for name, tensor in model.state_dict().items() if release_name(name)}
+
+
+RELEASE_TINY_TRAINING_CONFIG = {
+    "image_res": 32,
+    "vision_encoder_args": {
+        "sparse_random_attn": 1,
+        "attn_block_size": 8,
+        "token_keep_rate": 0.7,
+        "token_drop_loc": [0, 1],
+    },
+}
+
+
+@pytest.mark.parametrize("decoder", [{"num_layers": 3}, {"num_layers": 1, "hidden_size": 48}])
+def test_converter_reads_the_answer_decoder_from_its_tensors(decoder, tmp_path):
+    # the release hard-codes a 3-layer decoder whatever the fusion depth (2 here); the width may differ too
+    config = make_config(answer_decoder_num_layers=decoder["num_layers"])
+    if "hidden_size" in decoder:
+        config.answer_decoder_config.hidden_size = decoder["hidden_size"]
+        config.answer_decoder_config.intermediate_size = 2 * decoder["hidden_size"]
+    source = SViTTForVideoQuestionAnswering(config).eval()
+    converted = convert_loaded_state_dict(
+        release_layout(source),
+        tmp_path,
+        RELEASE_TINY_TRAINING_CONFIG,
+        text_overrides={"num_attention_heads": 4, "cls_token_id": 2, "sep_token_id": 3, "mask_token_id": 4},
+        decoder_overrides={"num_attention_heads": 4},  # heads cannot be read from the tensors
+    )
+    decoder_config = converted.config.answer_decoder_config
+    assert decoder_config.num_hidden_layers == decoder["num_layers"] != converted.config.text_config.num_fusion_layers
+    assert (decoder_config.hidden_size, decoder_config.intermediate_size) == (
+        config.answer_decoder_config.hidden_size,
+        config.answer_decoder_config.intermediate_size,
+    )
+    expected = source.state_dict()
+    for name, tensor in SViTTForVideoQuestionAnswering.from_pretrained(tmp_path).state_dict().items():
+        if release_name(name):
+            torch.testing.assert_close(tensor, expected[name], msg=name)
+    ids, mask = captions(2)
+    inputs = dict(pixel_values=videos(2), input_ids=ids, attention_mask=mask, answer_input_ids=ANSWERS[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(converted(**inputs).logits, source(**inputs).logits)
