@@ -1,9 +1,9 @@
 """Video question answering head of SViTT: an answer decoder that ranks a closed answer list (ALBEF-style).
 
 The question is encoded by the whole text tower cross-attending to the clip; a causal decoder (by default as deep
-as the fusion stack, `config.answer_decoder_config`) scores answers by their likelihood. A checkpoint of another head (pretraining, retrieval) initialises
-the decoder from its fusion layers and MLM head, as the release does. Ranking an answer list is in
-`answer_ranking.py`.
+as the fusion stack, `config.answer_decoder_config`) scores answers by their likelihood. A checkpoint of another
+head (pretraining, retrieval) initialises the decoder from its fusion layers and MLM head, as the release does.
+Ranking an answer list is in `answer_ranking.py`.
 """
 
 import logging
