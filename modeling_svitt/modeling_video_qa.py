@@ -15,7 +15,7 @@ from transformers.utils import can_return_tuple
 
 from .answer_ranking import rank_answers
 from .configuration_svitt import SViTTConfig, SViTTTextConfig
-from .losses import answer_decoder_loss, answer_token_labels
+from .losses import answer_token_labels, sequence_negative_log_likelihood, weighted_answer_loss
 from .modeling_common import NestedModelOutput
 from .modeling_heads import SViTTHeadPreTrainedModel, SViTTOnlyMLMHead
 from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
@@ -27,16 +27,20 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
     r"""
-    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss.
+    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss, `sum(answer_weights *
+        answer_losses) / batch_size`.
     logits (`(num_answers, answer_length, vocab_size)`, *optional*): answer-decoder logits.
     question_hidden_states (`(batch_size, question_length, hidden_size)`): the multimodal question encoding.
     vision_model_output: the video tower's output.
+    answer_losses (`(num_answers,)`, *optional*): every answer's teacher-forced negative log-likelihood (summed
+        over its tokens, unweighted), e.g. to score given answers without `rank_answers`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     question_hidden_states: torch.FloatTensor | None = None
     vision_model_output: SViTTVisionModelOutput | None = None
+    answer_losses: torch.FloatTensor | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +316,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         input_ids, attention_mask (`(batch_size, question_length)`): the questions.
         answer_input_ids, answer_attention_mask (`(num_answers, answer_length)`, *optional*): the ground-truth
             answers of all questions, concatenated question by question, as `[CLS] answer [SEP]` (the first token
-            is the decoder's start token). When given, the weighted teacher-forced loss is returned.
+            is the decoder's start token). When given, the weighted teacher-forced loss and every answer's own
+            loss (`answer_losses`) are returned.
         answer_weights (`(num_answers,)`, *optional*): weight of every answer (its share of the annotations).
         answers_per_question (`(batch_size,)`, *optional*): how many answers each question has (defaults to one).
 
@@ -321,7 +326,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         question_states, question_mask, vision_output = self.encode_questions(
             pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
         )
-        loss = logits = None
+        loss = logits = answer_losses = None
         if answer_input_ids is not None:
             batch = input_ids.shape[0]
             if answers_per_question is None:
@@ -338,9 +343,14 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             masks = question_mask.repeat_interleave(answers_per_question, dim=0)
             logits = self.decode_answers(answer_input_ids, answer_attention_mask, states, masks)
             labels = answer_token_labels(answer_input_ids, answer_attention_mask)
-            loss = answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
+            answer_losses = sequence_negative_log_likelihood(logits, labels)
+            loss = weighted_answer_loss(answer_losses, answer_weights, num_questions=batch)
         return SViTTForVideoQuestionAnsweringOutput(
-            loss=loss, logits=logits, question_hidden_states=question_states, vision_model_output=vision_output
+            loss=loss,
+            logits=logits,
+            question_hidden_states=question_states,
+            vision_model_output=vision_output,
+            answer_losses=answer_losses,
         )
 
     # Answer-list ranking (implemented in `answer_ranking.py`) --------------------------------------------

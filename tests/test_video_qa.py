@@ -52,6 +52,7 @@ def test_qa_training_loss_is_the_weighted_answer_likelihood():
     logits = model.decode_answers(ANSWERS[:3], ANSWER_MASK[:3], states, mask[[0, 0, 1]])
     nll = losses.sequence_negative_log_likelihood(logits, losses.answer_token_labels(ANSWERS[:3], ANSWER_MASK[:3]))
     torch.testing.assert_close(out.loss, (0.5 * nll[0] + 0.5 * nll[1] + nll[2]) / 2)
+    torch.testing.assert_close(out.answer_losses, nll)
     with pytest.raises(ValueError, match="answers_per_question"):
         model(pixel_values=videos(2), input_ids=ids, answer_input_ids=ANSWERS[:3])
 
