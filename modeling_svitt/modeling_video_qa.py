@@ -85,14 +85,19 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     as the release does.
 
     Ranking (`rank_answers`): the first answer token's probability picks the top-k answers, whose full
-    likelihood then decides. Two scoring modes:
+    likelihood then decides. Scorings (`scoring=`):
 
-    * clean (default): per clip, the first-token log-probability and then each candidate's sequence
-      log-likelihood (first token counted once); clips combined with `clip_aggregation`; rank by the result.
-    * `release_scoring=True`: the release's `forward_ensemble` (its default evaluation path, even for one clip):
-      per-clip first-token *probabilities* are aggregated and passed through a second softmax over the
-      vocabulary (which nearly flattens them), and the candidate score is `log p_first + sequence
-      log-likelihood`, i.e. the first token is counted twice. Use it to reproduce released numbers.
+    * `"likelihood"` (default): the first-token log-probability picks the candidates, ranked by their sequence
+      log-likelihood (first token counted once); clips combined with `clip_aggregation`.
+    * `"release_ensemble"`: the release's `forward_ensemble` / `rank_answer_ensemble`, its default evaluation
+      path (`eval_frame_ensemble: lse | mean | max`, even for one clip): per-clip first-token *probabilities* are
+      combined and passed through a second softmax over the vocabulary (which nearly flattens them), and the
+      candidate score is `log p_first + sequence log-likelihood`, i.e. the first token is counted twice.
+    * `"release_concat"`: the release's `rank_answer` (`eval_frame_ensemble: concat`, all frames as one clip,
+      `clip_aggregation="concat"`): the same score with a single softmax.
+
+    Use a release scoring to reproduce released numbers (`release_scoring=True` is the deprecated spelling of
+    `"release_ensemble"`).
     """
 
     _tied_weights_keys = {

@@ -1,6 +1,7 @@
 """Video QA head: answer decoder, training loss, answer-list ranking, its sub-config and loading from other heads."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,12 @@ from safetensors.torch import save_file
 from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, videos
 
 from modeling_svitt import losses
-from modeling_svitt.answer_ranking import candidate_log_likelihood, first_token_logits
+from modeling_svitt.answer_ranking import (
+    candidate_log_likelihood,
+    candidate_scores,
+    first_token_logits,
+    first_token_scores,
+)
 from modeling_svitt.clip_ensemble import split_into_clips
 from modeling_svitt.convert_original_svitt import convert_loaded_state_dict
 from modeling_svitt.modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval
@@ -98,7 +104,7 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     ids, mask = captions(2, seed=9)
     clips = videos(2, frames=2 * FRAMES, seed=10)
     result = model.rank_answers(
-        clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True
+        clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", scoring="release_ensemble"
     )
     first, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
     # probabilities averaged over clips, then a second softmax over the vocabulary
@@ -109,6 +115,139 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(result.answer_indices, torch.gather(candidates, 1, expected.indices))
     torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
+    # the former switch still works, with a deprecation warning
+    with pytest.warns(FutureWarning, match="release_ensemble"):
+        alias = model.rank_answers(
+            clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True
+        )
+    assert torch.equal(alias.scores, result.scores) and torch.equal(alias.answer_indices, result.answer_indices)
+
+
+# Three answers whose first tokens are 0, 1, 2 of a 3-word vocabulary with first-token probabilities 0.9, 0.05, 0.05,
+# and sequence log-likelihoods -2, -0.5, -3: the release's two paths pick different answers.
+HAND_PROBABILITIES = (0.9, 0.05, 0.05)
+HAND_LOG_LIKELIHOOD = (-2.0, -0.5, -3.0)
+
+
+def _hand_first_scores(scoring):
+    if scoring == "release_concat":
+        return HAND_PROBABILITIES
+    flattened = [math.exp(p) for p in HAND_PROBABILITIES]  # the ensemble path's second softmax over the vocabulary
+    return tuple(value / sum(flattened) for value in flattened)
+
+
+@pytest.mark.parametrize("scoring, winner", [("release_concat", 0), ("release_ensemble", 1)])
+def test_release_scorings_by_hand(scoring, winner):
+    logits = torch.tensor([[HAND_PROBABILITIES]]).log()  # (1 question, 1 clip, 3 words)
+    first = first_token_scores(logits, torch.tensor([0, 1, 2]), scoring, "lse")
+    expected_first = _hand_first_scores(scoring)
+    torch.testing.assert_close(first, torch.tensor([expected_first]))
+    scores = candidate_scores(first, torch.tensor([HAND_LOG_LIKELIHOOD])[..., None], scoring, "lse")
+    expected = [math.log(p) + ll for p, ll in zip(expected_first, HAND_LOG_LIKELIHOOD)]
+    torch.testing.assert_close(scores, torch.tensor([expected]))
+    assert int(scores.argmax()) == winner
+    # numbers for the record: concat [-2.1054, -3.4957, -5.9957]; ensemble [-2.6178, -1.9678, -4.4678]
+    assert expected[winner] == pytest.approx({0: -2.10536, 1: -1.96783}[winner], abs=1e-4)
+
+
+def test_release_ensemble_by_hand_over_two_clips():
+    # the clips' first-token *probabilities* are combined (lse), then flattened by the second softmax
+    p, q = (0.9, 0.05, 0.05), (0.2, 0.7, 0.1)
+    logits = torch.tensor([[p, q]]).log()
+    first = first_token_scores(logits, torch.tensor([0, 1, 2]), "release_ensemble", "lse")
+    flattened = [math.exp(math.log(math.exp(a) + math.exp(b))) for a, b in zip(p, q)]
+    expected_first = [value / sum(flattened) for value in flattened]
+    torch.testing.assert_close(first, torch.tensor([expected_first]))
+    likelihood = ((-2.0, -1.0), (-0.5, -4.0), (-3.0, -3.0))  # (candidate, clip)
+    scores = candidate_scores(first, torch.tensor([likelihood]), "release_ensemble", "lse")
+    expected = [
+        math.log(sum(math.exp(math.log(first_p) + ll) for ll in per_clip))
+        for first_p, per_clip in zip(expected_first, likelihood)
+    ]
+    torch.testing.assert_close(scores, torch.tensor([expected]))
+
+
+def test_release_concat_scores_one_clip():
+    model = make_model(SViTTForVideoQuestionAnswering)
+    ids, mask = captions(1)
+    with pytest.raises(ValueError, match="release_concat"):
+        model.rank_answers(videos(1, frames=2 * FRAMES), ids, mask, ANSWERS, ANSWER_MASK, scoring="release_concat")
+
+
+def test_rank_answers_release_concat_is_the_single_clip_rank_answer():
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(2, seed=9)
+    clip = videos(2, seed=10)
+    concat = model.rank_answers(clip, ids, mask, ANSWERS, ANSWER_MASK, k=3, scoring="release_concat")
+    ensemble = model.rank_answers(clip, ids, mask, ANSWERS, ANSWER_MASK, k=3, scoring="release_ensemble")
+    first, likelihood = _per_clip_scores(model, clip, ids, mask, 1)
+    top_prob, candidates = first[:, 0].softmax(-1)[:, ANSWERS[:, 1]].topk(3, dim=1)  # one softmax
+    expected = (top_prob.log() + torch.gather(likelihood[..., 0], 1, candidates)).sort(dim=1, descending=True)
+    torch.testing.assert_close(concat.scores, expected.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(concat.answer_indices, torch.gather(candidates, 1, expected.indices))
+    torch.testing.assert_close(concat.probabilities, expected.values.softmax(1), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(concat.probabilities, ensemble.probabilities, atol=1e-4)
+
+
+def test_concat_feeds_all_frames_to_a_tower_of_that_length(tmp_path):
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(1, seed=9)
+    video = videos(1, frames=2 * FRAMES, seed=10)
+    with pytest.raises(ValueError, match=f"num_frames={2 * FRAMES}"):
+        model.rank_answers(video, ids, mask, ANSWERS, ANSWER_MASK, clip_aggregation="concat")
+    model.save_pretrained(tmp_path)
+    long_tower = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, num_frames=2 * FRAMES)
+    result = long_tower.rank_answers(
+        video, ids, mask, ANSWERS, ANSWER_MASK, k=5, clip_aggregation="concat", scoring="release_concat"
+    )
+    generator = torch.Generator().manual_seed(long_tower.config.vision_config.random_block_seed)
+    states, qmask, _ = long_tower.encode_questions(video, ids, mask, generator=generator)
+    assert states.shape[0] == 1  # one question pass over the one long clip
+    probabilities = first_token_logits(long_tower, states, qmask, 2).softmax(-1)[:, ANSWERS[:, 1]]
+    every = torch.arange(5)[None]
+    scores = probabilities.log() + candidate_log_likelihood(long_tower, states, qmask, ANSWERS, ANSWER_MASK, every)
+    expected = scores.sort(dim=1, descending=True)
+    torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
+    assert torch.equal(result.answer_indices, expected.indices)
+
+
+def test_rank_answers_replays_random_blocks_and_takes_a_generator():
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(2, seed=9)
+    clips = videos(2, frames=2 * FRAMES, seed=10)
+    seeded = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, seed=5)
+    generated = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, generator=torch.Generator().manual_seed(5))
+    split, _ = split_into_clips(clips, FRAMES)
+    drawn = model.svitt.vision_model(split, generator=torch.Generator().manual_seed(5)).random_blocks
+    replayed = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, random_blocks=drawn)
+    for other in (generated, replayed):
+        assert torch.equal(other.scores, seeded.scores) and torch.equal(other.answer_indices, seeded.answer_indices)
+    with pytest.raises(ValueError, match="seed"):
+        model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, seed=5, generator=torch.Generator())
+
+
+def test_k_larger_than_the_answer_list_ranks_the_whole_list():
+    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
+    ids, mask = captions(2, seed=9)
+    whole = model.rank_answers(videos(2), ids, mask, ANSWERS, ANSWER_MASK, k=5)
+    clamped = model.rank_answers(videos(2), ids, mask, ANSWERS, ANSWER_MASK)  # the default k = 128
+    assert clamped.answer_indices.shape == (2, 5) and torch.equal(clamped.answer_indices, whole.answer_indices)
+
+
+@pytest.mark.parametrize(
+    "answers, answer_mask, message",
+    [
+        (ANSWERS[:, :1], ANSWER_MASK[:, :1], "answer_length >= 2"),  # a start token and nothing else
+        (ANSWERS, torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]), r"\[1\]"),
+        (torch.cat([ANSWERS[:4], torch.tensor([[7, 10, 3, 0]])]), ANSWER_MASK, "start token"),
+        (ANSWERS, ANSWER_MASK[:, :3], "must match"),
+    ],
+)
+def test_rank_answers_refuses_answers_without_an_answer_token(answers, answer_mask, message):
+    model = make_model(SViTTForVideoQuestionAnswering)
+    ids, mask = captions(1)
+    with pytest.raises(ValueError, match=message):
+        model.rank_answers(videos(1), ids, mask, answers, answer_mask)
 
 
 def test_qa_resize_token_embeddings_reaches_the_answer_decoder(tmp_path):
