@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, videos
+from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, tiny_config, videos
 
 from modeling_svitt import losses
 from modeling_svitt.answer_ranking import (
@@ -439,6 +439,14 @@ def test_answer_decoder_is_a_sub_config(tmp_path):
     assert shallower.answer_decoder_config.num_hidden_layers == 1
     with pytest.raises(ValueError, match="encoder_width"):
         make_config(answer_decoder_config={**decoder.to_dict(), "encoder_width": 48})
+    # a config.json written before the sub-config existed
+    legacy = {key: value for key, value in deeper.to_dict().items() if key != "answer_decoder_config"}
+    assert type(deeper)(**legacy, answer_decoder_num_layers=3).answer_decoder_config.num_hidden_layers == 3
+    # no fusion layers to size the decoder from: only the QA head needs one, and it says so
+    no_fusion = tiny_config(text={"num_hidden_layers": 2})
+    assert no_fusion.answer_decoder_config is None
+    with pytest.raises(ValueError, match="answer_decoder_num_layers"):
+        SViTTForVideoQuestionAnswering(no_fusion)
 
 
 def test_attention_implementation_reaches_the_answer_decoder(tmp_path):
