@@ -338,14 +338,6 @@ def test_every_head_saves_and_loads(cls, tmp_path):
     torch.testing.assert_close(_head_outputs(reloaded, cls), _head_outputs(model, cls))
 
 
-@pytest.fixture(scope="module")
-def pretraining_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretraining")
-    model = make_model(SViTTForPreTraining, seed=13)
-    model.save_pretrained(folder)
-    return model, folder
-
-
 @pytest.mark.parametrize("cls", [SViTTForVideoTextRetrieval, SViTTForMultipleChoice])
 def test_pretraining_checkpoint_loads_into_retrieval_and_multiple_choice(cls, pretraining_checkpoint):
     source, folder = pretraining_checkpoint

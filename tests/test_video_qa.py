@@ -63,6 +63,9 @@ def test_qa_training_loss_is_the_weighted_answer_likelihood():
         model(pixel_values=videos(2), input_ids=ids, answer_input_ids=ANSWERS[:3])
 
 
+# Answer-list ranking -------------------------------------------------------------------------------
+
+
 def _per_clip_scores(model, clips, ids, mask, num_clips):
     split, _ = split_into_clips(clips, FRAMES)
     generator = torch.Generator().manual_seed(model.config.vision_config.random_block_seed)
@@ -283,14 +286,6 @@ def test_rank_answers_rejects_k_below_one_and_an_empty_answer_list(k, num_answer
 # Loading: sub-config, checkpoints of other heads ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pretraining_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretraining")
-    model = make_model(SViTTForPreTraining, seed=13)
-    model.save_pretrained(folder)
-    return model, folder
-
-
 def test_pretraining_checkpoint_initialises_the_answer_decoder(pretraining_checkpoint):
     source, folder = pretraining_checkpoint
     qa, info = SViTTForVideoQuestionAnswering.from_pretrained(folder, output_loading_info=True)
@@ -483,8 +478,7 @@ def test_resized_pretraining_checkpoint_gives_the_decoder_its_vocabulary(tmp_pat
 
 # Release QA checkpoints ----------------------------------------------------------------------------
 
-# this package's names -> the release's QA model (`models/model_vqa.py`); None: the release's QA model has no such
-# weight
+# this package's names -> the release's QA model's; None: the release's QA model has no such weight
 _TO_RELEASE = (
     ("svitt.vision_model.pooler.", None),
     ("svitt.vision_projection.", None),
