@@ -80,9 +80,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     The question is encoded by the whole text tower, cross-attending to the video in the fusion layers; a
     causal answer decoder (`text_decoder`, configured by `config.answer_decoder_config`: by default as deep as the
     fusion stack, 3 layers in the release) cross-attends to the question states and scores answers by their
-    likelihood. Loading a pretraining (or retrieval) checkpoint with
-    `from_pretrained` initialises the decoder from the fusion layers, the word embeddings and the MLM head,
-    as the release does.
+    likelihood. Loading a pretraining (or retrieval) checkpoint with `from_pretrained` initialises the decoder from
+    the fusion layers, the word embeddings and the MLM head, as the release does.
 
     Ranking (`rank_answers`): the first answer token's probability picks the top-k answers, whose full
     likelihood then decides. Scorings (`scoring=`):

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, tiny_config, videos
 
-from modeling_svitt import losses
+from modeling_svitt import SViTTModel, losses
 from modeling_svitt.answer_ranking import (
     candidate_log_likelihood,
     candidate_scores,
@@ -383,11 +383,14 @@ def test_saving_after_initialising_from_pretraining_keeps_the_qa_names(pretraini
     _assert_decoder_starts_from(reloaded, source)
 
 
-def test_retrieval_checkpoint_initialises_the_decoder_and_reports_the_fresh_prediction_head(tmp_path):
-    source = make_model(SViTTForVideoTextRetrieval, seed=24)
+@pytest.mark.parametrize("source_class", [SViTTForVideoTextRetrieval, SViTTModel])
+def test_checkpoint_without_mlm_head_initialises_the_decoder_and_reports_the_fresh_prediction_head(
+    source_class, tmp_path
+):
+    source = make_model(source_class, seed=24)
     source.save_pretrained(tmp_path)
     qa, info = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
-    # no MLM head in a retrieval checkpoint: the prediction transform and bias are new, and said so
+    # no MLM head in a retrieval or base-model checkpoint: the prediction transform and bias are new, and said so
     assert set(info["missing_keys"]) == {
         "decoder_head.predictions.bias",
         "decoder_head.predictions.decoder.bias",  # the same tensor as `predictions.bias`
@@ -396,7 +399,8 @@ def test_retrieval_checkpoint_initialises_the_decoder_and_reports_the_fresh_pred
         "decoder_head.predictions.transform.LayerNorm.weight",
         "decoder_head.predictions.transform.LayerNorm.bias",
     }
-    fusion = source.svitt.text_model.encoder.layer[source.config.text_config.fusion_layer]
+    text_model = source.text_model if source_class is SViTTModel else source.svitt.text_model
+    fusion = text_model.encoder.layer[source.config.text_config.fusion_layer]
     torch.testing.assert_close(
         qa.text_decoder.encoder.layer[0].crossattention.self.query.weight, fusion.crossattention.self.query.weight
     )
