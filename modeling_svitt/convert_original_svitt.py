@@ -197,27 +197,16 @@ def infer_config(
     vision.update(vision_overrides or {})
 
     text_prefix = "text_encoder.bert." if kind == PRETRAINING else "text_encoder."
-    words = state_dict[text_prefix + "embeddings.word_embeddings.weight"]
-    num_text_layers = _layer_count(keys, text_prefix + "encoder.layer.")
+    text = _bert_shapes(state_dict, text_prefix)
     fusion_layer = min(
         (
             int(m.group(1))
             for key in keys
             if (m := re.match(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\.crossattention\.", key))
         ),
-        default=num_text_layers,
+        default=text["num_hidden_layers"],
     )
-    text = dict(
-        vocab_size=words.shape[0],
-        hidden_size=words.shape[1],
-        num_hidden_layers=num_text_layers,
-        num_attention_heads=max(1, words.shape[1] // 64),
-        intermediate_size=state_dict[text_prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_position_embeddings=state_dict[text_prefix + "embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state_dict[text_prefix + "embeddings.token_type_embeddings.weight"].shape[0],
-        fusion_layer=fusion_layer,
-        encoder_width=vision["hidden_size"],
-    )
+    text.update(fusion_layer=fusion_layer, encoder_width=vision["hidden_size"])
     text.update(text_overrides or {})
     text_config = SViTTTextConfig(**text)
 
@@ -235,22 +224,29 @@ def infer_config(
     return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=text_config, **model_args)
 
 
-def _answer_decoder_config(
-    state_dict: dict[str, torch.Tensor], text_config: SViTTTextConfig, overrides: dict[str, Any] | None
-) -> SViTTTextConfig:
-    prefix = "text_decoder.bert."
+def _bert_shapes(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
+    """Sizes of a BERT stored under `prefix`; heads cannot be read from shapes: BERT's 64 dimensions per head."""
     words = state_dict[prefix + "embeddings.word_embeddings.weight"]
-    shapes: dict[str, Any] = dict(
+    return dict(
         vocab_size=words.shape[0],
         hidden_size=words.shape[1],
+        num_hidden_layers=_layer_count(state_dict, prefix + "encoder.layer."),
+        num_attention_heads=max(1, words.shape[1] // 64),
         intermediate_size=state_dict[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
         max_position_embeddings=state_dict[prefix + "embeddings.position_embeddings.weight"].shape[0],
         type_vocab_size=state_dict[prefix + "embeddings.token_type_embeddings.weight"].shape[0],
     )
-    if words.shape[1] != text_config.hidden_size:  # heads cannot be read from shapes: BERT's 64 per head
-        shapes["num_attention_heads"] = max(1, words.shape[1] // 64)
+
+
+def _answer_decoder_config(
+    state_dict: dict[str, torch.Tensor], text_config: SViTTTextConfig, overrides: dict[str, Any] | None
+) -> SViTTTextConfig:
+    shapes = _bert_shapes(state_dict, "text_decoder.bert.")
+    num_layers = shapes.pop("num_hidden_layers")
+    if shapes["hidden_size"] == text_config.hidden_size:
+        del shapes["num_attention_heads"]  # as the question encoder's, which may have been overridden
     shapes.update(overrides or {})
-    return answer_decoder_config_from_text(text_config, _layer_count(state_dict, prefix + "encoder.layer."), **shapes)
+    return answer_decoder_config_from_text(text_config, num_layers, **shapes)
 
 
 def load_original_checkpoint(
