@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 TOKEN_KEEP_STRATEGIES = ("cls_attn", "random")
 FUSION_TOKEN_KEEP_STRATEGIES = ("cls_attn", "avg_attn", "random")
@@ -260,17 +261,28 @@ class SViTTConfig(PreTrainedConfig):
             a verb and a noun (EgoVLP's rule), either (`"verb_or_noun"`), or only one kind.
         multiple_choice_scoring (`str`, defaults to `"itc"`): how [`SViTTForMultipleChoice`] scores a clip
             (ITC similarity, as EgoMCQ is evaluated, or the ITM head).
-        answer_decoder_num_layers (`int`, *optional*): depth of the video-QA answer decoder; defaults to the
-            number of fusion layers it is initialised from (3 in the release).
+        answer_decoder_config (`dict` or [`SViTTTextConfig`], *optional*): the answer decoder of
+            [`SViTTForVideoQuestionAnswering`]: a text tower whose every layer has causal self-attention and
+            cross-attention to the question states (`fusion_layer=0`, `encoder_width` = the text width). By default
+            it is the text config with as many layers as there are fusion layers (3 in the release), which is what
+            the decoder is initialised from. A sub-config like the towers', so `attn_implementation` and `dtype`
+            reach the decoder.
+        answer_decoder_num_layers (`int`, *optional*): shorthand that sets `answer_decoder_config.num_hidden_layers`
+            (e.g. `from_pretrained(..., answer_decoder_num_layers=2)`).
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM / answer-decoder output layer to the word
             embeddings, as the release does.
     """
 
     model_type = "svitt"
-    sub_configs_defaults = {"vision_config": SViTTVisionConfig, "text_config": SViTTTextConfig}
+    sub_configs_defaults = {
+        "vision_config": SViTTVisionConfig,
+        "text_config": SViTTTextConfig,
+        "answer_decoder_config": SubConfigSpec(SViTTTextConfig, optional=True),  # None: no fusion layers
+    }
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
+    answer_decoder_config: dict | PreTrainedConfig | None = None
     embed_dim: int = 256
     temperature: float = 0.07
     temperature_min: float = 0.001
@@ -284,7 +296,6 @@ class SViTTConfig(PreTrainedConfig):
     gather_negatives_across_processes: bool = False
     egonce_positive_rule: str = "verb_and_noun"
     multiple_choice_scoring: str = "itc"
-    answer_decoder_num_layers: int | None = None
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
@@ -296,8 +307,27 @@ class SViTTConfig(PreTrainedConfig):
             self.text_config = SViTTTextConfig()
         elif isinstance(self.text_config, dict):
             self.text_config = SViTTTextConfig(**self.text_config)
-        super().__post_init__(**kwargs)
+        if self.answer_decoder_config is None and self.text_config.num_fusion_layers > 0:
+            self.answer_decoder_config = answer_decoder_config_from_text(self.text_config)
+        elif isinstance(self.answer_decoder_config, dict):
+            self.answer_decoder_config = SViTTTextConfig(**self.answer_decoder_config)
+        super().__post_init__(**kwargs)  # sets `answer_decoder_num_layers` when given
         self.validate_architecture()
+
+    @property
+    def answer_decoder_num_layers(self) -> int | None:
+        return None if self.answer_decoder_config is None else self.answer_decoder_config.num_hidden_layers
+
+    @answer_decoder_num_layers.setter
+    def answer_decoder_num_layers(self, num_layers: int | None) -> None:
+        if num_layers is None:  # the default: the decoder config as given or derived
+            return
+        if num_layers < 1:
+            raise ValueError(f"`answer_decoder_num_layers` must be >= 1, got {num_layers}.")
+        if self.answer_decoder_config is None:
+            self.answer_decoder_config = answer_decoder_config_from_text(self.text_config, num_layers)
+        else:
+            self.answer_decoder_config.num_hidden_layers = int(num_layers)
 
     def validate_architecture(self) -> None:
         if self.text_config.encoder_width != self.vision_config.hidden_size:
@@ -316,10 +346,43 @@ class SViTTConfig(PreTrainedConfig):
         _check_choice("contrastive_loss", self.contrastive_loss, CONTRASTIVE_LOSSES)
         _check_choice("egonce_positive_rule", self.egonce_positive_rule, EGONCE_POSITIVE_RULES)
         _check_choice("multiple_choice_scoring", self.multiple_choice_scoring, MULTIPLE_CHOICE_SCORINGS)
-        if self.answer_decoder_num_layers is not None and self.answer_decoder_num_layers < 1:
-            raise ValueError(f"`answer_decoder_num_layers` must be >= 1, got {self.answer_decoder_num_layers}.")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"`mlm_probability` must be in (0, 1), got {self.mlm_probability}.")
+        decoder = self.answer_decoder_config
+        if decoder is None:
+            return
+        if decoder.num_hidden_layers < 1 or decoder.fusion_layer != 0:
+            raise ValueError(
+                "`answer_decoder_config` needs at least one layer and `fusion_layer=0` (every decoder layer "
+                f"cross-attends to the question), got {decoder.num_hidden_layers} layers and "
+                f"`fusion_layer={decoder.fusion_layer}`."
+            )
+        if decoder.encoder_width != self.text_config.hidden_size:
+            raise ValueError(
+                f"`answer_decoder_config.encoder_width` ({decoder.encoder_width}) must equal `text_config.hidden_size` "
+                f"({self.text_config.hidden_size}): the answer decoder attends to the question states."
+            )
+
+
+def answer_decoder_config_from_text(
+    text_config: SViTTTextConfig, num_layers: int | None = None, **overrides
+) -> SViTTTextConfig:
+    """The answer decoder the release builds from the text config: `num_layers` (default: as many as the fusion
+    layers) layers, every one with causal self-attention and cross-attention to the question states; `overrides`
+    set other fields (e.g. the width of a converted decoder)."""
+    num_layers = text_config.num_fusion_layers if num_layers is None else num_layers
+    values = text_config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+        values.pop(key, None)
+    values.update(
+        num_hidden_layers=int(num_layers),
+        fusion_layer=0,
+        encoder_width=text_config.hidden_size,
+        fusion_token_keep_rate=1.0,
+        fusion_token_drop_layers=[0],
+    )
+    values.update(overrides)
+    return SViTTTextConfig(**values)
 
 
 __all__ = ["SViTTConfig", "SViTTTextConfig", "SViTTVisionConfig"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig, answer_decoder_config_from_text
 
 PRETRAINING, RETRIEVAL, QUESTION_ANSWERING = "pretraining", "retrieval", "question_answering"
 
@@ -144,10 +144,13 @@ def infer_config(
     original_config: dict[str, Any] | None = None,
     vision_overrides: dict[str, Any] | None = None,
     text_overrides: dict[str, Any] | None = None,
+    decoder_overrides: dict[str, Any] | None = None,
 ) -> SViTTConfig:
     """Architecture from tensor shapes, sparsity from the training config (or release defaults), then overrides.
 
-    `state_dict` is in the release's key format.
+    `state_dict` is in the release's key format. For a QA checkpoint the answer decoder's depth and widths come from
+    its own tensors (the release hard-codes 3 layers, whatever the fusion depth); `decoder_overrides` sets fields of
+    `answer_decoder_config`.
     """
     original_config = original_config or {}
     kind = detect_checkpoint_kind(state_dict)
@@ -194,30 +197,22 @@ def infer_config(
     vision.update(vision_overrides or {})
 
     text_prefix = "text_encoder.bert." if kind == PRETRAINING else "text_encoder."
-    words = state_dict[text_prefix + "embeddings.word_embeddings.weight"]
-    num_text_layers = _layer_count(keys, text_prefix + "encoder.layer.")
+    text = _bert_shapes(state_dict, text_prefix)
     fusion_layer = min(
         (
             int(m.group(1))
             for key in keys
             if (m := re.match(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\.crossattention\.", key))
         ),
-        default=num_text_layers,
+        default=text["num_hidden_layers"],
     )
-    text = dict(
-        vocab_size=words.shape[0],
-        hidden_size=words.shape[1],
-        num_hidden_layers=num_text_layers,
-        num_attention_heads=max(1, words.shape[1] // 64),
-        intermediate_size=state_dict[text_prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_position_embeddings=state_dict[text_prefix + "embeddings.position_embeddings.weight"].shape[0],
-        type_vocab_size=state_dict[text_prefix + "embeddings.token_type_embeddings.weight"].shape[0],
-        fusion_layer=fusion_layer,
-        encoder_width=vision["hidden_size"],
-    )
+    text.update(fusion_layer=fusion_layer, encoder_width=vision["hidden_size"])
     text.update(text_overrides or {})
+    text_config = SViTTTextConfig(**text)
 
     model_args: dict[str, Any] = {}
+    if kind == QUESTION_ANSWERING:
+        model_args["answer_decoder_config"] = _answer_decoder_config(state_dict, text_config, decoder_overrides)
     if "vision_proj.weight" in state_dict:
         model_args["embed_dim"] = state_dict["vision_proj.weight"].shape[0]
     if "temp" in state_dict:
@@ -226,7 +221,32 @@ def infer_config(
         model_args["temperature_max"] = max(0.5, model_args["temperature"])
     if "mlm_prob" in original_config:
         model_args["mlm_probability"] = float(original_config["mlm_prob"])
-    return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=SViTTTextConfig(**text), **model_args)
+    return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=text_config, **model_args)
+
+
+def _bert_shapes(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
+    """Sizes of a BERT stored under `prefix`; heads cannot be read from shapes: BERT's 64 dimensions per head."""
+    words = state_dict[prefix + "embeddings.word_embeddings.weight"]
+    return dict(
+        vocab_size=words.shape[0],
+        hidden_size=words.shape[1],
+        num_hidden_layers=_layer_count(state_dict, prefix + "encoder.layer."),
+        num_attention_heads=max(1, words.shape[1] // 64),
+        intermediate_size=state_dict[prefix + "encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=state_dict[prefix + "embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=state_dict[prefix + "embeddings.token_type_embeddings.weight"].shape[0],
+    )
+
+
+def _answer_decoder_config(
+    state_dict: dict[str, torch.Tensor], text_config: SViTTTextConfig, overrides: dict[str, Any] | None
+) -> SViTTTextConfig:
+    shapes = _bert_shapes(state_dict, "text_decoder.bert.")
+    num_layers = shapes.pop("num_hidden_layers")
+    if shapes["hidden_size"] == text_config.hidden_size:
+        del shapes["num_attention_heads"]  # as the question encoder's, which may have been overridden
+    shapes.update(overrides or {})
+    return answer_decoder_config_from_text(text_config, num_layers, **shapes)
 
 
 def load_original_checkpoint(
@@ -299,11 +319,12 @@ def convert_checkpoint(
     vision_overrides: dict[str, Any] | None = None,
     text_overrides: dict[str, Any] | None = None,
     allow_pickle: bool = False,
+    decoder_overrides: dict[str, Any] | None = None,
 ):
     """Read a release checkpoint, build the matching head model, load the weights strictly, optionally save."""
     state_dict, recorded_config = load_original_checkpoint(checkpoint_path, allow_pickle=allow_pickle)
     return convert_loaded_state_dict(
-        state_dict, output_dir, original_config or recorded_config, vision_overrides, text_overrides
+        state_dict, output_dir, original_config or recorded_config, vision_overrides, text_overrides, decoder_overrides
     )
 
 
@@ -313,8 +334,9 @@ def convert_loaded_state_dict(
     original_config: dict[str, Any] | None = None,
     vision_overrides: dict[str, Any] | None = None,
     text_overrides: dict[str, Any] | None = None,
+    decoder_overrides: dict[str, Any] | None = None,
 ):
-    config = infer_config(state_dict, original_config, vision_overrides, text_overrides)
+    config = infer_config(state_dict, original_config, vision_overrides, text_overrides, decoder_overrides)
     converted, kind = convert_state_dict(state_dict)
     model = model_class_for_kind(kind)(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
@@ -358,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--text", action="append", default=[], metavar="KEY=VALUE", help="override a SViTTTextConfig field"
     )
+    parser.add_argument(
+        "--decoder", action="append", default=[], metavar="KEY=VALUE", help="override a field of the QA answer decoder"
+    )
     args = parser.parse_args(argv)
 
     original_config = None
@@ -369,10 +394,18 @@ def main(argv: list[str] | None = None) -> None:
             original_config = yaml.safe_load(text)
         else:
             original_config = json.loads(text)
-    overrides = [dict(item.split("=", 1) for item in items) for items in (args.vision, args.text)]
-    vision_overrides, text_overrides = ({k: _parse_value(v) for k, v in o.items()} for o in overrides)
+    overrides = [dict(item.split("=", 1) for item in items) for items in (args.vision, args.text, args.decoder)]
+    vision_overrides, text_overrides, decoder_overrides = (
+        {key: _parse_value(value) for key, value in group.items()} for group in overrides
+    )
     model = convert_checkpoint(
-        args.checkpoint, args.output, original_config, vision_overrides, text_overrides, args.allow_pickle
+        args.checkpoint,
+        args.output,
+        original_config,
+        vision_overrides,
+        text_overrides,
+        args.allow_pickle,
+        decoder_overrides=decoder_overrides,
     )
     vision = model.config.vision_config
     print(

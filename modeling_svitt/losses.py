@@ -537,10 +537,16 @@ def answer_decoder_loss(
     Every ground-truth answer of a question is decoded with teacher forcing; its NLL is the sum over its
     tokens (no label smoothing), weighted by the answer's share of the annotators' answers.
     """
-    nll = sequence_negative_log_likelihood(logits, labels)
+    return weighted_answer_loss(sequence_negative_log_likelihood(logits, labels), answer_weights, num_questions)
+
+
+def weighted_answer_loss(
+    answer_nll: torch.Tensor, answer_weights: torch.Tensor | None, num_questions: int
+) -> torch.Tensor:
+    """`sum_a weight_a * answer_nll_a / num_questions`, from per-answer NLLs `(num_answers,)`."""
     if answer_weights is not None:
-        nll = nll * answer_weights.to(device=nll.device, dtype=nll.dtype)
-    return nll.sum() / num_questions
+        answer_nll = answer_nll * answer_weights.to(device=answer_nll.device, dtype=answer_nll.dtype)
+    return answer_nll.sum() / num_questions
 
 
 def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -570,4 +576,5 @@ __all__ = [
     "sequence_negative_log_likelihood",
     "soft_target_cross_entropy",
     "video_text_contrastive_loss",
+    "weighted_answer_loss",
 ]

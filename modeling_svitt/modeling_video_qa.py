@@ -1,12 +1,11 @@
 """Video question answering head of SViTT: an answer decoder that ranks a closed answer list (ALBEF-style).
 
-The question is encoded by the whole text tower cross-attending to the clip; a causal decoder as deep as the
-fusion stack scores answers by their likelihood. A checkpoint of another head (pretraining, retrieval) initialises
-the decoder from its fusion layers and MLM head, as the release does. Ranking an answer list is in
-`answer_ranking.py`.
+The question is encoded by the whole text tower cross-attending to the clip; a causal decoder (by default as deep
+as the fusion stack, `config.answer_decoder_config`) scores answers by their likelihood. A checkpoint of another
+head (pretraining, retrieval) initialises the decoder from its fusion layers and MLM head, as the release does.
+Ranking an answer list is in `answer_ranking.py`.
 """
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from transformers.utils import can_return_tuple
 
 from .answer_ranking import rank_answers
 from .configuration_svitt import SViTTConfig, SViTTTextConfig
-from .losses import answer_decoder_loss, answer_token_labels
+from .losses import answer_token_labels, sequence_negative_log_likelihood, weighted_answer_loss
 from .modeling_common import NestedModelOutput
 from .modeling_heads import SViTTHeadPreTrainedModel, SViTTOnlyMLMHead
 from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
@@ -28,16 +27,20 @@ logger = logging.getLogger(__name__)
 @dataclass
 class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
     r"""
-    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss.
+    loss (`torch.FloatTensor`, *optional*): weighted teacher-forced answer loss, `sum(answer_weights *
+        answer_losses) / batch_size`.
     logits (`(num_answers, answer_length, vocab_size)`, *optional*): answer-decoder logits.
     question_hidden_states (`(batch_size, question_length, hidden_size)`): the multimodal question encoding.
     vision_model_output: the video tower's output.
+    answer_losses (`(num_answers,)`, *optional*): every answer's teacher-forced negative log-likelihood (summed
+        over its tokens, unweighted), e.g. to score given answers without `rank_answers`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     question_hidden_states: torch.FloatTensor | None = None
     vision_model_output: SViTTVisionModelOutput | None = None
+    answer_losses: torch.FloatTensor | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,26 +49,14 @@ class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
 
 
 def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
-    """Config of the answer decoder: the text config with as many layers as there are fusion layers, every one
-    with causal self-attention and cross-attention to the question states.
-
-    `config.answer_decoder_num_layers` overrides the depth.
-    """
-    text_config = config.text_config
-    values = text_config.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
-        values.pop(key, None)
-    num_layers = config.answer_decoder_num_layers or text_config.num_fusion_layers
-    if num_layers < 1:
-        raise ValueError("The answer decoder needs at least one layer (`text_config` has no fusion layers).")
-    values.update(
-        num_hidden_layers=int(num_layers),
-        fusion_layer=0,
-        encoder_width=text_config.hidden_size,
-        fusion_token_keep_rate=1.0,
-        fusion_token_drop_layers=[0],
-    )
-    return SViTTTextConfig(**values)
+    """Config of the answer decoder (`config.answer_decoder_config`); raises when the text tower has no fusion
+    layers to size it from and no decoder config was given."""
+    if config.answer_decoder_config is None:
+        raise ValueError(
+            "The answer decoder needs at least one layer: `text_config` has no fusion layers to size it from; "
+            "set `answer_decoder_num_layers` or `answer_decoder_config`."
+        )
+    return config.answer_decoder_config
 
 
 def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -75,27 +66,37 @@ def causal_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return causal[None, None] & attention_mask.bool()[:, None, None, :]
 
 
-_DECODER_SOURCE_HEAD = "mlm_head.predictions."
+# checkpoint name -> QA name, applied while loading a checkpoint of another head (see `from_pretrained`); the MLM
+# decoder matrix is left out: it is the word embeddings, which the answer decoder copies from the text tower
+_MLM_HEAD_AS_DECODER_HEAD = {
+    r"^mlm_head\.predictions\.transform\.": "decoder_head.predictions.transform.",
+    r"^mlm_head\.predictions\.bias$": "decoder_head.predictions.bias",
+}
 
 
 class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     """Video QA by ranking a closed answer list with an answer decoder (ALBEF-style).
 
     The question is encoded by the whole text tower, cross-attending to the video in the fusion layers; a
-    causal answer decoder (`text_decoder`, as deep as the fusion stack, cross-attending to the question
-    states) scores answers by their likelihood. Loading a pretraining (or retrieval) checkpoint with
-    `from_pretrained` initialises the decoder from the fusion layers, the word embeddings and the MLM head,
-    as the release does.
+    causal answer decoder (`text_decoder`, configured by `config.answer_decoder_config`: by default as deep as the
+    fusion stack, 3 layers in the release) cross-attends to the question states and scores answers by their
+    likelihood. Loading a pretraining (or retrieval) checkpoint with `from_pretrained` initialises the decoder from
+    the fusion layers, the word embeddings and the MLM head, as the release does.
 
     Ranking (`rank_answers`): the first answer token's probability picks the top-k answers, whose full
-    likelihood then decides. Two scoring modes:
+    likelihood then decides. Scorings (`scoring=`):
 
-    * clean (default): per clip, the first-token log-probability and then each candidate's sequence
-      log-likelihood (first token counted once); clips combined with `clip_aggregation`; rank by the result.
-    * `release_scoring=True`: the release's `forward_ensemble` (its default evaluation path, even for one clip):
-      per-clip first-token *probabilities* are aggregated and passed through a second softmax over the
-      vocabulary (which nearly flattens them), and the candidate score is `log p_first + sequence
-      log-likelihood`, i.e. the first token is counted twice. Use it to reproduce released numbers.
+    * `"likelihood"` (default): the first-token log-probability picks the candidates, ranked by their sequence
+      log-likelihood (first token counted once); clips combined with `clip_aggregation`.
+    * `"release_ensemble"`: the release's `forward_ensemble` / `rank_answer_ensemble`, its default evaluation
+      path (`eval_frame_ensemble: lse | mean | max`, even for one clip): per-clip first-token *probabilities* are
+      combined and passed through a second softmax over the vocabulary (which nearly flattens them), and the
+      candidate score is `log p_first + sequence log-likelihood`, i.e. the first token is counted twice.
+    * `"release_concat"`: the release's `rank_answer` (`eval_frame_ensemble: concat`, all frames as one clip,
+      `clip_aggregation="concat"`): the same score with a single softmax.
+
+    Use a release scoring to reproduce released numbers (`release_scoring=True` is the deprecated spelling of
+    `"release_ensemble"`).
     """
 
     _tied_weights_keys = {
@@ -115,6 +116,15 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         super().__init__(config)
         self.svitt = SViTTModel(config)
         decoder_config = answer_decoder_config(config)
+        if decoder_config.vocab_size != config.text_config.vocab_size:
+            # e.g. a pretraining checkpoint whose text vocabulary was resized after its config was made
+            logger.info(
+                "The answer decoder's vocabulary (%d) follows the text tower's (%d): questions and answers share "
+                "one tokenizer.",
+                decoder_config.vocab_size,
+                config.text_config.vocab_size,
+            )
+            decoder_config.vocab_size = config.text_config.vocab_size
         self.text_decoder = SViTTTextModel(decoder_config)
         self.decoder_head = SViTTOnlyMLMHead(decoder_config)
         self.post_init()
@@ -195,45 +205,52 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus the release's QA initialisation for checkpoints of other heads.
 
-        When the checkpoint has no answer decoder (a pretraining, retrieval or base-model checkpoint), the decoder
-        is initialised from the fusion layers and the MLM head (`initialize_answer_decoder`) instead of randomly.
+        When the checkpoint has no answer decoder but has the fusion layers (a pretraining, retrieval or base-model
+        checkpoint), the decoder is initialised from the fusion layers and the word embeddings, and `decoder_head`
+        from the pretraining MLM head when there is one, instead of randomly; the loading report then lists only
+        what stayed random. Any checkpoint format `from_pretrained` reads (safetensors or `.bin`, sharded, with a
+        `variant`) works the same.
         """
+        # transformers' own loader fills `decoder_head` from a pretraining checkpoint's `mlm_head`
+        key_mapping = {**_MLM_HEAD_AS_DECODER_HEAD, **(kwargs.pop("key_mapping", None) or {})}
         output_loading_info = kwargs.pop("output_loading_info", False)
-        download_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            if key in kwargs
-        }
-        explicit_state_dict = kwargs.get("state_dict")
-        checkpoint_keys, read_tensors = _checkpoint_reader(
-            pretrained_model_name_or_path, explicit_state_dict, download_kwargs
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, key_mapping=key_mapping, output_loading_info=True, **kwargs
         )
-        from_other_head = checkpoint_keys is not None and not any(
-            key.startswith("text_decoder.") for key in checkpoint_keys
-        )
-
-        ignored = list(cls._keys_to_ignore_on_load_missing or [])
-        if from_other_head:
-            # The decoder is filled right below; keep the load report from calling it "newly initialised".
-            cls._keys_to_ignore_on_load_missing = ignored + [r"^text_decoder\.", r"^decoder_head\."]
-        try:
-            model, loading_info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        finally:
-            cls._keys_to_ignore_on_load_missing = ignored
-        model._keys_to_ignore_on_load_missing = set(ignored)
-
-        if from_other_head:
-            head_keys = [key for key in checkpoint_keys if key.startswith(_DECODER_SOURCE_HEAD)]
-            head_state = {key[len(_DECODER_SOURCE_HEAD) :]: value for key, value in read_tensors(head_keys).items()}
-            model.initialize_answer_decoder(head_state)
-            logger.info(
-                "Initialised the answer decoder of %s from the fusion layers%s of the checkpoint.",
-                cls.__name__,
-                " and the MLM head" if head_state else "",
-            )
+        # transformers keeps a renaming that was used, to undo it when saving; this one must not be undone, or the
+        # QA head would save its `decoder_head` under the name `mlm_head`
+        conversions = getattr(model, "_weight_conversions", None)
+        if conversions:
+            model._weight_conversions = [
+                conversion
+                for conversion in conversions
+                if not set(conversion.source_patterns) & set(_MLM_HEAD_AS_DECODER_HEAD)
+            ]
         return (model, loading_info) if output_loading_info else model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """transformers' loading step that settles which missing keys to report; it runs once the checkpoint's
+        weights are in place and before the report is logged, so the decoder is initialised from the loaded fusion
+        layers here, and what was filled that way is not reported as missing."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        if self._answer_decoder_can_start_from_fusion_layers(loading_info.missing_keys):
+            copied = set(self.initialize_answer_decoder())
+            copied |= {tied for tied, source in self.all_tied_weights_keys.items() if source in copied}
+            loading_info.missing_keys = set(loading_info.missing_keys) - copied
+            logger.info("Initialised the answer decoder of %s from the fusion layers.", type(self).__name__)
+
+    def _answer_decoder_can_start_from_fusion_layers(self, missing_keys) -> bool:
+        """True for a checkpoint without an answer decoder that has the fusion layers the decoder starts from."""
+        names = self.state_dict().keys()
+        if any(name.startswith("text_decoder.") and name not in missing_keys for name in names):
+            return False  # the checkpoint has (part of) a decoder: report it as it is
+        text_config = self.config.text_config
+        source_layers = range(text_config.fusion_layer, text_config.num_hidden_layers)
+        source_prefixes = ("svitt.text_model.embeddings.",) + tuple(
+            f"svitt.text_model.encoder.layer.{index}." for index in source_layers
+        )
+        sources = [name for name in names if name.startswith(source_prefixes)]
+        return bool(sources) and not any(name in missing_keys for name in sources)
 
     # Forward ----------------------------------------------------------------------------------------
 
@@ -303,7 +320,8 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         input_ids, attention_mask (`(batch_size, question_length)`): the questions.
         answer_input_ids, answer_attention_mask (`(num_answers, answer_length)`, *optional*): the ground-truth
             answers of all questions, concatenated question by question, as `[CLS] answer [SEP]` (the first token
-            is the decoder's start token). When given, the weighted teacher-forced loss is returned.
+            is the decoder's start token). When given, the weighted teacher-forced loss and every answer's own
+            loss (`answer_losses`) are returned.
         answer_weights (`(num_answers,)`, *optional*): weight of every answer (its share of the annotations).
         answers_per_question (`(batch_size,)`, *optional*): how many answers each question has (defaults to one).
 
@@ -312,7 +330,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         question_states, question_mask, vision_output = self.encode_questions(
             pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
         )
-        loss = logits = None
+        loss = logits = answer_losses = None
         if answer_input_ids is not None:
             batch = input_ids.shape[0]
             if answers_per_question is None:
@@ -329,74 +347,19 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
             masks = question_mask.repeat_interleave(answers_per_question, dim=0)
             logits = self.decode_answers(answer_input_ids, answer_attention_mask, states, masks)
             labels = answer_token_labels(answer_input_ids, answer_attention_mask)
-            loss = answer_decoder_loss(logits, labels, answer_weights, num_questions=batch)
+            answer_losses = sequence_negative_log_likelihood(logits, labels)
+            loss = weighted_answer_loss(answer_losses, answer_weights, num_questions=batch)
         return SViTTForVideoQuestionAnsweringOutput(
-            loss=loss, logits=logits, question_hidden_states=question_states, vision_model_output=vision_output
+            loss=loss,
+            logits=logits,
+            question_hidden_states=question_states,
+            vision_model_output=vision_output,
+            answer_losses=answer_losses,
         )
 
     # Answer-list ranking (implemented in `answer_ranking.py`) --------------------------------------------
 
     rank_answers = rank_answers
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoint reading (for cross-head initialisation)
-# --------------------------------------------------------------------------------------------------
-
-
-def _checkpoint_reader(pretrained_model_name_or_path, state_dict, download_kwargs):
-    """Key list of a checkpoint and a function reading some of its tensors, without loading the rest.
-
-    Handles explicit state dicts, local folders and Hub repos, single-file and sharded safetensors. Returns
-    `(None, None)` when the checkpoint cannot be inspected (then no cross-head initialisation happens).
-    """
-    if state_dict is not None:
-        return list(state_dict), lambda names: {name: state_dict[name] for name in names}
-    if pretrained_model_name_or_path is None:
-        return None, None
-    from safetensors import safe_open
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
-
-    def resolve(filename):
-        return cached_file(
-            pretrained_model_name_or_path,
-            filename,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **download_kwargs,
-        )
-
-    single = resolve(SAFE_WEIGHTS_NAME)
-    if single is not None:
-        with safe_open(single, framework="pt") as handle:
-            keys = list(handle.keys())
-        file_of = dict.fromkeys(keys, SAFE_WEIGHTS_NAME)
-    else:
-        index = resolve(SAFE_WEIGHTS_INDEX_NAME)
-        if index is None:
-            return None, None
-        with open(index, encoding="utf-8") as handle:
-            file_of = json.load(handle)["weight_map"]
-        keys = list(file_of)
-    # Checkpoints of the bare SViTTModel have no `svitt.` prefix; normalise to the heads' names.
-    prefixed = {(key if key.split(".")[0] in _HEAD_TOP_LEVEL else f"svitt.{key}"): key for key in keys}
-
-    def read(names):
-        by_file: dict[str, list[str]] = {}
-        for name in names:
-            by_file.setdefault(file_of[prefixed[name]], []).append(name)
-        tensors = {}
-        for filename, group in by_file.items():
-            path = single if filename == SAFE_WEIGHTS_NAME and single is not None else resolve(filename)
-            with safe_open(path, framework="pt") as handle:
-                for name in group:
-                    tensors[name] = handle.get_tensor(prefixed[name])
-        return tensors
-
-    return list(prefixed), read
-
-
-_HEAD_TOP_LEVEL = {"svitt", "itm_head", "mlm_head", "text_decoder", "decoder_head"}
 
 
 __all__ = [

@@ -25,3 +25,16 @@ def original_fixture_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return ORIGINAL_FIXTURE_DIR
+
+
+@pytest.fixture(scope="module")
+def pretraining_checkpoint(tmp_path_factory):
+    """A saved tiny pretraining model, the starting point of the other heads: `(model, folder)`."""
+    from tiny_configs import make_model
+
+    from modeling_svitt.modeling_heads import SViTTForPreTraining
+
+    folder = tmp_path_factory.mktemp("pretraining")
+    model = make_model(SViTTForPreTraining, seed=13)
+    model.save_pretrained(folder)
+    return model, folder

@@ -1,15 +1,17 @@
-"""Task heads: losses, sampling, retrieval ranking, answer ranking, multiple choice, saving and cross-head loading."""
+"""Task heads: losses, sampling, retrieval ranking, multiple choice, saving and cross-head loading.
+
+The video QA head has its own tests in `test_video_qa.py`.
+"""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_configs import tiny_config
+from tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
 
 from modeling_svitt import losses
 from modeling_svitt.metrics import retrieval_metrics
-from modeling_svitt.answer_ranking import candidate_log_likelihood, first_token_logits
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
 from modeling_svitt.modeling_heads import (
     SViTTForMultipleChoice,
@@ -17,34 +19,8 @@ from modeling_svitt.modeling_heads import (
     SViTTForVideoTextRetrieval,
     register_head_auto_classes,
 )
-from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering, causal_attention_mask
+from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 from modeling_svitt.retrieval_ranking import text_guided_selection
-
-FRAMES = 2  # tiny_config's clip length
-
-
-def make_config(**overrides):
-    # 2 fusion layers, so text-guided selection after the first one changes the second, and QA gets 2 decoder layers
-    return tiny_config(text={"num_hidden_layers": 4}, **overrides)
-
-
-def make_model(cls, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return cls(make_config(**overrides)).eval()
-
-
-def videos(batch, frames=FRAMES, seed=1):
-    return torch.randn(batch, frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def captions(batch, length=8, seed=2):
-    ids = torch.randint(5, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
-    ids[:, 0] = 2  # [CLS]
-    mask = torch.ones_like(ids)
-    for row in range(batch):
-        cut = length - row % 3
-        ids[row, cut:], mask[row, cut:] = 0, 0
-    return ids, mask
 
 
 # Pretraining ---------------------------------------------------------------------------------------
@@ -307,134 +283,6 @@ def test_text_guided_selection_switches_on_at_inference_and_is_restored(gallery_
         assert (config.fusion_token_keep_rate, config.fusion_token_keep_strategy) == (1.0, "cls_attn")
 
 
-# Video QA ------------------------------------------------------------------------------------------
-
-
-ANSWERS = torch.tensor([[2, 10, 3, 0], [2, 11, 12, 3], [2, 13, 3, 0], [2, 14, 15, 3], [2, 10, 16, 3]])
-ANSWER_MASK = (ANSWERS != 0).long()
-
-
-def test_answer_decoder_is_causal():
-    mask = causal_attention_mask(torch.tensor([[1, 1, 1, 0]]))
-    assert mask[0, 0].tolist() == [
-        [True, False, False, False],
-        [True, True, False, False],
-        [True, True, True, False],
-        [True, True, True, False],
-    ]
-    model = make_model(SViTTForVideoQuestionAnswering)
-    states = torch.randn(1, 5, 32)
-    base = model.decode_answers(ANSWERS[1:2], ANSWER_MASK[1:2], states, torch.ones(1, 5, dtype=torch.long))
-    changed_ids = ANSWERS[1:2].clone()
-    changed_ids[0, 3] = 50
-    changed = model.decode_answers(changed_ids, ANSWER_MASK[1:2], states, torch.ones(1, 5, dtype=torch.long))
-    torch.testing.assert_close(base[:, :3], changed[:, :3])
-
-
-def test_qa_training_loss_is_the_weighted_answer_likelihood():
-    model = make_model(SViTTForVideoQuestionAnswering)
-    ids, mask = captions(2)
-    out = model(
-        pixel_values=videos(2),
-        input_ids=ids,
-        attention_mask=mask,
-        answer_input_ids=ANSWERS[:3],
-        answer_attention_mask=ANSWER_MASK[:3],
-        answer_weights=torch.tensor([0.5, 0.5, 1.0]),
-        answers_per_question=torch.tensor([2, 1]),
-    )
-    states = out.question_hidden_states[[0, 0, 1]]
-    logits = model.decode_answers(ANSWERS[:3], ANSWER_MASK[:3], states, mask[[0, 0, 1]])
-    nll = losses.sequence_negative_log_likelihood(logits, losses.answer_token_labels(ANSWERS[:3], ANSWER_MASK[:3]))
-    torch.testing.assert_close(out.loss, (0.5 * nll[0] + 0.5 * nll[1] + nll[2]) / 2)
-    with pytest.raises(ValueError, match="answers_per_question"):
-        model(pixel_values=videos(2), input_ids=ids, answer_input_ids=ANSWERS[:3])
-
-
-def _per_clip_scores(model, clips, ids, mask, num_clips):
-    split, _ = split_into_clips(clips, FRAMES)
-    generator = torch.Generator().manual_seed(model.config.vision_config.random_block_seed)
-    states, qmask, _ = model.encode_questions(
-        split, ids.repeat_interleave(num_clips, 0), mask.repeat_interleave(num_clips, 0), generator=generator
-    )
-    first = first_token_logits(model, states, qmask, 2).reshape(ids.shape[0], num_clips, -1)
-    every = torch.arange(ANSWERS.shape[0]).expand(ids.shape[0], -1)
-    likelihood = torch.stack(
-        [
-            candidate_log_likelihood(model, states[c::num_clips], qmask[c::num_clips], ANSWERS, ANSWER_MASK, every)
-            for c in range(num_clips)
-        ],
-        dim=-1,
-    )
-    return first, likelihood
-
-
-def test_rank_answers_clean_mode_ranks_by_aggregated_log_likelihood():
-    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
-    ids, mask = captions(2, seed=9)
-    clips = videos(2, frames=2 * FRAMES, seed=10)
-    result = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=5, clip_aggregation="lse")
-    _, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
-    expected = torch.logsumexp(likelihood, -1).sort(dim=1, descending=True)
-    torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
-    assert torch.equal(result.answer_indices, expected.indices) and torch.equal(
-        result.predictions, expected.indices[:, 0]
-    )
-    # k < list size: candidates are the top first-token log-probabilities
-    first, _ = _per_clip_scores(model, clips, ids, mask, 2)
-    top = torch.logsumexp(first.log_softmax(-1), dim=1)[:, ANSWERS[:, 1]].topk(2).indices
-    pruned = model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=2)
-    assert torch.equal(pruned.answer_indices.sort(1).values, top.sort(1).values)
-
-
-def test_rank_answers_release_mode_reproduces_the_quirks():
-    model = make_model(SViTTForVideoQuestionAnswering, seed=8)
-    ids, mask = captions(2, seed=9)
-    clips = videos(2, frames=2 * FRAMES, seed=10)
-    result = model.rank_answers(
-        clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True
-    )
-    first, likelihood = _per_clip_scores(model, clips, ids, mask, 2)
-    # probabilities averaged over clips, then a second softmax over the vocabulary
-    first_prob = first.softmax(-1).mean(1).softmax(-1)[:, ANSWERS[:, 1]]
-    top_prob, candidates = first_prob.topk(3, dim=1)
-    per_clip = top_prob.log()[..., None] + torch.gather(likelihood, 1, candidates[..., None].expand(-1, -1, 2))
-    expected = per_clip.mean(-1).sort(dim=1, descending=True)
-    torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
-    assert torch.equal(result.answer_indices, torch.gather(candidates, 1, expected.indices))
-    torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
-
-
-def test_qa_resize_token_embeddings_reaches_the_answer_decoder(tmp_path):
-    model = make_model(SViTTForVideoQuestionAnswering)
-    model.resize_token_embeddings(120, mean_resizing=False)
-    head = model.decoder_head.predictions
-    assert model.config.text_config.vocab_size == 120
-    assert model.svitt.text_model.embeddings.word_embeddings.weight.shape[0] == 120
-    assert model.text_decoder.embeddings.word_embeddings.weight.shape[0] == 120
-    assert head.decoder.weight is model.text_decoder.embeddings.word_embeddings.weight
-    assert head.bias.shape == (120,) and head.decoder.bias is head.bias
-    answers = ANSWERS.clone()
-    answers[0, 1] = 115  # a new token in the answer list
-    ids, mask = captions(1)
-    result = model.rank_answers(videos(1), ids, mask, answers, ANSWER_MASK, k=5)
-    assert result.answer_indices.shape == (1, 5)
-    model.save_pretrained(tmp_path)
-    reloaded = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(reloaded.decoder_head.predictions.bias, head.bias)
-    torch.testing.assert_close(
-        reloaded.text_decoder.embeddings.word_embeddings.weight, model.text_decoder.embeddings.word_embeddings.weight
-    )
-
-
-@pytest.mark.parametrize("k, num_answers", [(0, 5), (3, 0)])
-def test_rank_answers_rejects_k_below_one_and_an_empty_answer_list(k, num_answers):
-    model = make_model(SViTTForVideoQuestionAnswering)
-    ids, mask = captions(1)
-    with pytest.raises(ValueError, match="k >= 1"):
-        model.rank_answers(videos(1), ids, mask, ANSWERS[:num_answers], ANSWER_MASK[:num_answers], k=k)
-
-
 # Multiple choice -----------------------------------------------------------------------------------
 
 
@@ -490,14 +338,6 @@ def test_every_head_saves_and_loads(cls, tmp_path):
     torch.testing.assert_close(_head_outputs(reloaded, cls), _head_outputs(model, cls))
 
 
-@pytest.fixture(scope="module")
-def pretraining_checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretraining")
-    model = make_model(SViTTForPreTraining, seed=13)
-    model.save_pretrained(folder)
-    return model, folder
-
-
 @pytest.mark.parametrize("cls", [SViTTForVideoTextRetrieval, SViTTForMultipleChoice])
 def test_pretraining_checkpoint_loads_into_retrieval_and_multiple_choice(cls, pretraining_checkpoint):
     source, folder = pretraining_checkpoint
@@ -505,40 +345,6 @@ def test_pretraining_checkpoint_loads_into_retrieval_and_multiple_choice(cls, pr
     assert not info["missing_keys"] and not info["unexpected_keys"]
     for name, tensor in target.state_dict().items():
         torch.testing.assert_close(tensor, source.state_dict()[name], msg=name)
-
-
-def test_pretraining_checkpoint_initialises_the_answer_decoder(pretraining_checkpoint):
-    source, folder = pretraining_checkpoint
-    qa, info = SViTTForVideoQuestionAnswering.from_pretrained(folder, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
-    fusion_layer = source.config.text_config.fusion_layer
-    for index, layer in enumerate(qa.text_decoder.encoder.layer):
-        origin = source.svitt.text_model.encoder.layer[fusion_layer + index].state_dict()
-        for name, tensor in layer.state_dict().items():
-            torch.testing.assert_close(tensor, origin[name], msg=f"decoder layer {index}: {name}")
-    embeddings = source.svitt.text_model.embeddings.state_dict()
-    for name, tensor in qa.text_decoder.embeddings.state_dict().items():
-        torch.testing.assert_close(tensor, embeddings[name], msg=name)
-    for name in ("transform.dense.weight", "transform.LayerNorm.bias", "bias"):
-        torch.testing.assert_close(
-            qa.decoder_head.predictions.get_parameter(name), source.mlm_head.predictions.get_parameter(name)
-        )
-    assert qa.decoder_head.predictions.decoder.weight is qa.text_decoder.embeddings.word_embeddings.weight
-    # the decoder is a copy, not a tie: fine-tuning QA does not move the question encoder's fusion layers
-    assert (
-        qa.text_decoder.embeddings.word_embeddings.weight is not qa.svitt.text_model.embeddings.word_embeddings.weight
-    )
-
-
-def test_qa_checkpoint_keeps_its_own_decoder(tmp_path):
-    qa = make_model(SViTTForVideoQuestionAnswering, seed=14)
-    with torch.no_grad():
-        qa.text_decoder.encoder.layer[0].output.dense.weight.add_(1.0)
-    qa.save_pretrained(tmp_path)
-    reloaded = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path)
-    torch.testing.assert_close(
-        reloaded.text_decoder.encoder.layer[0].output.dense.weight, qa.text_decoder.encoder.layer[0].output.dense.weight
-    )
 
 
 def test_retrieval_checkpoint_loads_into_pretraining_with_a_fresh_tied_mlm_head(tmp_path, caplog):

@@ -121,8 +121,10 @@ def test_parity_survives_save_and_from_pretrained(original_fixture_dir, tmp_path
     assert_matches(mine, load_file(original_fixture_dir / "outputs.safetensors"), "sparse")
 
 
-def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4):
-    """The fixture's pretraining weights rearranged into the release's QA layout."""
+def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4, decoder_sources=None):
+    """The fixture's pretraining weights rearranged into the release's QA layout; decoder layer i is text layer
+    `decoder_sources[i]` (by default the fusion layers, one for one)."""
+    decoder_sources = decoder_sources or list(range(fusion_layer, num_layers))
     qa = {}
     for key, value in state_dict.items():
         if key.startswith(("vision_proj", "text_proj", "temp", "itm_head", "vision_encoder.pooler")):
@@ -133,8 +135,8 @@ def release_qa_state_dict(state_dict, fusion_layer=2, num_layers=4):
         qa[key.replace("text_encoder.bert.", "text_encoder.")] = value
         if key.startswith("text_encoder.bert.embeddings."):
             qa[key.replace("text_encoder.bert.", "text_decoder.bert.")] = value
-        for index in range(num_layers - fusion_layer):
-            prefix = f"text_encoder.bert.encoder.layer.{fusion_layer + index}."
+        for index, source in enumerate(decoder_sources):
+            prefix = f"text_encoder.bert.encoder.layer.{source}."
             if key.startswith(prefix):
                 qa[key.replace(prefix, f"text_decoder.bert.encoder.layer.{index}.")] = value
     return qa
@@ -154,3 +156,19 @@ def test_release_qa_checkpoint_converts_into_the_qa_head(original_fixture_dir):
     )
     torch.testing.assert_close(model.decoder_head.predictions.bias, state_dict["text_encoder.cls.predictions.bias"])
     assert model.decoder_head.predictions.decoder.weight is model.text_decoder.embeddings.word_embeddings.weight
+
+
+def test_release_qa_checkpoint_with_a_three_layer_decoder_over_two_fusion_layers(original_fixture_dir):
+    from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
+
+    meta = json.loads((original_fixture_dir / "meta.json").read_text())
+    state_dict = load_file(original_fixture_dir / "state_dict.safetensors")
+    original_config, text_overrides = fixture_overrides(meta, "sparse")
+    release = release_qa_state_dict(state_dict, decoder_sources=[2, 3, 3])  # the release always builds 3 layers
+    model = convert_loaded_state_dict(release, None, original_config, text_overrides=text_overrides)
+    assert isinstance(model, SViTTForVideoQuestionAnswering)
+    assert model.config.text_config.num_fusion_layers == 2 and len(model.text_decoder.encoder.layer) == 3
+    torch.testing.assert_close(
+        model.text_decoder.encoder.layer[2].output.dense.weight,
+        state_dict["text_encoder.bert.encoder.layer.3.output.dense.weight"],
+    )
