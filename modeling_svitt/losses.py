@@ -381,9 +381,8 @@ def itc_loss(
     # Own pairs are always positives, so no row lacks one: the unchecked losses need no host synchronisation.
     if loss_type == "infonce":
         positives = positive_mask_from_ids(match_ids, all_match_ids)
-        loss = (
-            _soft_target_cross_entropy(logits_per_video, positives) + _soft_target_cross_entropy(logits_per_text, positives)
-        ) / 2
+        loss_v2t = _soft_target_cross_entropy(logits_per_video, positives)
+        loss = (loss_v2t + _soft_target_cross_entropy(logits_per_text, positives)) / 2
     elif loss_type == "egonce":
         positives = egonce_positive_mask(
             match_ids,

@@ -95,7 +95,7 @@ class SViTTForVideoTextRetrievalOutput(NestedModelOutput):
     loss (`torch.FloatTensor`, *optional*): `loss_weight_itc * loss_itc + loss_weight_itm * loss_itm`.
     loss_itc, loss_itm (`torch.FloatTensor`, *optional*): the two objectives.
     logits_per_video (`(num_videos, num_texts)`), logits_per_text (`(num_texts, num_videos)`):
-        Cosine similarities divided by the temperature (what zero-shot pipelines read).
+        Cosine similarities divided by the temperature (zero-shot scores when no loss is computed).
     itm_logits, itm_labels, negative_video_indices, negative_text_indices: as in [`SViTTForPreTrainingOutput`].
     video_embeds, text_embeds, vision_model_output, text_model_output, itm_fusion_output: as in
         [`SViTTForPreTrainingOutput`].
@@ -286,7 +286,8 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         text_hidden_states = text.hidden_states
         device = text_hidden_states.device  # fusion runs on the text tower: gather the video side there
         video_tokens, video_token_mask = video.tokens.to(device), video.token_mask.to(device)
-        negative_video_indices, negative_text_indices = negative_video_indices.to(device), negative_text_indices.to(device)
+        negative_video_indices = negative_video_indices.to(device)
+        negative_text_indices = negative_text_indices.to(device)
         batch = text_hidden_states.shape[0]
         rows = torch.arange(batch, device=device)
         has_video_negative = negative_video_indices >= 0

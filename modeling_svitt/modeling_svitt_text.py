@@ -370,7 +370,8 @@ class SViTTTextModel(SViTTPreTrainedModel):
         has_text_input = input_ids is not None or inputs_embeds is not None
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("Pass exactly one of `input_ids`, `inputs_embeds`.")
-        mode = self._resolve_mode(mode, has_text_input, text_hidden_states is not None, encoder_hidden_states is not None)
+        has_video = encoder_hidden_states is not None
+        mode = self._resolve_mode(mode, has_text_input, text_hidden_states is not None, has_video)
         if mode == "fusion":
             hidden_states = text_hidden_states
             layers = range(config.fusion_layer, config.num_hidden_layers)

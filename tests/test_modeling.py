@@ -185,7 +185,7 @@ def test_gradient_checkpointing_with_sparsity_and_dropout_gives_the_same_gradien
     models[1].activation_checkpointing_enable()
     assert models[1].vision_model.encoder.layer[0].gradient_checkpointing
     ids, mask = text()
-    losses, dropped = [], []
+    losses = []
     for model in models:
         torch.manual_seed(11)
         loss = model(video(), ids, attention_mask=mask, return_loss=True, generator=torch.Generator().manual_seed(5)).loss
