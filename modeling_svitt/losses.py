@@ -57,9 +57,15 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, padding], dim=0).contiguous()
 
 
-def _all_gather_rows(tensor: torch.Tensor, group, world_size: int) -> tuple[torch.Tensor, list[int]]:
-    """All-gather along dim 0 with uneven row counts (padded for the collective, trimmed after); returns the sizes."""
-    sizes = _gather_sizes(tensor, group, world_size)
+def _all_gather_rows(
+    tensor: torch.Tensor, group, world_size: int, sizes: list[int] | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """All-gather along dim 0 with uneven row counts (padded for the collective, trimmed after); returns the sizes.
+
+    `sizes` (every process's row count, from `gather_row_counts`) saves the collective that reads them.
+    """
+    if sizes is None:
+        sizes = _gather_sizes(tensor, group, world_size)
     max_rows = max(sizes)
     buffers = [tensor.new_empty((max_rows, *tensor.shape[1:])) for _ in range(world_size)]
     dist.all_gather(buffers, _pad_rows(tensor, max_rows), group=group)
@@ -76,9 +82,9 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+    def forward(ctx, tensor: torch.Tensor, group, sizes: list[int] | None) -> torch.Tensor:
         world_size, rank = _distributed_world(group)
-        gathered, sizes = _all_gather_rows(tensor, group, world_size)
+        gathered, sizes = _all_gather_rows(tensor, group, world_size, sizes)
         ctx.group = group
         ctx.sizes = sizes
         ctx.rank = rank
@@ -89,36 +95,42 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
-def all_gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_with_grad(tensor: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate `tensor` (rows along dim 0) from every process, keeping the gradient path to each owner.
 
     Returns `tensor` itself when torch.distributed is not initialised or the group has one process, so
-    single-process code pays nothing. Batch sizes may differ between processes.
+    single-process code pays nothing. Batch sizes may differ between processes; pass `sizes`
+    (`gather_row_counts`) when they are known, to skip reading them again.
     """
     world_size, _ = _distributed_world(group)
     if world_size == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor, group)
+    return _AllGatherWithGrad.apply(tensor, group, sizes)
 
 
 @torch.no_grad()
-def all_gather_no_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_no_grad(tensor: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate `tensor` (rows along dim 0) from every process, without gradient (ids, tags, masks)."""
     world_size, _ = _distributed_world(group)
     if world_size == 1:
         return tensor
-    return _all_gather_rows(tensor, group, world_size)[0]
+    return _all_gather_rows(tensor, group, world_size, sizes)[0]
+
+
+def gather_row_counts(tensor: torch.Tensor, group=None) -> list[int]:
+    """Every process's number of rows of `tensor` (one collective and one host read; `[len]` in one process)."""
+    world_size, _ = _distributed_world(group)
+    if world_size == 1:
+        return [tensor.shape[0]]
+    return _gather_sizes(tensor, group, world_size)
 
 
 def local_row_offset(tensor: torch.Tensor, group=None) -> int:
     """Index of this process's first row inside the output of `all_gather_with_grad(tensor)`."""
-    world_size, rank = _distributed_world(group)
-    if world_size == 1:
-        return 0
-    return sum(_gather_sizes(tensor, group, world_size)[:rank])
+    return sum(gather_row_counts(tensor, group)[: _distributed_world(group)[1]])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -367,13 +379,15 @@ def itc_loss(
     all_video_embeds, all_text_embeds, all_match_ids = video_embeds, text_embeds, match_ids
     all_verb_tags, all_noun_tags, all_video_ids = verb_tags, noun_tags, video_ids
     if gather_across_processes:
-        offset = local_row_offset(video_embeds, group)
-        all_video_embeds = all_gather_with_grad(video_embeds, group)
-        all_text_embeds = all_gather_with_grad(text_embeds, group)
-        all_match_ids = all_gather_no_grad(match_ids, group)
-        all_verb_tags = None if verb_tags is None else all_gather_no_grad(verb_tags, group)
-        all_noun_tags = None if noun_tags is None else all_gather_no_grad(noun_tags, group)
-        all_video_ids = None if video_ids is None else all_gather_no_grad(video_ids, group)
+        # the row counts are read once (the only host synchronisation of the loss) and shared by every gather
+        sizes = gather_row_counts(video_embeds, group)
+        offset = sum(sizes[: _distributed_world(group)[1]])
+        all_video_embeds = all_gather_with_grad(video_embeds, group, sizes)
+        all_text_embeds = all_gather_with_grad(text_embeds, group, sizes)
+        all_match_ids = all_gather_no_grad(match_ids, group, sizes)
+        all_verb_tags = None if verb_tags is None else all_gather_no_grad(verb_tags, group, sizes)
+        all_noun_tags = None if noun_tags is None else all_gather_no_grad(noun_tags, group, sizes)
+        all_video_ids = None if video_ids is None else all_gather_no_grad(video_ids, group, sizes)
 
     logits_per_video = similarity_logits(video_embeds, all_text_embeds, temperature)
     logits_per_text = similarity_logits(text_embeds, all_video_embeds, temperature)
@@ -589,6 +603,7 @@ __all__ = [
     "answer_token_labels",
     "egonce_loss",
     "egonce_positive_mask",
+    "gather_row_counts",
     "image_text_matching_loss",
     "itc_loss",
     "local_row_offset",

@@ -281,4 +281,4 @@ def test_gather_helpers_are_identity_without_distributed():
     x = torch.randn(3, 4, requires_grad=True)
     assert losses.all_gather_with_grad(x) is x
     assert losses.all_gather_no_grad(x) is x
-    assert losses.local_row_offset(x) == 0
+    assert losses.local_row_offset(x) == 0 and losses.gather_row_counts(x) == [3]
