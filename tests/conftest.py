@@ -13,8 +13,10 @@ from pathlib import Path
 # read by huggingface_hub / transformers / torch at import time, so set before anything imports them
 SCRATCH = Path(tempfile.mkdtemp(prefix="svitt-tests-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_HOME", str(SCRATCH / "hf_home"))
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(SCRATCH / "torchinductor"))
+# not the user's caches, even when their environment names them: nothing from a test run may stay there
+os.environ["HF_HOME"] = str(SCRATCH / "hf_home")
+os.environ.pop("HF_MODULES_CACHE", None)  # follows HF_HOME (also in subprocesses that set their own)
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(SCRATCH / "torchinductor")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
