@@ -124,7 +124,6 @@ def run(output_dir: Path) -> None:
     print(f"\nsaved to {saved}, reloaded with AutoModel / AutoProcessor: similarities agree (max difference {difference:.1e})")
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -138,6 +137,8 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="svitt-demo-") as scratch:
             run(Path(scratch))
+        print("(that folder was temporary and is removed now; pass --output-dir to keep the files)")
+
 
 if __name__ == "__main__":
     main()
