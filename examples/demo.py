@@ -89,13 +89,7 @@ def build_model_and_processor():
     return model, processor
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", help="where to write the clip and the saved model (default: a temp dir)")
-    args = parser.parse_args()
-    output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="svitt-demo-"))
-    output_dir.mkdir(parents=True, exist_ok=True)
-
+def run(output_dir: Path) -> None:
     clip = output_dir / "shapes.mp4"
     generate_clip(clip)
     model, processor = build_model_and_processor()
@@ -128,6 +122,22 @@ def main() -> None:
     if difference > 1e-5:
         raise RuntimeError(f"the reloaded model changed the similarities by {difference}")
     print(f"\nsaved to {saved}, reloaded with AutoModel / AutoProcessor: similarities agree (max difference {difference:.1e})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--output-dir", help="where to write the clip and the saved model (default: a temporary folder, removed at the end)"
+    )
+    args = parser.parse_args()
+    if args.output_dir:
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        run(output_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="svitt-demo-") as scratch:
+            run(Path(scratch))
+        print("(that folder was temporary and is removed now; pass --output-dir to keep the files)")
 
 
 if __name__ == "__main__":

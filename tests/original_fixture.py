@@ -1,4 +1,4 @@
-"""Reading the authors' reference fixture (`../shared/fixtures/original_svitt_tiny`), shared by the parity tests."""
+"""Reading the authors' reference fixture (`tests/fixtures/original_svitt_tiny`), shared by the parity tests."""
 
 from modeling_svitt.sparse_attention import load_random_block_patterns
 

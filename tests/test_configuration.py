@@ -72,3 +72,12 @@ def test_composite_checks_widths_and_temperature():
 
 def test_drop_layers_are_not_checked_when_pruning_is_off():
     assert tiny_vision_config(token_keep_rate=1.0, token_drop_layers=[7]).prunes_tokens is False
+
+
+def test_encoder_width_follows_the_video_tower_unless_given():
+    vision = {"hidden_size": 48, "num_attention_heads": 4, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
+    text = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "num_hidden_layers": 3, "fusion_layer": 2}
+    for vision_config, text_config in ((vision, text), (SViTTVisionConfig(**vision), SViTTTextConfig(**text))):
+        assert SViTTConfig(vision_config=vision_config, text_config=text_config).text_config.encoder_width == 48
+    with pytest.raises(ValueError, match="encoder_width"):  # a width that is given and wrong is still an error
+        SViTTConfig(vision_config=vision, text_config={**text, "encoder_width": 32})

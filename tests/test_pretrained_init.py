@@ -91,5 +91,5 @@ def test_text_tower_from_the_real_minilm_checkpoint_offline():
     with torch.no_grad():
         expected = bert(ids, attention_mask=mask, output_hidden_states=True).hidden_states[4]
         torch.testing.assert_close(model.text_model(ids, mask).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
-        features = model.get_text_features(ids, mask)
+        features = model.get_text_features(ids, mask).pooler_output
     assert features.shape == (1, 16) and torch.isfinite(features).all()

@@ -137,6 +137,28 @@ def test_unknown_arguments_are_rejected(noise_video):
         SViTTVideoProcessor(interpolation="lanczos")
 
 
+def test_video_processor_takes_videos_by_keyword_and_images_as_one_frame_videos(noise_video):
+    processor = SViTTVideoProcessor(size=16)
+    positional = processor(noise_video).pixel_values
+    torch.testing.assert_close(processor(videos=noise_video).pixel_values, positional)
+    frame = noise_video[0].permute(1, 2, 0).numpy()  # (H, W, C)
+    assert processor(images=frame).pixel_values.shape == (1, 1, 3, 16, 16)
+    with pytest.raises(ValueError, match="exactly one of `videos`, `images`"):
+        processor(videos=noise_video, images=frame)
+
+
+def test_processor_rejects_a_keyword_that_neither_part_accepts(tokenizer, noise_video):
+    processor = _processor(tokenizer)
+    # without text, a misspelled video option used to vanish into the unused tokenizer arguments
+    for call in (
+        lambda: processor(videos=noise_video, do_random_crop=True),
+        lambda: processor(text="a", videos=noise_video, do_random_crop=True),
+        lambda: processor(text="a", text_kwargs={"do_random_crop": True}),
+    ):
+        with pytest.raises(TypeError, match=r"unexpected arguments \['do_random_crop'\].*do_random_resized_crop"):
+            call()
+
+
 def test_video_processor_save_load(tmp_path):
     processor = SViTTVideoProcessor(size={"height": 20, "width": 30}, crop_scale=(0.3, 0.9), num_frames=8)
     processor.save_pretrained(tmp_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -182,11 +181,8 @@ def test_generated_on_first_use_and_cached(tmp_path, monkeypatch):
     assert (unrelated / "keep.txt").read_text() == "mine"
 
 
-def test_default_set_generates_in_well_under_a_minute(tmp_path):
-    started = time.perf_counter()
+def test_default_set_has_the_configured_counts(tmp_path):
     dataset = generate_synthetic_dataset(tmp_path / "default")
-    elapsed = time.perf_counter() - started
-    assert elapsed < 60, f"generating the default set took {elapsed:.1f} s"
     manifest = json.loads(dataset.manifest.read_text())
     assert manifest["counts"]["num_pretrain_clips"] == SyntheticConfig().num_pretrain_clips
     default = SyntheticConfig()
