@@ -111,7 +111,6 @@ class CardContent:
         evaluation_note: shown under the evaluation table, or instead of it when there are no entries.
         pictures: `(path in the repo, caption)` of pictures the repo holds.
         show_reported: add the numbers the authors published (as reported, not reproduced).
-        datasets: Hub dataset ids or names for the metadata.
         base_model: Hub ids of the checkpoints the weights were initialised from.
     """
 
@@ -123,7 +122,6 @@ class CardContent:
     evaluation_note: str = ""
     pictures: list[tuple[str, str]] = field(default_factory=list)
     show_reported: bool = False
-    datasets: list[str] = field(default_factory=list)
     base_model: list[str] = field(default_factory=list)
 
 
@@ -274,7 +272,6 @@ def render_model_card(config: SViTTConfig, content: CardContent) -> ModelCard:
         pipeline_tag="feature-extraction",
         language=["en"],
         tags=tags,
-        datasets=content.datasets or None,
         base_model=content.base_model or None,
         eval_results=[EvalResult(**entry) for entry in content.eval_results] or None,
     )

@@ -223,7 +223,6 @@ def build_run_card(
         evaluation_note=_evaluation_note(results, bool(entries)),
         pictures=[(path, _picture_caption(path)) for path in pictures],
         show_reported=recipe in ("svitt", "svitt-ego"),
-        datasets=sorted({entry["dataset_type"] for entry in entries}),
     )
     return render_model_card(config, content)
 
