@@ -79,8 +79,9 @@ FAMILY_SUMMARY = {
     "svitt-ego": (
         "SViTT-Ego (Valdez, Min and Tripathi, CVPR 2024 EgoVis workshop) is SViTT for egocentric video: the same "
         "sparse video-text transformer (BEiT video tower with edge and node sparsity, BERT text tower with "
-        "cross-attention fusion layers), pretrained on EgoClip narrations with the EgoNCE contrastive loss (action-"
-        "aware positives, scene-aware negatives) in place of InfoNCE, on 4-frame clips keeping 70% of the tokens."
+        "cross-attention fusion layers), which the paper pretrains on EgoClip narrations with the EgoNCE contrastive "
+        "loss (action-aware positives, scene-aware negatives) in place of InfoNCE, on 4-frame clips keeping 70% of "
+        "the tokens."
     ),
 }
 _AUTO_CLASSES = (
@@ -131,7 +132,9 @@ def num_parameters(config: SViTTConfig) -> int:
 
     name = (config.architectures or ["SViTTModel"])[0]
     modules = (modeling_heads, modeling_svitt, modeling_video_qa)
-    model_class = next(getattr(module, name) for module in modules if hasattr(module, name))
+    model_class = next(
+        (getattr(module, name) for module in modules if hasattr(module, name)), modeling_svitt.SViTTModel
+    )
     with no_init_weights():
         return model_class(config).num_parameters()
 

@@ -194,12 +194,18 @@ PUSH_SCRIPT = """
     push_run_to_hub(run_dir, "someone/svitt-tiny", revision="dev")
     torch.manual_seed(0)
     SViTTForPreTraining(tiny_config()).save_pretrained(Path(sys.argv[4]), push_to_hub=True, repo_id="someone/direct")
+    from transformers import AutoModel
+    try:
+        AutoModel.from_pretrained("someone/never-pushed")
+    except OSError as error:
+        print("missing repo:", repr(str(error)))
     print("done")
 """
 LOAD_SCRIPT = """
     import time, torch
-    from transformers import (AutoModel, AutoModelForMultipleChoice, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering,
-                              AutoModelForZeroShotImageClassification, AutoProcessor)
+    from transformers import (AutoModel, AutoModelForMultipleChoice, AutoModelForPreTraining,
+                              AutoModelForVisualQuestionAnswering, AutoModelForZeroShotImageClassification,
+                              AutoProcessor)
     for auto in (AutoModel, AutoModelForPreTraining, AutoModelForZeroShotImageClassification,
                  AutoModelForVisualQuestionAnswering, AutoModelForMultipleChoice):
         print(auto.__name__, type(auto.from_pretrained("someone/svitt-tiny", trust_remote_code=True)).__name__)
@@ -219,8 +225,8 @@ HUB_DOWN_SCRIPT = """
     model = AutoModelForMultipleChoice.from_pretrained("someone/svitt-tiny")
     print("cached", type(model).__name__, round(time.monotonic() - start, 2))
     for name in ("svitt-ego", "someone/never-pushed"):
-        for load in (AutoModel.from_pretrained, AutoModelForMultipleChoice.from_pretrained, AutoProcessor.from_pretrained,
-                     modeling_svitt.SViTTProcessor.from_pretrained):
+        for load in (AutoModel.from_pretrained, AutoModelForMultipleChoice.from_pretrained,
+                     AutoProcessor.from_pretrained, modeling_svitt.SViTTProcessor.from_pretrained):
             start = time.monotonic()
             try:
                 load(name)
@@ -288,6 +294,12 @@ def test_pull_request_and_branch_pushes(hub_session):
         assert without_stages <= repo.branches[branch].keys()
         assert repo.branches[branch]["model.safetensors"] == expected["model.safetensors"]
     assert repo.branches["main"] == hub_session["main_after_first_push"]  # the PR and the branch left main alone
+
+
+def test_a_repo_the_hub_does_not_have_says_how_to_get_a_checkpoint(hub_session):
+    line = next(line for line in _check(hub_session["logs"]["push"]).splitlines() if line.startswith("missing repo:"))
+    assert "'someone/never-pushed' is not a local folder, and it is not a model repository on" in line
+    assert "--recipe svitt-ego --output-dir svitt-ego" in line
 
 
 def test_save_pretrained_push_uploads_the_model_source(hub_session):

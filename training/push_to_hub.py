@@ -83,15 +83,13 @@ def check_checkpoint(folder: Path) -> SViTTConfig:
 
 
 def _copy_model_folder(source: Path, target: Path) -> None:
-    """Weights, config (with the full `auto_map`), processor files and the package's model source."""
+    """Weights, config, processor files and the package's model source (what `trust_remote_code` loads)."""
     target.mkdir(parents=True, exist_ok=True)
-    for pattern in WEIGHT_PATTERNS + PROCESSOR_FILES:
+    for pattern in ("config.json",) + WEIGHT_PATTERNS + PROCESSOR_FILES:
         for path in source.glob(pattern):
             shutil.copyfile(path, target / path.name)
     config = _read_json(source / "config.json")
-    if config.get("auto_map") == model_auto_map():
-        shutil.copyfile(source / "config.json", target / "config.json")
-    else:  # saved by code that wrote a partial map: the repo must answer every Auto class
+    if "auto_map" not in config:  # a config not written by SViTT's save_pretrained: the repo must name its classes
         config["auto_map"] = model_auto_map()
         (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     copy_model_sources(target)
@@ -109,7 +107,6 @@ def _stage_folders(run_dir: Path, summary: dict | None) -> list[Path]:
             raise CheckpointError(
                 f"--stages: summary.json names the stage folder {folder.name}, but {folder} is missing."
             )
-    for folder in folders:
         check_checkpoint(folder)
     return folders
 
@@ -131,7 +128,9 @@ def _model_index(records: list[tuple[Path, dict]]) -> list[dict]:
     return entries
 
 
-def _format_metric(name: str, value: float) -> str:
+def _format_metric(name: str, value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
     if re.search(r"(^|_)(medr|mnr|rank)", name.lower()) or value > 1:
         return f"{value:.1f}"
     return f"{100 * value:.1f}%"
