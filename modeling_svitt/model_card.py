@@ -87,7 +87,6 @@ FAMILY_SUMMARY = {
 _AUTO_CLASSES = (
     ("AutoModel", "SViTTModel", "dual encoder: video / text embeddings and their similarities"),
     ("AutoModelForPreTraining", "SViTTForPreTraining", "ITC + ITM + MLM (or EgoNCE) pretraining"),
-    ("AutoModelForZeroShotImageClassification", "SViTTForVideoTextRetrieval", "retrieval with ITM re-ranking"),
     ("AutoModelForVisualQuestionAnswering", "SViTTForVideoQuestionAnswering", "answer ranking for video QA"),
     ("AutoModelForMultipleChoice", "SViTTForMultipleChoice", "one text, N clips (EgoMCQ)"),
 )
@@ -258,7 +257,12 @@ The checkpoint loads into every task head:
 
 | Auto class | class | use |
 | --- | --- | --- |
-{heads}"""
+{heads}
+
+Retrieval (ITC for every pair, ITM re-ranking of the top candidates, several clips per video) has no Auto class:
+load `modeling_svitt.SViTTForVideoTextRetrieval.from_pretrained("{load_name}")`, or, without the package,
+`transformers.dynamic_module_utils.get_class_from_dynamic_module("modeling_heads.SViTTForVideoTextRetrieval",
+"{load_name}")`."""
 
 
 def render_model_card(config: SViTTConfig, content: CardContent) -> ModelCard:

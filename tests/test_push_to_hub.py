@@ -19,7 +19,6 @@ from transformers import (
     AutoModelForMultipleChoice,
     AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
-    AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
@@ -33,7 +32,6 @@ FAKE_TOKEN = "hf_SViTTfakeTOKEN_never_leak_7d3c9e"
 TASK_CLASSES = {
     AutoModel: "SViTTModel",
     AutoModelForPreTraining: "SViTTForPreTraining",
-    AutoModelForZeroShotImageClassification: "SViTTForVideoTextRetrieval",
     AutoModelForVisualQuestionAnswering: "SViTTForVideoQuestionAnswering",
     AutoModelForMultipleChoice: "SViTTForMultipleChoice",
 }
@@ -204,11 +202,12 @@ PUSH_SCRIPT = """
 LOAD_SCRIPT = """
     import time, torch
     from transformers import (AutoModel, AutoModelForMultipleChoice, AutoModelForPreTraining,
-                              AutoModelForVisualQuestionAnswering, AutoModelForZeroShotImageClassification,
-                              AutoProcessor)
-    for auto in (AutoModel, AutoModelForPreTraining, AutoModelForZeroShotImageClassification,
-                 AutoModelForVisualQuestionAnswering, AutoModelForMultipleChoice):
+                              AutoModelForVisualQuestionAnswering, AutoProcessor)
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    for auto in (AutoModel, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering, AutoModelForMultipleChoice):
         print(auto.__name__, type(auto.from_pretrained("someone/svitt-tiny", trust_remote_code=True)).__name__)
+    retrieval = get_class_from_dynamic_module("modeling_heads.SViTTForVideoTextRetrieval", "someone/svitt-tiny")
+    print("retrieval", type(retrieval.from_pretrained("someone/svitt-tiny")).__name__)
     processor = AutoProcessor.from_pretrained("someone/svitt-tiny", trust_remote_code=True)
     model = AutoModel.from_pretrained("someone/svitt-tiny", trust_remote_code=True).eval()
     inputs = processor(text=["a red square moves left"], videos=[torch.zeros(4, 3, 40, 40, dtype=torch.uint8)])
@@ -331,7 +330,7 @@ def test_the_repo_loads_by_id_without_the_package(hub_session):
     lines = _check(hub_session["logs"]["load"]).splitlines()
     for auto_class, class_name in TASK_CLASSES.items():
         assert f"{auto_class.__name__} {class_name}" in lines
-    assert "logits (1, 1)" in lines and "stage frames 2" in lines
+    assert "retrieval SViTTForVideoTextRetrieval" in lines and "logits (1, 1)" in lines and "stage frames 2" in lines
 
 
 def test_when_the_hub_is_down_cached_repos_load_and_unknown_names_fail_fast(hub_session):

@@ -71,9 +71,10 @@ class SViTTVisionConfig(PreTrainedConfig):
         mask_padded_keys (`bool`, defaults to `False`): the release leaves the zero-padded slots of the last
             partial block in the softmax (each adds `exp(bias[token->cls])` to the denominator). `True` masks
             them (the fix); converted checkpoints then shift slightly.
-        deterministic_eval (`bool`, defaults to `True`): in eval mode, random blocks come from a generator
-            seeded with `random_block_seed` and the layer index, so the same input gives the same output.
-            `False` draws fresh patterns at evaluation too, as the release does.
+        deterministic_eval (`bool`, defaults to `True`): in eval mode, the random blocks of every layer come from
+            one generator seeded with `random_block_seed` at the start of each forward, so the same input gives the
+            same output (the heads' ITM negatives and MLM masks follow the same rule). `False` draws fresh patterns at
+            evaluation too, as the release does.
         random_block_seed (`int`, defaults to 0): seed of the evaluation patterns.
         token_keep_rate (`float`, defaults to 0.7): node sparsity; fraction of patch tokens kept
             (`ceil(rate * n)`) at each drop layer. 1 disables pruning.
@@ -245,7 +246,8 @@ class SViTTConfig(PreTrainedConfig):
 
     Args:
         vision_config (`dict` or [`SViTTVisionConfig`]): the video tower.
-        text_config (`dict` or [`SViTTTextConfig`]): the text and fusion tower.
+        text_config (`dict` or [`SViTTTextConfig`]): the text and fusion tower. Its `encoder_width` (the width of
+            the video tokens the fusion layers read) is set to `vision_config.hidden_size` unless given.
         embed_dim (`int`, defaults to 256): shared video-text embedding size (ITC).
         temperature (`float`, defaults to 0.07): initial contrastive temperature (learnable).
         temperature_min, temperature_max: the temperature is clamped to this range in every training forward.
@@ -303,10 +305,17 @@ class SViTTConfig(PreTrainedConfig):
             self.vision_config = SViTTVisionConfig()
         elif isinstance(self.vision_config, dict):
             self.vision_config = SViTTVisionConfig(**self.vision_config)
+        encoder_width_given = True
         if self.text_config is None:
-            self.text_config = SViTTTextConfig()
+            self.text_config, encoder_width_given = SViTTTextConfig(), False
         elif isinstance(self.text_config, dict):
+            encoder_width_given = "encoder_width" in self.text_config
             self.text_config = SViTTTextConfig(**self.text_config)
+        else:  # a config object cannot tell a default from a choice: its default value counts as not given
+            encoder_width_given = self.text_config.encoder_width != SViTTTextConfig.encoder_width
+        if not encoder_width_given:
+            # the fusion layers attend to the video tokens: their width is the video tower's
+            self.text_config.encoder_width = self.vision_config.hidden_size
         if self.answer_decoder_config is None and self.text_config.num_fusion_layers > 0:
             self.answer_decoder_config = answer_decoder_config_from_text(self.text_config)
         elif isinstance(self.answer_decoder_config, dict):

@@ -16,11 +16,12 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import SViTTConfig, SViTTVisionConfig
-from .losses import video_text_contrastive_loss
-from .modeling_common import NestedModelOutput, SViTTPreTrainedModel, eager_attention_forward
+from .losses import ContrastiveLossOutput, itc_loss, similarity_logits
+from .modeling_common import NestedModelOutput, SViTTDropPath, SViTTPreTrainedModel, eager_attention_forward
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
 from .relative_position import (
     SViTTRelativePositionBias3D,
@@ -119,29 +120,6 @@ class SViTTOutput(NestedModelOutput):
     text_embeds: torch.FloatTensor | None = None
     vision_model_output: SViTTVisionModelOutput | None = None
     text_model_output: SViTTTextModelOutput | None = None
-
-
-def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    if drop_prob == 0.0 or not training:
-        return hidden_states
-    keep_prob = 1 - drop_prob
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
-    keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
-    return hidden_states * keep / keep_prob
-
-
-class SViTTDropPath(nn.Module):
-    """Stochastic depth per sample."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return drop_path(hidden_states, self.drop_prob, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.drop_prob}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +326,8 @@ class SViTTVisionEncoder(nn.Module):
     def __init__(self, config: SViTTVisionConfig) -> None:
         super().__init__()
         self.config = config
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # on the CPU explicitly: a model built under `torch.device("meta")` still needs these numbers
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layer = nn.ModuleList([SViTTVisionLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
@@ -458,7 +437,12 @@ def _random_blocks_by_layer(random_blocks: RandomBlocks | None) -> dict[int, tor
 
 
 class SViTTVisionModel(SViTTPreTrainedModel):
-    """The SViTT video tower: `pixel_values (B, T, 3, H, W)` -> kept tokens and a pooled clip vector."""
+    """The SViTT video tower: `pixel_values (B, T, 3, H, W)` -> kept tokens and a pooled clip vector.
+
+    Differences from a plain ViT, by design: `attentions` hold only the rows of the global queries (block-sparse
+    attention never forms the full matrix), and `hidden_states` get shorter after every drop layer (pruned tokens
+    are gone; `kept_token_indices` says which survived).
+    """
 
     config: SViTTVisionConfig
     main_input_name = "pixel_values"
@@ -538,14 +522,27 @@ class SViTTVisionModel(SViTTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        output.pooler_output = self.pooler(output.last_hidden_state)
-        return output
+        # a new output, so that `to_tuple()` (return_dict=False) lists the fields in their declared order
+        return SViTTVisionModelOutput(
+            last_hidden_state=output.last_hidden_state,
+            pooler_output=self.pooler(output.last_hidden_state),
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            kept_token_indices=output.kept_token_indices,
+            random_blocks=output.random_blocks,
+        )
 
 
 class SViTTModel(SViTTPreTrainedModel):
-    """Dual encoder with fusion layers: video tower, text tower, projections to a shared space, temperature."""
+    """Dual encoder with fusion layers: video tower, text tower, projections to a shared space, temperature.
+
+    The towers may sit on different devices (`device_map`): embeddings, scores and the video tokens the fusion
+    layers read are combined on the text tower's device.
+    """
 
     config: SViTTConfig
+    # Every similarity is divided by the temperature (about 0.07 or smaller): it stays float32 under a bf16 / fp16 load.
+    _keep_in_fp32_modules_strict = ["temperature"]
 
     def __init__(self, config: SViTTConfig) -> None:
         super().__init__(config)
@@ -563,6 +560,10 @@ class SViTTModel(SViTTPreTrainedModel):
         super()._init_weights(module)
         if module is self:
             init.constant_(module.temperature, self.config.temperature)
+        elif module is self.vision_projection:  # the generic init would use the text tower's range for both
+            init.normal_(module.weight, mean=0.0, std=self.config.vision_config.initializer_range)
+        elif module is self.text_projection:
+            init.normal_(module.weight, mean=0.0, std=self.config.text_config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_model.get_input_embeddings()
@@ -616,6 +617,7 @@ class SViTTModel(SViTTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            mode="text",
         )
         hidden_states = text_output.last_hidden_state
         return SViTTTextEncoding(
@@ -625,6 +627,54 @@ class SViTTModel(SViTTPreTrainedModel):
             text_output=text_output,
         )
 
+    def encode_pairs(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> tuple[SViTTVideoEncoding, SViTTTextEncoding]:
+        """Both towers on a batch, as every contrastive forward starts (in training, after clamping the temperature,
+        as the release does at every step)."""
+        if self.training:
+            self.clamp_temperature_()
+        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        return video, text
+
+    def similarity_logits(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor) -> torch.Tensor:
+        """`(num_texts, num_videos)` cosine similarities of normalised embeddings divided by the temperature (float32,
+        on the text side). Batched `(..., n, E)` inputs give `(..., n_texts, n_videos)`."""
+        return similarity_logits(text_embeds, video_embeds, self.temperature)
+
+    def contrastive(
+        self,
+        video_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        match_ids: torch.Tensor | None = None,
+        verb_tags: torch.Tensor | None = None,
+        noun_tags: torch.Tensor | None = None,
+        video_ids: torch.Tensor | None = None,
+    ) -> ContrastiveLossOutput:
+        """The configured contrastive objective (`contrastive_loss`: multi-positive ITC or EgoNCE, negatives gathered
+        across processes when `gather_negatives_across_processes`): one path for this model and every head."""
+        config = self.config
+        return itc_loss(
+            video_embeds,
+            text_embeds,
+            self.temperature,
+            match_ids,
+            loss_type=config.contrastive_loss,
+            verb_tags=verb_tags,
+            noun_tags=noun_tags,
+            video_ids=video_ids,
+            egonce_rule=config.egonce_positive_rule,
+            gather_across_processes=config.gather_negatives_across_processes,
+        )
+
     def fuse(
         self,
         text_hidden_states: torch.Tensor,
@@ -632,6 +682,7 @@ class SViTTModel(SViTTPreTrainedModel):
         video_tokens: torch.Tensor,
         video_token_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        generator: torch.Generator | None = None,
     ) -> SViTTTextModelOutput:
         """Fusion layers: text-layer states cross-attending to (layer-normed) video tokens."""
         return self.text_model(
@@ -642,15 +693,38 @@ class SViTTModel(SViTTPreTrainedModel):
             num_global_video_tokens=self.config.vision_config.num_global_tokens,
             output_attentions=output_attentions,
             return_dict=True,
+            mode="fusion",
+            generator=generator,
         )
 
-    def get_video_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """L2-normalised video embeddings `(batch_size, embed_dim)` (cosine similarity = dot product)."""
-        return self.encode_video(pixel_values, **kwargs).embeds
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values: torch.Tensor,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """The video tower's output with `pooler_output` = the L2-normalised projected video embedding
+        `(batch_size, embed_dim)` (cosine similarity = dot product)."""
+        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        return _features_output(video.vision_output, video.embeds)
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """L2-normalised text embeddings `(batch_size, embed_dim)`."""
-        return self.encode_text(input_ids, attention_mask).embeds
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """The text layers' output with `pooler_output` = the L2-normalised projected text embedding
+        `(batch_size, embed_dim)`."""
+        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        return _features_output(text.text_output, text.embeds)
 
     @can_return_tuple
     def forward(
@@ -665,28 +739,52 @@ class SViTTModel(SViTTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        video_ids: torch.Tensor | None = None,
+        verb_tags: torch.Tensor | None = None,
+        noun_tags: torch.Tensor | None = None,
     ) -> SViTTOutput:
         r"""
+        return_loss (`bool`, defaults to `False`):
+            Also return the configured contrastive loss (`config.contrastive_loss`, with negatives from every process
+            when `config.gather_negatives_across_processes`), the same objective as the heads' ITC.
         match_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Equal ids mark positive pairs (several captions of one video); by default pair i matches only pair i.
+        video_ids, verb_tags, noun_tags (*optional*):
+            EgoNCE inputs (`config.contrastive_loss="egonce"`): the source video of every clip and multi-hot verb /
+            noun tags.
+
+        Without a loss, `logits_per_video` is `(num_videos, num_texts)`: any number of each. With the loss and
+        gathered negatives, its columns cover the texts of every process (as in the heads).
         """
-        if self.training:
-            self.clamp_temperature_()
-        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
-        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
-        logits_per_video = video.embeds @ text.embeds.t() / self.temperature
+        video, text = self.encode_pairs(
+            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+        )
         loss = None
         if return_loss:
-            loss = video_text_contrastive_loss(logits_per_video, match_ids)
+            contrastive = self.contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
+            loss = contrastive.loss
+            logits_per_video, logits_per_text = contrastive.logits_per_video, contrastive.logits_per_text
+        else:
+            logits_per_text = self.similarity_logits(text.embeds, video.embeds)
+            logits_per_video = logits_per_text.t()
         return SViTTOutput(
             loss=loss,
             logits_per_video=logits_per_video,
-            logits_per_text=logits_per_video.t(),
+            logits_per_text=logits_per_text,
             video_embeds=video.embeds,
             text_embeds=text.embeds,
             vision_model_output=video.vision_output,
             text_model_output=text.text_output,
         )
+
+
+def _features_output(tower_output: ModelOutput, embeds: torch.Tensor) -> BaseModelOutputWithPooling:
+    return BaseModelOutputWithPooling(
+        last_hidden_state=tower_output.last_hidden_state,
+        pooler_output=embeds,
+        hidden_states=tower_output.hidden_states,
+        attentions=tower_output.attentions,
+    )
 
 
 __all__ = [

@@ -16,6 +16,7 @@ before scaling. The defaults (`antialias=False`, rounding for `uint8` input) kee
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -348,6 +349,13 @@ class SViTTVideoProcessor(BaseImageProcessor):
         self._check(options)
         return options
 
+    def __call__(self, videos=None, images=None, **kwargs) -> BatchFeature:
+        """[`~SViTTVideoProcessor.preprocess`] of `videos` (also accepted positionally), or of `images` (still images,
+        as one-frame videos, for callers of the image-processor API)."""
+        if (videos is None) == (images is None):
+            raise ValueError(f"{type(self).__name__} needs exactly one of `videos`, `images`.")
+        return self.preprocess(videos if videos is not None else images, **kwargs)
+
     def process_video(self, video, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         """
         Preprocess a single video (no batch axis), e.g. inside a dataset's `__getitem__`.
@@ -408,8 +416,9 @@ class SViTTProcessor(ProcessorMixin):
 
     Text gets the release's settings by default: cleaned with `pre_text`, `[CLS] tokens` without `[SEP]`, truncated
     and padded to `max_text_length`. Keyword arguments that belong to the video processor (e.g.
-    `do_random_resized_crop`, `num_frames`) go to it; the others go to the tokenizer (e.g. `max_length`,
-    `padding`). `text_kwargs=` / `videos_kwargs=` dictionaries are accepted as in other transformers processors.
+    `do_random_resized_crop`, `num_frames`) go to it, those of the tokenizer (e.g. `max_length`, `padding`) to the
+    tokenizer, and any other raises a `TypeError` naming it. `text_kwargs=` / `videos_kwargs=` dictionaries are
+    accepted as in other transformers processors.
 
     Args:
         image_processor ([`SViTTVideoProcessor`]): the video processor (stored under the `image_processor` name
@@ -467,12 +476,27 @@ class SViTTProcessor(ProcessorMixin):
         tokenizer = SViTTTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
         return [image_processor, tokenizer]
 
+    def _tokenizer_arguments(self) -> set[str]:
+        parameters = inspect.signature(self.tokenizer.__call__).parameters.values()
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {parameter.name for parameter in parameters if parameter.kind in named} - {"text", "self"}
+
     def _split_kwargs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Route every keyword to the video processor or the tokenizer; one that neither accepts is an error (a
+        misspelled video option must not silently do nothing)."""
         text_kwargs = dict(kwargs.pop("text_kwargs", None) or {})
         video_kwargs = dict(kwargs.pop("videos_kwargs", None) or {})
         video_kwargs.update(kwargs.pop("images_kwargs", None) or {})
+        video_arguments = set(self.image_processor._call_kwargs) | {"generator"}
+        text_arguments = self._tokenizer_arguments()
+        unknown = sorted((set(kwargs) | set(text_kwargs)) - video_arguments - text_arguments)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected arguments {unknown}. Video arguments: "
+                f"{sorted(video_arguments)}; text arguments: {sorted(text_arguments)}."
+            )
         for key, value in kwargs.items():
-            if key in self.image_processor._call_kwargs or key == "generator":
+            if key in video_arguments:
                 video_kwargs[key] = value
             else:
                 text_kwargs[key] = value

@@ -73,7 +73,8 @@ def text_guided_video_scores(
 ) -> torch.Tensor:
     """Scores of the non-global video tokens from the text->video cross-attention `(B, H, Lt, c+n)`.
 
-    `cls_attn`: the text [CLS] row; `avg_attn`: the mean over real (unpadded) text queries; `random`.
+    `cls_attn`: the text [CLS] row; `avg_attn`: the mean over real (unpadded) text queries; `random`: uniform
+    scores drawn on the attention's device from `generator` (a generator on that device; the global RNG if None).
     """
     probs = cross_attention.mean(dim=1)[..., num_global_tokens:]  # (B, Lt, n)
     if strategy == "cls_attn":
@@ -81,10 +82,10 @@ def text_guided_video_scores(
     if strategy == "avg_attn":
         if text_attention_mask is None:
             return probs.mean(dim=1)
-        weights = text_attention_mask.to(probs.dtype)[..., None]
+        weights = text_attention_mask.to(device=probs.device, dtype=probs.dtype)[..., None]
         return (probs * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
     if strategy == "random":
-        return torch.rand(probs[:, 0].shape, generator=generator, device="cpu").to(probs.device)
+        return torch.rand(probs[:, 0].shape, generator=generator, device=probs.device)
     raise ValueError(f"Unknown fusion token keep strategy {strategy!r}.")
 
 

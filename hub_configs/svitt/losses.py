@@ -18,6 +18,7 @@ be replayed exactly.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -56,9 +57,15 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, padding], dim=0).contiguous()
 
 
-def _all_gather_rows(tensor: torch.Tensor, group, world_size: int) -> tuple[torch.Tensor, list[int]]:
-    """All-gather along dim 0 with uneven row counts (padded for the collective, trimmed after); returns the sizes."""
-    sizes = _gather_sizes(tensor, group, world_size)
+def _all_gather_rows(
+    tensor: torch.Tensor, group, world_size: int, sizes: list[int] | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """All-gather along dim 0 with uneven row counts (padded for the collective, trimmed after); returns the sizes.
+
+    `sizes` (every process's row count, from `gather_row_counts`) saves the collective that reads them.
+    """
+    if sizes is None:
+        sizes = _gather_sizes(tensor, group, world_size)
     max_rows = max(sizes)
     buffers = [tensor.new_empty((max_rows, *tensor.shape[1:])) for _ in range(world_size)]
     dist.all_gather(buffers, _pad_rows(tensor, max_rows), group=group)
@@ -75,9 +82,9 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+    def forward(ctx, tensor: torch.Tensor, group, sizes: list[int] | None) -> torch.Tensor:
         world_size, rank = _distributed_world(group)
-        gathered, sizes = _all_gather_rows(tensor, group, world_size)
+        gathered, sizes = _all_gather_rows(tensor, group, world_size, sizes)
         ctx.group = group
         ctx.sizes = sizes
         ctx.rank = rank
@@ -88,36 +95,42 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[start : start + ctx.sizes[ctx.rank]], None
+        return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
-def all_gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_with_grad(tensor: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate `tensor` (rows along dim 0) from every process, keeping the gradient path to each owner.
 
     Returns `tensor` itself when torch.distributed is not initialised or the group has one process, so
-    single-process code pays nothing. Batch sizes may differ between processes.
+    single-process code pays nothing. Batch sizes may differ between processes; pass `sizes`
+    (`gather_row_counts`) when they are known, to skip reading them again.
     """
     world_size, _ = _distributed_world(group)
     if world_size == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor, group)
+    return _AllGatherWithGrad.apply(tensor, group, sizes)
 
 
 @torch.no_grad()
-def all_gather_no_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def all_gather_no_grad(tensor: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate `tensor` (rows along dim 0) from every process, without gradient (ids, tags, masks)."""
     world_size, _ = _distributed_world(group)
     if world_size == 1:
         return tensor
-    return _all_gather_rows(tensor, group, world_size)[0]
+    return _all_gather_rows(tensor, group, world_size, sizes)[0]
+
+
+def gather_row_counts(tensor: torch.Tensor, group=None) -> list[int]:
+    """Every process's number of rows of `tensor` (one collective and one host read; `[len]` in one process)."""
+    world_size, _ = _distributed_world(group)
+    if world_size == 1:
+        return [tensor.shape[0]]
+    return _gather_sizes(tensor, group, world_size)
 
 
 def local_row_offset(tensor: torch.Tensor, group=None) -> int:
     """Index of this process's first row inside the output of `all_gather_with_grad(tensor)`."""
-    world_size, rank = _distributed_world(group)
-    if world_size == 1:
-        return 0
-    return sum(_gather_sizes(tensor, group, world_size)[:rank])
+    return sum(gather_row_counts(tensor, group)[: _distributed_world(group)[1]])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -131,6 +144,39 @@ def positive_mask_from_ids(row_ids: torch.Tensor, column_ids: torch.Tensor | Non
     return row_ids.reshape(-1, 1) == column_ids.reshape(1, -1)
 
 
+def similarity_logits(
+    queries: torch.Tensor, keys: torch.Tensor, temperature: torch.Tensor | float
+) -> torch.Tensor:
+    """`queries @ keys^T / temperature`: the scaled cosine similarities every contrastive score of SViTT uses.
+
+    Computed in float32 (also under autocast or with a bf16 model: the temperature is small, so low-precision
+    logits would be coarse) on `queries`' device, to which `keys` and the temperature are moved (towers placed on
+    different devices). `(..., n, E)` and `(..., m, E)` give `(..., n, m)`.
+    """
+    device = queries.device
+    if torch.is_tensor(temperature):
+        temperature = temperature.to(device=device, dtype=torch.float32)
+    keys = keys.to(device=device, dtype=torch.float32)
+    # autocast would run the product in half precision whatever the input dtype
+    no_autocast = (
+        torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
+    )
+    with no_autocast:
+        return queries.float() @ keys.transpose(-1, -2) / temperature
+
+
+def _check_every_row_has_a_positive(positive_mask: torch.Tensor, loss_name: str) -> None:
+    if bool((positive_mask.sum(dim=1) == 0).any()):
+        raise ValueError(f"Every row of {loss_name} needs at least one positive (its own pair).")
+
+
+def _soft_target_cross_entropy(logits: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
+    # unchecked: every caller guarantees a positive per row (no host synchronisation in the training step)
+    num_positives = positive_mask.sum(dim=1, keepdim=True)
+    targets = positive_mask.to(logits.dtype) / num_positives.to(logits.dtype)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
 def soft_target_cross_entropy(logits: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every row against the uniform distribution over that row's positives, averaged over rows.
 
@@ -139,11 +185,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, positive_mask: torch.Tensor)
     """
     if logits.shape != positive_mask.shape:
         raise ValueError(f"`logits` {tuple(logits.shape)} and `positive_mask` {tuple(positive_mask.shape)} differ.")
-    num_positives = positive_mask.sum(dim=1, keepdim=True)
-    if bool((num_positives == 0).any()):
-        raise ValueError("Every row of a contrastive loss needs at least one positive (its own pair).")
-    targets = positive_mask.to(logits.dtype) / num_positives.to(logits.dtype)
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    _check_every_row_has_a_positive(positive_mask, "a contrastive loss")
+    return _soft_target_cross_entropy(logits, positive_mask)
 
 
 def multi_positive_contrastive_loss(
@@ -234,8 +277,6 @@ def scene_aware_negative_mask(
 
 def _log_positive_probability(logits: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
     """`log sum_{j in P(i)} softmax(logits_i)_j` per row, computed with log-sum-exp for stability."""
-    if bool((positive_mask.sum(dim=1) == 0).any()):
-        raise ValueError("Every row of EgoNCE needs at least one positive (its own pair).")
     masked = logits.masked_fill(~positive_mask, float("-inf"))
     return torch.logsumexp(masked, dim=1) - torch.logsumexp(logits, dim=1)
 
@@ -255,6 +296,18 @@ def egonce_loss(
     """
     if text_positive_mask is None:
         text_positive_mask = video_positive_mask.T
+    _check_every_row_has_a_positive(video_positive_mask, "EgoNCE")
+    _check_every_row_has_a_positive(text_positive_mask, "EgoNCE")
+    return _egonce_loss(logits_per_video, logits_per_text, video_positive_mask, text_positive_mask)
+
+
+def _egonce_loss(
+    logits_per_video: torch.Tensor,
+    logits_per_text: torch.Tensor,
+    video_positive_mask: torch.Tensor,
+    text_positive_mask: torch.Tensor,
+) -> torch.Tensor:
+    # unchecked: every caller guarantees a positive per row
     loss_v2t = -_log_positive_probability(logits_per_video, video_positive_mask).mean()
     loss_t2v = -_log_positive_probability(logits_per_text, text_positive_mask).mean()
     return (loss_v2t + loss_t2v) / 2
@@ -278,25 +331,6 @@ class ContrastiveLossOutput:
     video_positive_mask: torch.Tensor
     text_positive_mask: torch.Tensor
     local_offset: int = 0
-
-
-def video_text_contrastive_loss(
-    logits_per_video: torch.Tensor,
-    match_ids: torch.Tensor | None = None,
-    logits_per_text: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """SViTT's ITC loss from an in-batch similarity matrix (used by `SViTTModel(return_loss=True)`).
-
-    Args:
-        logits_per_video: `(B, B)` scaled similarities, row i = video i, column j = text j.
-        match_ids: `(B,)` equal ids mark the same video; defaults to the diagonal only.
-        logits_per_text: defaults to `logits_per_video.T`.
-    """
-    if match_ids is None:
-        match_ids = torch.arange(logits_per_video.shape[0], device=logits_per_video.device)
-    positives = positive_mask_from_ids(match_ids.to(logits_per_video.device))
-    logits_per_text = logits_per_video.T if logits_per_text is None else logits_per_text
-    return multi_positive_contrastive_loss(logits_per_video, logits_per_text, positives, positives.T)
 
 
 def itc_loss(
@@ -329,11 +363,13 @@ def itc_loss(
             release does not; off by default). Gradients flow back to their owners.
     """
     batch_size = video_embeds.shape[0]
+    # everything is combined on the text side (where the fusion layers also run when the towers are split)
+    device = text_embeds.device
+    video_embeds = video_embeds.to(device)
     if match_ids is None:
         if gather_across_processes and _distributed_world(group)[0] > 1:
             raise ValueError("`match_ids` unique across processes are required when gathering negatives.")
-        match_ids = torch.arange(batch_size, device=video_embeds.device)
-    device = video_embeds.device
+        match_ids = torch.arange(batch_size, device=device)
     match_ids = match_ids.to(device)
     verb_tags, noun_tags, video_ids = (
         None if tensor is None else tensor.to(device) for tensor in (verb_tags, noun_tags, video_ids)
@@ -343,20 +379,24 @@ def itc_loss(
     all_video_embeds, all_text_embeds, all_match_ids = video_embeds, text_embeds, match_ids
     all_verb_tags, all_noun_tags, all_video_ids = verb_tags, noun_tags, video_ids
     if gather_across_processes:
-        offset = local_row_offset(video_embeds, group)
-        all_video_embeds = all_gather_with_grad(video_embeds, group)
-        all_text_embeds = all_gather_with_grad(text_embeds, group)
-        all_match_ids = all_gather_no_grad(match_ids, group)
-        all_verb_tags = None if verb_tags is None else all_gather_no_grad(verb_tags, group)
-        all_noun_tags = None if noun_tags is None else all_gather_no_grad(noun_tags, group)
-        all_video_ids = None if video_ids is None else all_gather_no_grad(video_ids, group)
+        # the row counts are read once (the only host synchronisation of the loss) and shared by every gather
+        sizes = gather_row_counts(video_embeds, group)
+        offset = sum(sizes[: _distributed_world(group)[1]])
+        all_video_embeds = all_gather_with_grad(video_embeds, group, sizes)
+        all_text_embeds = all_gather_with_grad(text_embeds, group, sizes)
+        all_match_ids = all_gather_no_grad(match_ids, group, sizes)
+        all_verb_tags = None if verb_tags is None else all_gather_no_grad(verb_tags, group, sizes)
+        all_noun_tags = None if noun_tags is None else all_gather_no_grad(noun_tags, group, sizes)
+        all_video_ids = None if video_ids is None else all_gather_no_grad(video_ids, group, sizes)
 
-    logits_per_video = video_embeds @ all_text_embeds.T / temperature
-    logits_per_text = text_embeds @ all_video_embeds.T / temperature
+    logits_per_video = similarity_logits(video_embeds, all_text_embeds, temperature)
+    logits_per_text = similarity_logits(text_embeds, all_video_embeds, temperature)
 
+    # Own pairs are always positives, so no row lacks one: the unchecked losses need no host synchronisation.
     if loss_type == "infonce":
         positives = positive_mask_from_ids(match_ids, all_match_ids)
-        loss = multi_positive_contrastive_loss(logits_per_video, logits_per_text, positives, positives)
+        loss_v2t = _soft_target_cross_entropy(logits_per_video, positives)
+        loss = (loss_v2t + _soft_target_cross_entropy(logits_per_text, positives)) / 2
     elif loss_type == "egonce":
         positives = egonce_positive_mask(
             match_ids,
@@ -369,7 +409,7 @@ def itc_loss(
             row_video_ids=video_ids,
             column_video_ids=all_video_ids,
         )
-        loss = egonce_loss(logits_per_video, logits_per_text, positives, positives)
+        loss = _egonce_loss(logits_per_video, logits_per_text, positives, positives)
     else:
         raise ValueError(f"`loss_type` must be 'infonce' or 'egonce', got {loss_type!r}.")
     # Videos and texts are paired row by row, so both directions share one positive structure.
@@ -428,7 +468,7 @@ def sample_itm_negatives(
 
 def image_text_matching_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """ITM cross-entropy over the (positive and negative) pairs; class 1 = match."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels.to(logits.device))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -491,10 +531,10 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     the graph, rather than the NaN of an empty mean.
     """
     flat_logits = logits.reshape(-1, logits.shape[-1]).float()
-    flat_labels = labels.reshape(-1)
-    if not bool((flat_labels != IGNORE_INDEX).any()):
-        return flat_logits.sum() * 0.0
-    return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+    flat_labels = labels.reshape(-1).to(flat_logits.device)
+    # sum / count rather than a mean with a data-dependent branch: no host synchronisation in the training step
+    total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (flat_labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -563,6 +603,7 @@ __all__ = [
     "answer_token_labels",
     "egonce_loss",
     "egonce_positive_mask",
+    "gather_row_counts",
     "image_text_matching_loss",
     "itc_loss",
     "local_row_offset",
@@ -574,7 +615,7 @@ __all__ = [
     "sample_itm_negatives",
     "scene_aware_negative_mask",
     "sequence_negative_log_likelihood",
+    "similarity_logits",
     "soft_target_cross_entropy",
-    "video_text_contrastive_loss",
     "weighted_answer_loss",
 ]

@@ -1,4 +1,5 @@
-"""What the SViTT towers and heads share: the pretrained-model base class, attention helpers, output plumbing.
+"""What the SViTT towers and heads share: the pretrained-model base class, attention helpers, stochastic depth,
+output plumbing.
 
 The video tower (`modeling_svitt.py`), the text tower (`modeling_svitt_text.py`) and the task heads all derive
 from [`SViTTPreTrainedModel`] defined here, so loading at another clip length and saving with remote code work the
@@ -41,6 +42,29 @@ def eager_attention_forward(
     probs = softmax_in_float32(scores)
     output = torch.matmul(F.dropout(probs, p=dropout, training=module.training), value)
     return output.transpose(1, 2).contiguous(), probs
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
+    keep = torch.empty(shape, dtype=hidden_states.dtype, device=hidden_states.device).bernoulli_(keep_prob)
+    return hidden_states * keep / keep_prob
+
+
+class SViTTDropPath(nn.Module):
+    """Stochastic depth per sample."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
 
 
 def additive_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -97,9 +121,21 @@ class SViTTPreTrainedModel(PreTrainedModel):
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
-        """Also writes the full `auto_map` and the model source, so the folder loads with `trust_remote_code=True`."""
-        self.config.auto_map = model_auto_map()
-        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        """Also writes an `auto_map` and the model source, so the folder loads with `trust_remote_code=True`.
+
+        The composite model and the heads write the full map (every head can start from their folder); a tower
+        saved on its own writes the map that rebuilds that tower.
+        """
+        previous_auto_map = getattr(self.config, "auto_map", None)
+        self.config.auto_map = model_auto_map(self.config.model_type)
+        try:
+            super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        finally:
+            # the map belongs to the saved folder; a tower's config must not carry it into a composite model's save
+            if previous_auto_map is None:
+                del self.config.auto_map
+            else:
+                self.config.auto_map = previous_auto_map
         if is_main_process:
             copy_model_sources(save_directory)
 
@@ -119,4 +155,11 @@ class SViTTPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
-__all__ = ["NestedModelOutput", "SViTTPreTrainedModel", "additive_attention_mask", "eager_attention_forward"]
+__all__ = [
+    "NestedModelOutput",
+    "SViTTDropPath",
+    "SViTTPreTrainedModel",
+    "additive_attention_mask",
+    "drop_path",
+    "eager_attention_forward",
+]

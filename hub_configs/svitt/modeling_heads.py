@@ -16,20 +16,19 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import MULTIPLE_CHOICE_SCORINGS, SViTTConfig, SViTTTextConfig
 from .losses import (
     ContrastiveLossOutput,
     image_text_matching_loss,
-    itc_loss,
     mask_tokens_for_mlm,
     masked_lm_loss,
     multiple_choice_loss,
     sample_itm_negatives,
 )
 from .modeling_common import NestedModelOutput, SViTTPreTrainedModel
-from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
+from .modeling_svitt import RandomBlocks, SViTTModel, SViTTTextEncoding, SViTTVideoEncoding, SViTTVisionModelOutput
 from .modeling_svitt_text import SViTTTextModelOutput
 from .retrieval_ranking import (
     encode_text_gallery,
@@ -96,7 +95,7 @@ class SViTTForVideoTextRetrievalOutput(NestedModelOutput):
     loss (`torch.FloatTensor`, *optional*): `loss_weight_itc * loss_itc + loss_weight_itm * loss_itm`.
     loss_itc, loss_itm (`torch.FloatTensor`, *optional*): the two objectives.
     logits_per_video (`(num_videos, num_texts)`), logits_per_text (`(num_texts, num_videos)`):
-        Cosine similarities divided by the temperature (what zero-shot pipelines read).
+        Cosine similarities divided by the temperature (zero-shot scores when no loss is computed).
     itm_logits, itm_labels, negative_video_indices, negative_text_indices: as in [`SViTTForPreTrainingOutput`].
     video_embeds, text_embeds, vision_model_output, text_model_output, itm_fusion_output: as in
         [`SViTTForPreTrainingOutput`].
@@ -124,12 +123,15 @@ class SViTTMultipleChoiceOutput(NestedModelOutput):
     loss (`torch.FloatTensor`, *optional*, returned when `labels` is given): cross-entropy over the candidates.
     logits (`(batch_size, num_choices)`): score of every candidate clip for its question's text.
     video_embeds (`(batch_size, num_choices, embed_dim)`), text_embeds (`(batch_size, embed_dim)`): ITC embeddings.
+    vision_model_output (`(batch_size * num_choices)` clips), text_model_output: the towers' outputs.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     video_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    vision_model_output: SViTTVisionModelOutput | None = None
+    text_model_output: SViTTTextModelOutput | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,30 +218,16 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             if source_loaded or target_loaded:
                 missing_keys.discard(target)
 
-    # ITC ------------------------------------------------------------------------------------------
+    # Randomness of the training objectives -----------------------------------------------------------
 
-    def _contrastive(
-        self,
-        video_embeds: torch.Tensor,
-        text_embeds: torch.Tensor,
-        match_ids: torch.Tensor | None,
-        verb_tags: torch.Tensor | None = None,
-        noun_tags: torch.Tensor | None = None,
-        video_ids: torch.Tensor | None = None,
-    ) -> ContrastiveLossOutput:
-        config = self.config
-        return itc_loss(
-            video_embeds,
-            text_embeds,
-            self.svitt.temperature,
-            match_ids,
-            loss_type=config.contrastive_loss,
-            verb_tags=verb_tags,
-            noun_tags=noun_tags,
-            video_ids=video_ids,
-            egonce_rule=config.egonce_positive_rule,
-            gather_across_processes=config.gather_negatives_across_processes,
-        )
+    def _sampling_generator(self, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+        """The generator of ITM negatives and MLM masks: the caller's; in evaluation with `deterministic_eval`, one
+        seeded with `random_block_seed` (like the video tower's blocks), so the same batch gives the same loss; else
+        the global RNG."""
+        vision_config = self.config.vision_config
+        if generator is None and not self.training and vision_config.deterministic_eval:
+            generator = torch.Generator(device=device).manual_seed(vision_config.random_block_seed)
+        return generator
 
     # ITM ------------------------------------------------------------------------------------------
 
@@ -288,24 +276,27 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
 
     def _matching(
         self,
-        text_hidden_states: torch.Tensor,
-        text_attention_mask: torch.Tensor,
-        video_tokens: torch.Tensor,
-        video_token_mask: torch.Tensor,
+        text: SViTTTextEncoding,
+        video: SViTTVideoEncoding,
         negative_video_indices: torch.Tensor,
         negative_text_indices: torch.Tensor,
         output_attentions: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, SViTTTextModelOutput]:
         """ITM over the positives, then (text i, negative video) and (negative text, video i) pairs."""
+        text_hidden_states = text.hidden_states
+        device = text_hidden_states.device  # fusion runs on the text tower: gather the video side there
+        video_tokens, video_token_mask = video.tokens.to(device), video.token_mask.to(device)
+        negative_video_indices = negative_video_indices.to(device)
+        negative_text_indices = negative_text_indices.to(device)
         batch = text_hidden_states.shape[0]
-        rows = torch.arange(batch, device=text_hidden_states.device)
+        rows = torch.arange(batch, device=device)
         has_video_negative = negative_video_indices >= 0
         has_text_negative = negative_text_indices >= 0
         text_rows = torch.cat([rows, rows[has_video_negative], negative_text_indices[has_text_negative]])
         video_rows = torch.cat([rows, negative_video_indices[has_video_negative], rows[has_text_negative]])
         fusion = self.svitt.fuse(
             text_hidden_states[text_rows],
-            text_attention_mask[text_rows],
+            text.attention_mask.to(device)[text_rows],
             video_tokens[video_rows],
             video_token_mask[video_rows],
             output_attentions=output_attentions,
@@ -315,80 +306,98 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         itm_labels[:batch] = 1
         return itm_logits, itm_labels, fusion
 
+    # The forward of pretraining and retrieval -------------------------------------------------------
+
     def _contrastive_matching_forward(
         self,
+        output_class: type[ModelOutput],
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         match_ids: torch.Tensor | None,
+        video_ids: torch.Tensor | None,
         verb_tags: torch.Tensor | None,
         noun_tags: torch.Tensor | None,
-        video_ids: torch.Tensor | None,
         negative_video_indices: torch.Tensor | None,
         negative_text_indices: torch.Tensor | None,
         random_blocks: RandomBlocks | None,
         generator: torch.Generator | None,
         sampling_generator: torch.Generator | None,
-        compute_itm: bool,
         output_attentions: bool | None,
         output_hidden_states: bool | None,
         compute_loss: bool = True,
-    ) -> dict:
-        """Towers, ITC and (optionally) ITM; the pieces shared by pretraining and retrieval.
+        mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Towers, ITC and the objectives with a non-zero weight: ITM, and MLM when the head has an MLM head.
 
         With `compute_loss=False` only the similarity logits are computed (no ITC loss, no ITM), so any number of
         videos can be scored against any number of texts (zero-shot use).
         """
-        if self.training:
-            self.svitt.clamp_temperature_()
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        video = self.svitt.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
-        text = self.svitt.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        config = self.config
+        video, text = self.svitt.encode_pairs(
+            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+        )
+        fields = dict(
+            video_embeds=video.embeds,
+            text_embeds=text.embeds,
+            vision_model_output=video.vision_output,
+            text_model_output=text.text_output,
+        )
         if not compute_loss:
-            logits_per_video = video.embeds @ text.embeds.T / self.svitt.temperature
-            return dict(
-                video=video,
-                text=text,
-                contrastive=None,
-                logits_per_video=logits_per_video,
-                logits_per_text=logits_per_video.T,
-                attention_mask=attention_mask,
-            )
-        contrastive = self._contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
-        result = dict(
-            video=video,
-            text=text,
-            contrastive=contrastive,
+            logits_per_text = self.svitt.similarity_logits(text.embeds, video.embeds)
+            return output_class(logits_per_video=logits_per_text.T, logits_per_text=logits_per_text, **fields)
+
+        contrastive = self.svitt.contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
+        fields.update(
+            loss_itc=contrastive.loss,
             logits_per_video=contrastive.logits_per_video,
             logits_per_text=contrastive.logits_per_text,
-            attention_mask=attention_mask,
         )
-        if compute_itm:
+        weighted_losses = [(config.loss_weight_itc, contrastive.loss)]
+        # negatives and masks are drawn where the similarities are (the text tower's device)
+        sampling_device = contrastive.logits_per_text.device
+        sampling_generator = self._sampling_generator(sampling_generator, sampling_device)
+        if config.loss_weight_itm != 0:
             negative_video_indices, negative_text_indices = self._itm_negatives(
                 contrastive, input_ids.shape[0], negative_video_indices, negative_text_indices, sampling_generator
             )
             itm_logits, itm_labels, fusion = self._matching(
-                text.hidden_states,
-                attention_mask,
-                video.tokens,
-                video.token_mask,
-                negative_video_indices,
-                negative_text_indices,
-                output_attentions,
+                text, video, negative_video_indices, negative_text_indices, output_attentions
             )
-            result.update(
+            fields.update(
+                loss_itm=image_text_matching_loss(itm_logits, itm_labels),
                 itm_logits=itm_logits,
                 itm_labels=itm_labels,
-                itm_fusion=fusion,
                 negative_video_indices=negative_video_indices,
                 negative_text_indices=negative_text_indices,
-                loss_itm=image_text_matching_loss(itm_logits, itm_labels),
+                itm_fusion_output=fusion,
             )
-        result["loss"] = self.config.loss_weight_itc * contrastive.loss
-        if compute_itm:
-            result["loss"] = result["loss"] + self.config.loss_weight_itm * result["loss_itm"]
-        return result
+            weighted_losses.append((config.loss_weight_itm, fields["loss_itm"]))
+        if getattr(self, "mlm_head", None) is not None and config.loss_weight_mlm != 0:
+            if mlm_input_ids is None:
+                mlm_input_ids, mlm_labels = self.mask_tokens(
+                    input_ids.to(sampling_device), text.attention_mask.to(sampling_device), sampling_generator
+                )
+            masked_text = self.svitt.text_model(
+                input_ids=mlm_input_ids, attention_mask=text.attention_mask, return_dict=True, mode="text"
+            ).last_hidden_state
+            # The masked caption cross-attends to its own (positive) video.
+            mlm_fusion = self.svitt.fuse(
+                masked_text, text.attention_mask, video.tokens, video.token_mask, output_attentions=output_attentions
+            )
+            mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
+            fields.update(
+                loss_mlm=masked_lm_loss(mlm_logits, mlm_labels),
+                mlm_logits=mlm_logits,
+                mlm_labels=mlm_labels,
+                mlm_fusion_output=mlm_fusion,
+            )
+            weighted_losses.append((config.loss_weight_mlm, fields["loss_mlm"]))
+        # the parts may come from heads on different devices (device_map): add them up on the first one's
+        loss_device = contrastive.loss.device
+        fields["loss"] = sum(weight * loss.to(loss_device) for weight, loss in weighted_losses)
+        return output_class(**fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,68 +497,31 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
         negative_video_indices, negative_text_indices (`(batch_size,)`, *optional*): ITM negatives to use (the
             negative video of every text, the negative text of every video; -1 = none). Drawn when omitted.
         random_blocks, generator: replay or seed the video tower's random attention blocks.
-        sampling_generator (`torch.Generator`, *optional*): on the inputs' device; seeds ITM negatives and MLM masks.
+        sampling_generator (`torch.Generator`, *optional*): on the text tower's device (the inputs' device unless the
+            model is split across devices); draws ITM negatives and MLM masks.
+            By default training uses the global RNG and evaluation (with `vision_config.deterministic_eval`) a
+            generator seeded with `vision_config.random_block_seed`, so the same batch gives the same loss.
         """
-        config = self.config
         if (mlm_input_ids is None) != (mlm_labels is None):
             raise ValueError("Pass `mlm_input_ids` and `mlm_labels` together (or neither, to mask on the fly).")
-        compute_itm = config.loss_weight_itm != 0
-        compute_mlm = config.loss_weight_mlm != 0
-        shared = self._contrastive_matching_forward(
+        return self._contrastive_matching_forward(
+            SViTTForPreTrainingOutput,
             pixel_values,
             input_ids,
             attention_mask,
             match_ids,
+            video_ids,
             verb_tags,
             noun_tags,
-            video_ids,
             negative_video_indices,
             negative_text_indices,
             random_blocks,
             generator,
             sampling_generator,
-            compute_itm,
             output_attentions,
             output_hidden_states,
-        )
-        video, text, contrastive = shared["video"], shared["text"], shared["contrastive"]
-        attention_mask = shared["attention_mask"]
-        loss_itc, loss_itm, loss = contrastive.loss, shared.get("loss_itm"), shared["loss"]
-
-        loss_mlm = mlm_logits = mlm_fusion = None
-        if compute_mlm:
-            if mlm_input_ids is None:
-                mlm_input_ids, mlm_labels = self.mask_tokens(input_ids, attention_mask, sampling_generator)
-            masked_text = self.svitt.text_model(
-                input_ids=mlm_input_ids, attention_mask=attention_mask, return_dict=True
-            ).last_hidden_state
-            # The masked caption cross-attends to its own (positive) video.
-            mlm_fusion = self.svitt.fuse(
-                masked_text, attention_mask, video.tokens, video.token_mask, output_attentions=output_attentions
-            )
-            mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
-            loss_mlm = masked_lm_loss(mlm_logits, mlm_labels)
-            loss = loss + config.loss_weight_mlm * loss_mlm
-
-        return SViTTForPreTrainingOutput(
-            loss=loss,
-            loss_itc=loss_itc,
-            loss_itm=loss_itm,
-            loss_mlm=loss_mlm,
-            logits_per_video=contrastive.logits_per_video,
-            logits_per_text=contrastive.logits_per_text,
-            itm_logits=shared.get("itm_logits"),
-            itm_labels=shared.get("itm_labels"),
-            negative_video_indices=shared.get("negative_video_indices"),
-            negative_text_indices=shared.get("negative_text_indices"),
-            mlm_logits=mlm_logits,
-            mlm_labels=mlm_labels if compute_mlm else None,
-            video_embeds=video.embeds,
-            text_embeds=text.embeds,
-            vision_model_output=video.vision_output,
-            text_model_output=text.text_output,
-            itm_fusion_output=shared.get("itm_fusion"),
-            mlm_fusion_output=mlm_fusion,
+            mlm_input_ids=mlm_input_ids,
+            mlm_labels=mlm_labels,
         )
 
 
@@ -608,47 +580,25 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             `match_ids` is given; otherwise only the similarity logits are returned (zero-shot use).
         Other arguments: as in [`SViTTForPreTraining.forward`].
         """
-        config = self.config
         if return_loss is None:
             return_loss = self.training or match_ids is not None
-        compute_itm = return_loss and config.loss_weight_itm != 0
-        shared = self._contrastive_matching_forward(
+        return self._contrastive_matching_forward(
+            SViTTForVideoTextRetrievalOutput,
             pixel_values,
             input_ids,
             attention_mask,
             match_ids,
+            video_ids,
             verb_tags,
             noun_tags,
-            video_ids,
             negative_video_indices,
             negative_text_indices,
             random_blocks,
             generator,
             sampling_generator,
-            compute_itm,
             output_attentions,
             output_hidden_states,
             compute_loss=return_loss,
-        )
-        video, text, contrastive = shared["video"], shared["text"], shared["contrastive"]
-        loss = shared.get("loss")
-        loss_itc = contrastive.loss if return_loss else None
-        loss_itm = shared.get("loss_itm")
-        return SViTTForVideoTextRetrievalOutput(
-            loss=loss,
-            loss_itc=loss_itc,
-            loss_itm=loss_itm,
-            logits_per_video=shared["logits_per_video"],
-            logits_per_text=shared["logits_per_text"],
-            itm_logits=shared.get("itm_logits"),
-            itm_labels=shared.get("itm_labels"),
-            negative_video_indices=shared.get("negative_video_indices"),
-            negative_text_indices=shared.get("negative_text_indices"),
-            video_embeds=video.embeds,
-            text_embeds=text.embeds,
-            vision_model_output=video.vision_output,
-            text_model_output=text.text_output,
-            itm_fusion_output=shared.get("itm_fusion"),
         )
 
     # Gallery ranking (implemented in `retrieval_ranking.py`) --------------------------------------------
@@ -692,6 +642,8 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
         scoring: str | None = None,
         random_blocks: RandomBlocks | None = None,
         generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> SViTTMultipleChoiceOutput:
         r"""
@@ -699,6 +651,8 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
         input_ids, attention_mask (`(batch_size, sequence_length)`): the text of every question.
         labels (`(batch_size,)`, *optional*): index of the correct clip; gives the cross-entropy loss.
         scoring (`str`, *optional*): "itc" or "itm" (defaults to `config.multiple_choice_scoring`, else "itc").
+        output_attentions, output_hidden_states (`bool`, *optional*): return them in `vision_model_output` (every
+            candidate clip, `batch_size * num_choices` rows) and `text_model_output`.
         """
         scoring = scoring or self.config.multiple_choice_scoring
         if scoring not in MULTIPLE_CHOICE_SCORINGS:
@@ -708,26 +662,37 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
                 "`pixel_values` must be (batch_size, num_choices, num_frames, channels, height, width), "
                 f"got {tuple(pixel_values.shape)}."
             )
-        if self.training:
-            self.svitt.clamp_temperature_()
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         batch, num_choices = pixel_values.shape[:2]
-        video = self.svitt.encode_video(pixel_values.flatten(0, 1), random_blocks, generator)
-        text = self.svitt.encode_text(input_ids, attention_mask)
+        video, text = self.svitt.encode_pairs(
+            pixel_values.flatten(0, 1),
+            input_ids,
+            attention_mask,
+            random_blocks,
+            generator,
+            output_attentions,
+            output_hidden_states,
+        )
         video_embeds = video.embeds.reshape(batch, num_choices, -1)
         if scoring == "itc":
-            logits = torch.einsum("be,bne->bn", text.embeds, video_embeds) / self.svitt.temperature
+            logits = self.svitt.similarity_logits(text.embeds[:, None], video_embeds)[:, 0]
         else:
+            device = text.hidden_states.device
             fusion = self.svitt.fuse(
                 text.hidden_states.repeat_interleave(num_choices, dim=0),
-                attention_mask.repeat_interleave(num_choices, dim=0),
+                text.attention_mask.to(device).repeat_interleave(num_choices, dim=0),
                 video.tokens,
                 video.token_mask,
             )
             logits = self.itm_head(fusion.last_hidden_state[:, 0])[:, 1].reshape(batch, num_choices)
         loss = multiple_choice_loss(logits, labels.to(logits.device)) if labels is not None else None
-        return SViTTMultipleChoiceOutput(loss=loss, logits=logits, video_embeds=video_embeds, text_embeds=text.embeds)
+        return SViTTMultipleChoiceOutput(
+            loss=loss,
+            logits=logits,
+            video_embeds=video_embeds,
+            text_embeds=text.embeds,
+            vision_model_output=video.vision_output,
+            text_model_output=text.text_output,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -738,8 +703,10 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
 def register_head_auto_classes() -> None:
     """Register the heads with transformers' Auto classes (in-process) and for Hub remote code.
 
-    There is no Auto class for retrieval; like XCLIP / BLIP, retrieval answers to
-    `AutoModelForZeroShotImageClassification`.
+    Retrieval has no Auto class: `AutoModelForZeroShotImageClassification` would promise its pipeline, which feeds
+    still images and reads `logits_per_image`, so a video model cannot serve it. Load the retrieval head by class
+    (`SViTTForVideoTextRetrieval.from_pretrained`), or from a remote-code folder with transformers'
+    `get_class_from_dynamic_module("modeling_heads.SViTTForVideoTextRetrieval", folder)`.
     """
     import transformers
 
@@ -747,7 +714,6 @@ def register_head_auto_classes() -> None:
 
     head_auto_classes = {
         "AutoModelForPreTraining": SViTTForPreTraining,
-        "AutoModelForZeroShotImageClassification": SViTTForVideoTextRetrieval,
         "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
         "AutoModelForMultipleChoice": SViTTForMultipleChoice,
     }

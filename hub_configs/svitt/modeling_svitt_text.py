@@ -204,6 +204,7 @@ class SViTTTextEncoder(nn.Module):
         num_global_video_tokens: int,
         output_attentions: bool,
         output_hidden_states: bool,
+        generator: torch.Generator | None = None,
     ) -> SViTTTextModelOutput:
         all_hidden_states, self_attentions, cross_attentions, kept_video = [], [], [], []
         dtype = hidden_states.dtype
@@ -213,11 +214,13 @@ class SViTTTextEncoder(nn.Module):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             select = self._selects_video_tokens(index)
+            # Tensors go positionally: a checkpointed layer (reentrant or not) must see them as inputs, so that the
+            # video tokens' own graph is not entered twice when the layer is recomputed.
             hidden_states, self_attention, cross_attention = self.layer[index](
                 hidden_states,
                 additive_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_mask,
+                encoder_hidden_states,
+                encoder_mask,
                 output_attentions=output_attentions,
                 output_cross_attentions=output_attentions or select,
             )
@@ -227,10 +230,17 @@ class SViTTTextEncoder(nn.Module):
                     cross_attentions.append(cross_attention)
             if select:
                 scores = text_guided_video_scores(
-                    cross_attention, text_padding_mask, self.config.fusion_token_keep_strategy, num_global_video_tokens
+                    cross_attention,
+                    text_padding_mask,
+                    self.config.fusion_token_keep_strategy,
+                    num_global_video_tokens,
+                    generator,
                 )
                 encoder_hidden_states, kept = keep_tokens(
-                    encoder_hidden_states, scores, self.config.fusion_token_keep_rate, num_global_video_tokens
+                    encoder_hidden_states,
+                    scores.to(encoder_hidden_states.device),
+                    self.config.fusion_token_keep_rate,
+                    num_global_video_tokens,
                 )
                 if encoder_padding_mask is not None:
                     c = num_global_video_tokens
@@ -250,12 +260,23 @@ class SViTTTextEncoder(nn.Module):
         )
 
 
+TEXT_MODEL_MODES = ("text", "fusion", "multimodal")
+
+
 class SViTTTextModel(SViTTPreTrainedModel):
     """The SViTT text tower: BERT text layers, then fusion layers with cross-attention to video tokens.
 
-    - `input_ids` alone: embeddings + text layers (`0 .. fusion_layer-1`), the ITC text encoder.
-    - `input_ids` + `encoder_hidden_states`: every layer (e.g. question encoding for video QA).
-    - `text_hidden_states` + `encoder_hidden_states`: only the fusion layers, on text-layer outputs (ITM, MLM).
+    `mode` says which layers run (the release's `mode` argument of its BERT):
+
+    - `"text"`: embeddings + text layers (`0 .. fusion_layer-1`), on `input_ids`; the ITC text encoder.
+    - `"fusion"`: only the fusion layers, on `text_hidden_states` (the output of `"text"` mode) cross-attending to
+      `encoder_hidden_states` (ITM, MLM).
+    - `"multimodal"`: every layer, on `input_ids` cross-attending to `encoder_hidden_states` (question encoding for
+      video QA, the answer decoder).
+
+    When `mode` is omitted it follows from the arguments: `text_hidden_states` -> fusion, `encoder_hidden_states`
+    -> multimodal, otherwise text. Unlike a plain BERT, a call without video therefore runs only the text layers,
+    and `hidden_states` / `attentions` cover the layers that ran.
     """
 
     config: SViTTTextConfig
@@ -280,6 +301,33 @@ class SViTTTextModel(SViTTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embeddings.word_embeddings = value
 
+    @staticmethod
+    def _resolve_mode(
+        mode: str | None,
+        has_text_input: bool,
+        has_text_hidden_states: bool,
+        has_video: bool,
+    ) -> str:
+        if mode is None:
+            mode = "fusion" if has_text_hidden_states else "multimodal" if has_video else "text"
+        if mode not in TEXT_MODEL_MODES:
+            raise ValueError(f"`mode` must be one of {TEXT_MODEL_MODES}, got {mode!r}.")
+        if mode == "fusion":
+            if not has_text_hidden_states or has_text_input:
+                raise ValueError(
+                    "mode='fusion' runs the fusion layers on `text_hidden_states` (the text layers' output), not on "
+                    "`input_ids` / `inputs_embeds`."
+                )
+        elif has_text_hidden_states:
+            raise ValueError(f"`text_hidden_states` is the input of mode='fusion', not of mode={mode!r}.")
+        elif not has_text_input:
+            raise ValueError(f"mode={mode!r} needs exactly one of `input_ids`, `inputs_embeds`.")
+        if mode == "text" and has_video:
+            raise ValueError("mode='text' runs no fusion layer: `encoder_hidden_states` would be ignored.")
+        if mode != "text" and not has_video:
+            raise ValueError(f"mode={mode!r} runs the fusion layers, which need `encoder_hidden_states`.")
+        return mode
+
     @can_return_tuple
     def forward(
         self,
@@ -295,42 +343,56 @@ class SViTTTextModel(SViTTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        mode: str | None = None,
+        generator: torch.Generator | None = None,
     ) -> SViTTTextModelOutput:
         r"""
         attention_mask (`torch.Tensor`, *optional*):
             `(batch_size, sequence_length)` padding mask, or a `(batch_size, 1, query_length, sequence_length)`
             boolean mask (True = attend), e.g. a causal mask for a decoder.
         text_hidden_states (`torch.FloatTensor`, *optional*):
-            Output of the text layers; runs only the fusion layers on it.
+            Output of the text layers, the input of mode "fusion".
         encoder_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_video_tokens, encoder_width)`, *optional*):
-            Video tokens the fusion layers attend to (global tokens first).
+            Video tokens the fusion layers attend to (global tokens first); moved to this tower's device.
         encoder_attention_mask (`torch.Tensor` of shape `(batch_size, num_video_tokens)`, *optional*):
             Video padding mask (all ones when omitted).
         num_global_video_tokens (`int`, defaults to 1):
             Leading video tokens that text-guided selection always keeps.
+        mode (`str`, *optional*):
+            "text", "fusion" or "multimodal" (see the class docstring); inferred from the arguments when omitted.
+        generator (`torch.Generator`, *optional*):
+            On this tower's device; draws the scores of the "random" text-guided selection. Without it, training
+            draws from the global RNG and evaluation from a generator seeded with 0 (same input, same output).
         """
         config = self.config
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        if text_hidden_states is not None:
-            if encoder_hidden_states is None:
-                raise ValueError("`text_hidden_states` runs the fusion layers, which need `encoder_hidden_states`.")
+        has_text_input = input_ids is not None or inputs_embeds is not None
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("Pass exactly one of `input_ids`, `inputs_embeds`.")
+        has_video = encoder_hidden_states is not None
+        mode = self._resolve_mode(mode, has_text_input, text_hidden_states is not None, has_video)
+        if mode == "fusion":
             hidden_states = text_hidden_states
             layers = range(config.fusion_layer, config.num_hidden_layers)
         else:
-            if (input_ids is None) == (inputs_embeds is None):
-                raise ValueError("Pass exactly one of `input_ids`, `inputs_embeds` (or `text_hidden_states`).")
             hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-            last = config.num_hidden_layers if encoder_hidden_states is not None else config.fusion_layer
-            layers = range(0, last)
-        if encoder_hidden_states is not None and encoder_hidden_states.shape[-1] != config.encoder_width:
-            raise ValueError(
-                f"Video tokens have width {encoder_hidden_states.shape[-1]}, the fusion layers expect "
-                f"`encoder_width` = {config.encoder_width}."
-            )
+            layers = range(0, config.num_hidden_layers if mode == "multimodal" else config.fusion_layer)
+        if encoder_hidden_states is not None:
+            if encoder_hidden_states.shape[-1] != config.encoder_width:
+                raise ValueError(
+                    f"Video tokens have width {encoder_hidden_states.shape[-1]}, the fusion layers expect "
+                    f"`encoder_width` = {config.encoder_width}."
+                )
+            # the video tower may live on another device (device_map): fusion happens here
+            encoder_hidden_states = encoder_hidden_states.to(hidden_states.device)
+            if encoder_attention_mask is not None:
+                encoder_attention_mask = encoder_attention_mask.to(hidden_states.device)
         if attention_mask is None:
             attention_mask = torch.ones(hidden_states.shape[:2], dtype=torch.long, device=hidden_states.device)
         text_padding_mask = attention_mask if attention_mask.dim() == 2 else None
+        if generator is None and not self.training and self._draws_random_video_selection(mode):
+            generator = torch.Generator(device=hidden_states.device).manual_seed(0)
         return self.encoder(
             hidden_states,
             layers,
@@ -341,7 +403,12 @@ class SViTTTextModel(SViTTPreTrainedModel):
             num_global_video_tokens,
             output_attentions,
             output_hidden_states,
+            generator,
         )
+
+    def _draws_random_video_selection(self, mode: str) -> bool:
+        config = self.config
+        return mode != "text" and config.fusion_token_keep_rate < 1.0 and config.fusion_token_keep_strategy == "random"
 
 
 __all__ = ["SViTTTextModel", "SViTTTextModelOutput"]

@@ -18,6 +18,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from .clip_ensemble import CLIP_AGGREGATIONS, aggregate_clips, split_into_clips
+from .losses import similarity_logits
 
 if TYPE_CHECKING:
     from .modeling_heads import SViTTForVideoTextRetrieval
@@ -205,8 +206,9 @@ def itc_scores(
     text_embeds = texts.embeds.to(device)
     rows = []
     for start in range(0, videos.embeds.shape[0], chunk_size):
-        video_embeds = videos.embeds[start : start + chunk_size].to(device, text_embeds.dtype)
-        rows.append(torch.einsum("te,vke->tvk", text_embeds, video_embeds).mean(dim=-1).to(texts.embeds.device))
+        video_embeds = videos.embeds[start : start + chunk_size]
+        cosine = similarity_logits(text_embeds, video_embeds.flatten(0, 1), 1.0).unflatten(1, video_embeds.shape[:2])
+        rows.append(cosine.mean(dim=-1).to(texts.embeds.device))
     return torch.cat(rows, dim=1)
 
 
