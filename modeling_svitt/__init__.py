@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .checkpoint_names import install_checkpoint_name_hint
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
 from .modeling_heads import (
@@ -35,6 +36,7 @@ def _register_core_auto_classes() -> None:
 _register_core_auto_classes()
 register_head_auto_classes()
 register_processing_auto_classes()
+install_checkpoint_name_hint()
 
 __all__ = [
     "SViTTAnswerRankingOutput",

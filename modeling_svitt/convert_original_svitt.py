@@ -383,6 +383,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--decoder", action="append", default=[], metavar="KEY=VALUE", help="override a field of the QA answer decoder"
     )
+    parser.add_argument(
+        "--model-card",
+        action="store_true",
+        help="make the output push-ready: also write the processor and a model card saying where the weights come from",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="google-bert/bert-base-uncased",
+        help="vocabulary of the processor written with --model-card: a vocab.txt, a tokenizer folder or a Hub id",
+    )
     args = parser.parse_args(argv)
 
     original_config = None
@@ -407,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
         args.allow_pickle,
         decoder_overrides=decoder_overrides,
     )
+    if args.model_card:
+        from .model_card import write_converted_extras
+
+        write_converted_extras(args.output, model.config, args.checkpoint, args.tokenizer)
     vision = model.config.vision_config
     print(
         f"Wrote {type(model).__name__} to {args.output}: {vision.num_frames} frames, "

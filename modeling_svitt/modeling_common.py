@@ -139,6 +139,12 @@ class SViTTPreTrainedModel(PreTrainedModel):
         if is_main_process:
             copy_model_sources(save_directory)
 
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # `save_pretrained(push_to_hub=True)` uploads from inside `PreTrainedModel.save_pretrained`, before the override
+        # above has copied the model source: copy it first, so that the upload carries it.
+        copy_model_sources(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Generic initialisation; every concrete model adds its own modules (transformers calls the `_init_weights`

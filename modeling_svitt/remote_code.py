@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# the CLI converter and the package initialiser are not model code
-_NOT_MODEL_SOURCE = {"__init__.py", "convert_original_svitt.py"}
+# the package initialiser, the CLI converter and the Hub packaging helpers are not model code
+_NOT_MODEL_SOURCE = {"__init__.py", "checkpoint_names.py", "convert_original_svitt.py", "model_card.py"}
 
 # A folder of the composite model or of a head answers every Auto class; a folder of one tower rebuilds that tower.
 _AUTO_MAPS = {

@@ -66,3 +66,28 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pth"):
         load_original_checkpoint(broken)
+
+
+def test_model_card_makes_a_push_ready_folder_that_loads_by_name(release_checkpoint, tmp_path, monkeypatch):
+    import hashlib
+
+    from huggingface_hub import ModelCard
+    from test_tokenization import bert_vocab_dir
+    from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
+
+    from modeling_svitt.convert_original_svitt import main
+
+    path, text_overrides = release_checkpoint
+    monkeypatch.chdir(tmp_path)
+    arguments = ["--checkpoint", str(path), "--output", "svitt-ego", "--model-card", "--tokenizer", bert_vocab_dir()]
+    main(arguments + [arg for key, value in text_overrides.items() for arg in ("--text", f"{key}={value}")])
+    assert type(AutoModelForPreTraining.from_pretrained("svitt-ego")).__name__ == "SViTTForPreTraining"
+    assert type(AutoModel.from_pretrained("svitt-ego")).__name__ == "SViTTModel"
+    processor = AutoProcessor.from_pretrained("svitt-ego")
+    assert processor.image_processor.num_frames == 4 and processor.tokenizer("a dog").input_ids == [101, 1037, 3899]
+
+    card = ModelCard.load(tmp_path / "svitt-ego" / "README.md")
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()  # it measured nothing
+    assert "Reported by the authors" not in card.content and "92.9" not in card.content
+    assert f"`{path.name}` (SHA-256 `{hashlib.sha256(path.read_bytes()).hexdigest()}`)" in card.content
+    assert "JerryYLi/svitt" in card.content and "read as a `SViTTForPreTraining` checkpoint" in card.content

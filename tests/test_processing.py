@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from python_subprocess import run_python
+from test_tokenization import bert_vocab_dir
+from test_video_io import write_index_video
 
 from modeling_svitt.processing_svitt import (
     SViTTProcessor,
@@ -22,8 +21,6 @@ from modeling_svitt.processing_svitt import (
 )
 from modeling_svitt.tokenization_svitt import SViTTTokenizer
 from modeling_svitt.video_io import VideoDecodingError
-from test_tokenization import bert_vocab_dir
-from test_video_io import write_index_video
 
 
 @pytest.fixture(scope="module")
@@ -218,21 +215,8 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
         assert (saved / name).is_file()
     hub_copy = tmp_path / "elsewhere" / "svitt-processor"
     shutil.copytree(saved, hub_copy)
-    script = textwrap.dedent(
-        """
-        import sys
-        # A user without the package: also drop an editable install of this checkout, if any.
-        def foreign(hook):
-            return "editable" in getattr(hook, "__module__", "") and "svitt" in getattr(hook, "__module__", "")
-        sys.meta_path[:] = [finder for finder in sys.meta_path if not foreign(finder)]
-        sys.path_hooks[:] = [hook for hook in sys.path_hooks if not foreign(hook)]
-        sys.path_importer_cache.clear()
+    script = """
         import numpy as np
-        try:
-            import modeling_svitt
-            sys.exit("modeling_svitt must not be importable here")
-        except ImportError:
-            pass
         from transformers import AutoProcessor, AutoTokenizer
         from transformers.models.auto.image_processing_auto import AutoImageProcessor
         processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
@@ -244,17 +228,8 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
         print(type(processor).__name__, type(processor.tokenizer).__name__, type(processor.image_processor).__name__)
         print(out["input_ids"].tolist(), tuple(out["pixel_values"].shape))
         """
-    )
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(hub_copy)],
-        cwd=tmp_path / "elsewhere",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = dict(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    result = run_python(script, str(hub_copy), env=env, cwd=tmp_path / "elsewhere", with_package=False)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[-2] == "SViTTProcessor SViTTTokenizer SViTTVideoProcessor"

@@ -1,0 +1,800 @@
+"""PyTorch SViTT: sparse video-text transformer (Li et al., CVPR 2023).
+
+Video tower: BEiT applied per frame, one sequence per clip, 3-D relative position bias, block-sparse
+attention (edge sparsity, `sparse_attention.py`) and [CLS]-attention token pruning (node sparsity,
+`token_selection.py`). The text tower, BERT whose last layers ("fusion layers") cross-attend to the video, is in
+`modeling_svitt_text.py`; [`SViTTModel`] here joins the two.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput, can_return_tuple
+
+from .configuration_svitt import SViTTConfig, SViTTVisionConfig
+from .losses import ContrastiveLossOutput, itc_loss, similarity_logits
+from .modeling_common import NestedModelOutput, SViTTDropPath, SViTTPreTrainedModel, eager_attention_forward
+from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
+from .relative_position import (
+    SViTTRelativePositionBias3D,
+    relative_position_index,
+    resample_relative_position_bias_table,
+)
+from .sparse_attention import (
+    BlockSparseLayout,
+    block_sparse_attention,
+    build_block_sparse_layout,
+    softmax_in_float32,
+)
+from .token_selection import gather_tokens, keep_tokens, video_token_scores
+
+RandomBlocks = Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SViTTVisionModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_global_tokens + num_kept_tokens, hidden_size)`):
+        Output of the last layer: the global tokens, then the patch tokens that survived pruning, in ascending
+        original order (before the composite model's `vision_layernorm`).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Layer-normed mean of the kept patch tokens of the last layer (global tokens excluded).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        Input of every layer and the final output; their lengths shrink after each drop layer.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Per layer, the attention probabilities of the global queries, `(batch_size, num_heads, num_global_tokens,
+        sequence_length)` (the full matrix does not exist under block-sparse attention).
+    kept_token_indices (`tuple(torch.LongTensor)`):
+        After each drop layer, the original positions `t * P * P + h * P + w` of the kept patch tokens, `(batch_size, k)`.
+    random_blocks (`tuple(torch.LongTensor)`):
+        Per layer, the random key blocks of every query block `(num_blocks, num_random_blocks)`; pass them back as
+        `random_blocks=` to replay the same attention pattern. `None` for dense layers.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    kept_token_indices: tuple[torch.LongTensor, ...] | None = None
+    random_blocks: tuple[torch.LongTensor | None, ...] | None = None
+
+
+@dataclass
+class SViTTVideoEncoding(ModelOutput):
+    r"""
+    embeds (`(batch_size, embed_dim)`): L2-normalised projection of the pooled video (ITC embedding).
+    tokens (`(batch_size, num_tokens, hidden_size)`): `vision_layernorm` of the video tower's last hidden state,
+        what the fusion layers attend to.
+    token_mask (`(batch_size, num_tokens)`): all ones (every video token is real).
+    vision_output ([`SViTTVisionModelOutput`]): the video tower's output.
+    """
+
+    embeds: torch.FloatTensor | None = None
+    tokens: torch.FloatTensor | None = None
+    token_mask: torch.LongTensor | None = None
+    vision_output: SViTTVisionModelOutput | None = None
+
+
+@dataclass
+class SViTTTextEncoding(ModelOutput):
+    r"""
+    embeds (`(batch_size, embed_dim)`): L2-normalised projection of the text [CLS] state (ITC embedding).
+    hidden_states (`(batch_size, sequence_length, hidden_size)`): output of the text layers, input of the fusion layers.
+    attention_mask (`(batch_size, sequence_length)`): the text padding mask.
+    text_output ([`SViTTTextModelOutput`]): the text layers' output.
+    """
+
+    embeds: torch.FloatTensor | None = None
+    hidden_states: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    text_output: SViTTTextModelOutput | None = None
+
+
+@dataclass
+class SViTTOutput(NestedModelOutput):
+    r"""
+    loss (`torch.FloatTensor`, *optional*, returned when `return_loss=True`): video-text contrastive loss.
+    logits_per_video (`(video_batch_size, text_batch_size)`): cosine similarities divided by the temperature.
+    logits_per_text (`(text_batch_size, video_batch_size)`): the transpose.
+    video_embeds, text_embeds (`(batch_size, embed_dim)`): L2-normalised embeddings.
+    vision_model_output, text_model_output: outputs of the two towers.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    vision_model_output: SViTTVisionModelOutput | None = None
+    text_model_output: SViTTTextModelOutput | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Video tower
+# --------------------------------------------------------------------------------------------------
+
+
+class SViTTPatchEmbeddings(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.projection(frames).flatten(2).transpose(1, 2)
+
+
+class SViTTVisionEmbeddings(nn.Module):
+    """Patchify every frame on its own and prepend the global tokens: `(B, c + T*P*P, D)` in frame-major order."""
+
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, config.num_global_tokens, config.hidden_size))
+        self.patch_embeddings = SViTTPatchEmbeddings(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        expected = (config.num_frames, config.num_channels, config.image_size, config.image_size)
+        if pixel_values.dim() != 5 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch, {', '.join(map(str, expected))}) = (batch, frames, channels, "
+                f"height, width), got {tuple(pixel_values.shape)}. The relative position bias is sized for "
+                f"{config.num_frames} frames: split longer videos into clips or call `resize_num_frames`."
+            )
+        batch, frames = pixel_values.shape[:2]
+        dtype = self.patch_embeddings.projection.weight.dtype
+        patches = self.patch_embeddings(pixel_values.flatten(0, 1).to(dtype))
+        patches = patches.reshape(batch, frames * patches.shape[1], -1)
+        embeddings = torch.cat([self.cls_token.expand(batch, -1, -1), patches], dim=1)
+        return self.dropout(embeddings)
+
+
+class SViTTVisionSelfAttention(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.relative_position_bias = SViTTRelativePositionBias3D(
+            config.num_frames, config.patches_per_side, config.num_attention_heads, config.num_global_tokens
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        positions: torch.Tensor,
+        layout: BlockSparseLayout | None,
+        dense_bias_index: torch.Tensor | None,
+        need_global_attention: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        query = self.query(hidden_states).view(shape).transpose(1, 2)
+        key = self.key(hidden_states).view(shape).transpose(1, 2)
+        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
+        c = self.config.num_global_tokens
+
+        if layout is not None:
+            context, global_attention = block_sparse_attention(
+                query,
+                key,
+                value,
+                layout,
+                positions,
+                self.relative_position_bias,
+                num_global_tokens=c,
+                scaling=self.scaling,
+                mask_padded_keys=self.config.mask_padded_keys,
+                dropout=dropout,
+                training=self.training,
+                backend=self.config.sparse_attention_backend,
+            )
+            return context.transpose(1, 2).reshape(batch, length, -1), global_attention
+
+        bias = self.relative_position_bias.relative_position_bias_table[dense_bias_index]  # (B, S, S, H)
+        bias = bias.permute(0, 3, 1, 2).to(query.dtype)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attention(self, query, key, value, bias, scaling=self.scaling, dropout=dropout)
+        global_attention = None
+        if need_global_attention:
+            # SDPA does not return probabilities; the global rows are cheap to recompute (c x S scores).
+            scores = torch.matmul(query[:, :, :c], key.transpose(-1, -2)) * self.scaling + bias[:, :, :c]
+            global_attention = softmax_in_float32(scores)
+        return context.reshape(batch, length, -1), global_attention
+
+
+class SViTTVisionSelfOutput(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class SViTTVisionAttention(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.attention = SViTTVisionSelfAttention(config)
+        self.output = SViTTVisionSelfOutput(config)
+
+    def forward(self, hidden_states, positions, layout, dense_bias_index, need_global_attention):
+        context, global_attention = self.attention(
+            hidden_states, positions, layout, dense_bias_index, need_global_attention
+        )
+        return self.output(context), global_attention
+
+
+class SViTTVisionIntermediate(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class SViTTVisionOutput(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class SViTTVisionLayer(GradientCheckpointingLayer):
+    """Pre-LN BEiT layer with layer scale; a drop layer prunes patch tokens (after the FFN, as the release)."""
+
+    def __init__(self, config: SViTTVisionConfig, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.config = config
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = SViTTVisionAttention(config)
+        self.drop_path = SViTTDropPath(drop_path_rate)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = SViTTVisionIntermediate(config)
+        self.output = SViTTVisionOutput(config)
+        if config.layer_scale_init_value > 0:
+            self.lambda_1 = nn.Parameter(torch.full((config.hidden_size,), float(config.layer_scale_init_value)))
+            self.lambda_2 = nn.Parameter(torch.full((config.hidden_size,), float(config.layer_scale_init_value)))
+        else:
+            self.lambda_1, self.lambda_2 = None, None
+
+    def _scale(self, hidden_states: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        return hidden_states if scale is None else scale * hidden_states
+
+    def _prune(self, hidden_states, positions, global_attention, keep_rate, random_scores):
+        c = self.config.num_global_tokens
+        scores = video_token_scores(
+            global_attention, self.config.token_keep_strategy, positions.shape[1], c, random_scores
+        )
+        hidden_states, kept = keep_tokens(hidden_states, scores, keep_rate, c)
+        return hidden_states, gather_tokens(positions, kept)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        positions: torch.Tensor,
+        layout: BlockSparseLayout | None = None,
+        dense_bias_index: torch.Tensor | None = None,
+        keep_rate: float = 1.0,
+        random_scores: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        prune = keep_rate < 1.0
+        need_global_attention = output_attentions or (prune and self.config.token_keep_strategy == "cls_attn")
+        attention_output, global_attention = self.attention(
+            self.layernorm_before(hidden_states), positions, layout, dense_bias_index, need_global_attention
+        )
+        hidden_states = hidden_states + self.drop_path(self._scale(attention_output, self.lambda_1))
+        if prune and not self.config.prune_after_mlp:
+            hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
+        mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self._scale(mlp_output, self.lambda_2))
+        if prune and self.config.prune_after_mlp:
+            hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
+        return hidden_states, positions, global_attention
+
+
+class SViTTVisionEncoder(nn.Module):
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        # on the CPU explicitly: a model built under `torch.device("meta")` still needs these numbers
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layer = nn.ModuleList([SViTTVisionLayer(config, rate) for rate in rates])
+        self.gradient_checkpointing = False
+
+    def _layout(self, layer_index, num_tokens, random_blocks, generator, device) -> BlockSparseLayout:
+        config = self.config
+        return build_block_sparse_layout(
+            num_tokens,
+            config.attention_block_size,
+            config.num_local_blocks,
+            config.num_random_blocks,
+            generator=generator,
+            random_blocks=random_blocks.get(layer_index) if random_blocks is not None else None,
+            device=device,
+        )
+
+    def _dense_bias_index(self, positions: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        c = config.num_global_tokens
+        batch = positions.shape[0]
+        global_positions = -torch.arange(1, c + 1, device=positions.device).expand(batch, c)
+        all_positions = torch.cat([global_positions, positions], dim=1)
+        return relative_position_index(
+            all_positions[:, :, None], all_positions[:, None, :], config.num_frames, config.patches_per_side, c
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        random_blocks: dict[int, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> SViTTVisionModelOutput:
+        config = self.config
+        batch = hidden_states.shape[0]
+        c = config.num_global_tokens
+        positions = torch.arange(config.num_patch_tokens, device=hidden_states.device).expand(batch, -1)
+        all_hidden_states, all_attentions, kept_token_indices, used_random_blocks = [], [], [], []
+        dense_bias_index = None
+
+        for index, layer in enumerate(self.layer):
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            num_tokens = hidden_states.shape[1] - c
+            layout = None
+            if config.use_sparse_attention:
+                layout = self._layout(index, num_tokens, random_blocks, generator, hidden_states.device)
+                used_random_blocks.append(layout.random_blocks.cpu())
+            else:
+                used_random_blocks.append(None)
+                if dense_bias_index is None:  # shared by the layers until pruning changes the positions
+                    dense_bias_index = self._dense_bias_index(positions)
+            keep_rate = config.token_keep_rate if index in config.token_drop_layers else 1.0
+            random_scores = None
+            if keep_rate < 1.0 and config.token_keep_strategy == "random":
+                # Drawn here, not inside the layer, so a checkpointed layer recomputes the same selection; from a
+                # generator of their own, seeded by one fixed-size draw, so that the random blocks of later layers do
+                # not depend on the batch size.
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+                scores_generator = torch.Generator().manual_seed(seed)
+                random_scores = torch.rand((batch, num_tokens), generator=scores_generator).to(hidden_states.device)
+            hidden_states, new_positions, global_attention = layer(
+                hidden_states,
+                positions,
+                layout=layout,
+                dense_bias_index=dense_bias_index,
+                keep_rate=keep_rate,
+                random_scores=random_scores,
+                output_attentions=output_attentions,
+            )
+            if keep_rate < 1.0:
+                kept_token_indices.append(new_positions)
+                dense_bias_index = None
+            positions = new_positions
+            if output_attentions:
+                all_attentions.append(global_attention)
+
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        return SViTTVisionModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+            kept_token_indices=tuple(kept_token_indices),
+            random_blocks=tuple(used_random_blocks),
+        )
+
+
+class SViTTVisionPooler(nn.Module):
+    """Mean of the patch tokens (global tokens excluded), then LayerNorm (BEiT mean pooling)."""
+
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__()
+        self.num_global_tokens = config.num_global_tokens
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layernorm(hidden_states[:, self.num_global_tokens :].mean(dim=1))
+
+
+def _random_blocks_by_layer(random_blocks: RandomBlocks | None) -> dict[int, torch.Tensor] | None:
+    if random_blocks is None:
+        return None
+    if isinstance(random_blocks, Mapping):
+        return {int(layer): blocks for layer, blocks in random_blocks.items()}
+    return {layer: blocks for layer, blocks in enumerate(random_blocks) if blocks is not None}
+
+
+class SViTTVisionModel(SViTTPreTrainedModel):
+    """The SViTT video tower: `pixel_values (B, T, 3, H, W)` -> kept tokens and a pooled clip vector.
+
+    Differences from a plain ViT, by design: `attentions` hold only the rows of the global queries (block-sparse
+    attention never forms the full matrix), and `hidden_states` get shorter after every drop layer (pruned tokens
+    are gone; `kept_token_indices` says which survived).
+    """
+
+    config: SViTTVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("video",)
+
+    def __init__(self, config: SViTTVisionConfig) -> None:
+        super().__init__(config)
+        self.embeddings = SViTTVisionEmbeddings(config)
+        self.encoder = SViTTVisionEncoder(config)
+        self.pooler = SViTTVisionPooler(config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, SViTTVisionEmbeddings):
+            init.trunc_normal_(module.cls_token, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, SViTTRelativePositionBias3D):
+            init.zeros_(module.relative_position_bias_table)
+        elif isinstance(module, SViTTVisionLayer) and module.lambda_1 is not None:
+            init.constant_(module.lambda_1, module.config.layer_scale_init_value)
+            init.constant_(module.lambda_2, module.config.layer_scale_init_value)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def resize_num_frames(self, num_frames: int, mode: str | None = None) -> None:
+        """Move to a new clip length (a curriculum stage): resample every layer's relative-bias table."""
+        mode = mode or self.config.temporal_bias_interpolation
+        for layer in self.encoder.layer:
+            bias = layer.attention.attention.relative_position_bias
+            table = resample_relative_position_bias_table(
+                bias.relative_position_bias_table.data,
+                self.config.num_frames,
+                num_frames,
+                self.config.patches_per_side,
+                self.config.num_global_tokens,
+                mode,
+            )
+            bias.relative_position_bias_table = nn.Parameter(
+                table, requires_grad=bias.relative_position_bias_table.requires_grad
+            )
+            bias.num_frames = num_frames
+        self.config.num_frames = num_frames
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SViTTVisionModelOutput:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
+            Normalised frames (see `SViTTVideoProcessor`).
+        random_blocks (`dict[int, LongTensor]` or sequence, *optional*):
+            Random key blocks to replay per layer (`(num_blocks, num_random_blocks)` each), e.g. the
+            `random_blocks` of an earlier output or a recorded pattern file (`load_random_block_patterns`).
+        generator (`torch.Generator`, *optional*):
+            Source of the random blocks (CPU generator). By default training draws from the global RNG and
+            evaluation from a generator seeded with `config.random_block_seed` (when `config.deterministic_eval`).
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if generator is None and not self.training and self.config.deterministic_eval:
+            generator = torch.Generator().manual_seed(self.config.random_block_seed)
+        embeddings = self.embeddings(pixel_values)
+        output = self.encoder(
+            embeddings,
+            random_blocks=_random_blocks_by_layer(random_blocks),
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        # a new output, so that `to_tuple()` (return_dict=False) lists the fields in their declared order
+        return SViTTVisionModelOutput(
+            last_hidden_state=output.last_hidden_state,
+            pooler_output=self.pooler(output.last_hidden_state),
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            kept_token_indices=output.kept_token_indices,
+            random_blocks=output.random_blocks,
+        )
+
+
+class SViTTModel(SViTTPreTrainedModel):
+    """Dual encoder with fusion layers: video tower, text tower, projections to a shared space, temperature.
+
+    The towers may sit on different devices (`device_map`): embeddings, scores and the video tokens the fusion
+    layers read are combined on the text tower's device.
+    """
+
+    config: SViTTConfig
+    # Every similarity is divided by the temperature (about 0.07 or smaller): it stays float32 under a bf16 / fp16 load.
+    _keep_in_fp32_modules_strict = ["temperature"]
+
+    def __init__(self, config: SViTTConfig) -> None:
+        super().__init__(config)
+        vision_config, text_config = config.vision_config, config.text_config
+        self.vision_model = SViTTVisionModel(vision_config)
+        self.text_model = SViTTTextModel(text_config)
+        self.vision_layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.vision_projection = nn.Linear(vision_config.hidden_size, config.embed_dim)
+        self.text_projection = nn.Linear(text_config.hidden_size, config.embed_dim)
+        self.temperature = nn.Parameter(torch.tensor(float(config.temperature)))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(module.temperature, self.config.temperature)
+        elif module is self.vision_projection:  # the generic init would use the text tower's range for both
+            init.normal_(module.weight, mean=0.0, std=self.config.vision_config.initializer_range)
+        elif module is self.text_projection:
+            init.normal_(module.weight, mean=0.0, std=self.config.text_config.initializer_range)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    @torch.no_grad()
+    def clamp_temperature_(self) -> None:
+        """Keep the learnable temperature in `[temperature_min, temperature_max]` (done in every training forward)."""
+        self.temperature.clamp_(self.config.temperature_min, self.config.temperature_max)
+
+    def encode_video(
+        self,
+        pixel_values: torch.Tensor,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> SViTTVideoEncoding:
+        """Video tower, then the ITC embedding (from the pooled vector) and the fusion tokens (layer-normed)."""
+        vision_output = self.vision_model(
+            pixel_values,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        tokens = self.vision_layernorm(vision_output.last_hidden_state)
+        return SViTTVideoEncoding(
+            embeds=F.normalize(self.vision_projection(vision_output.pooler_output), dim=-1),
+            tokens=tokens,
+            token_mask=torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device),
+            vision_output=vision_output,
+        )
+
+    def encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> SViTTTextEncoding:
+        """Text layers, then the ITC embedding from the [CLS] state."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_output = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            mode="text",
+        )
+        hidden_states = text_output.last_hidden_state
+        return SViTTTextEncoding(
+            embeds=F.normalize(self.text_projection(hidden_states[:, 0]), dim=-1),
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            text_output=text_output,
+        )
+
+    def encode_pairs(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> tuple[SViTTVideoEncoding, SViTTTextEncoding]:
+        """Both towers on a batch, as every contrastive forward starts (in training, after clamping the temperature,
+        as the release does at every step)."""
+        if self.training:
+            self.clamp_temperature_()
+        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        return video, text
+
+    def similarity_logits(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor) -> torch.Tensor:
+        """`(num_texts, num_videos)` cosine similarities of normalised embeddings divided by the temperature (float32,
+        on the text side). Batched `(..., n, E)` inputs give `(..., n_texts, n_videos)`."""
+        return similarity_logits(text_embeds, video_embeds, self.temperature)
+
+    def contrastive(
+        self,
+        video_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        match_ids: torch.Tensor | None = None,
+        verb_tags: torch.Tensor | None = None,
+        noun_tags: torch.Tensor | None = None,
+        video_ids: torch.Tensor | None = None,
+    ) -> ContrastiveLossOutput:
+        """The configured contrastive objective (`contrastive_loss`: multi-positive ITC or EgoNCE, negatives gathered
+        across processes when `gather_negatives_across_processes`): one path for this model and every head."""
+        config = self.config
+        return itc_loss(
+            video_embeds,
+            text_embeds,
+            self.temperature,
+            match_ids,
+            loss_type=config.contrastive_loss,
+            verb_tags=verb_tags,
+            noun_tags=noun_tags,
+            video_ids=video_ids,
+            egonce_rule=config.egonce_positive_rule,
+            gather_across_processes=config.gather_negatives_across_processes,
+        )
+
+    def fuse(
+        self,
+        text_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_tokens: torch.Tensor,
+        video_token_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SViTTTextModelOutput:
+        """Fusion layers: text-layer states cross-attending to (layer-normed) video tokens."""
+        return self.text_model(
+            text_hidden_states=text_hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=video_tokens,
+            encoder_attention_mask=video_token_mask,
+            num_global_video_tokens=self.config.vision_config.num_global_tokens,
+            output_attentions=output_attentions,
+            return_dict=True,
+            mode="fusion",
+            generator=generator,
+        )
+
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values: torch.Tensor,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """The video tower's output with `pooler_output` = the L2-normalised projected video embedding
+        `(batch_size, embed_dim)` (cosine similarity = dot product)."""
+        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        return _features_output(video.vision_output, video.embeds)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """The text layers' output with `pooler_output` = the L2-normalised projected text embedding
+        `(batch_size, embed_dim)`."""
+        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        return _features_output(text.text_output, text.embeds)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool = False,
+        match_ids: torch.Tensor | None = None,
+        random_blocks: RandomBlocks | None = None,
+        generator: torch.Generator | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        video_ids: torch.Tensor | None = None,
+        verb_tags: torch.Tensor | None = None,
+        noun_tags: torch.Tensor | None = None,
+    ) -> SViTTOutput:
+        r"""
+        return_loss (`bool`, defaults to `False`):
+            Also return the configured contrastive loss (`config.contrastive_loss`, with negatives from every process
+            when `config.gather_negatives_across_processes`), the same objective as the heads' ITC.
+        match_ids (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Equal ids mark positive pairs (several captions of one video); by default pair i matches only pair i.
+        video_ids, verb_tags, noun_tags (*optional*):
+            EgoNCE inputs (`config.contrastive_loss="egonce"`): the source video of every clip and multi-hot verb /
+            noun tags.
+
+        Without a loss, `logits_per_video` is `(num_videos, num_texts)`: any number of each. With the loss and
+        gathered negatives, its columns cover the texts of every process (as in the heads).
+        """
+        video, text = self.encode_pairs(
+            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+        )
+        loss = None
+        if return_loss:
+            contrastive = self.contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
+            loss = contrastive.loss
+            logits_per_video, logits_per_text = contrastive.logits_per_video, contrastive.logits_per_text
+        else:
+            logits_per_text = self.similarity_logits(text.embeds, video.embeds)
+            logits_per_video = logits_per_text.t()
+        return SViTTOutput(
+            loss=loss,
+            logits_per_video=logits_per_video,
+            logits_per_text=logits_per_text,
+            video_embeds=video.embeds,
+            text_embeds=text.embeds,
+            vision_model_output=video.vision_output,
+            text_model_output=text.text_output,
+        )
+
+
+def _features_output(tower_output: ModelOutput, embeds: torch.Tensor) -> BaseModelOutputWithPooling:
+    return BaseModelOutputWithPooling(
+        last_hidden_state=tower_output.last_hidden_state,
+        pooler_output=embeds,
+        hidden_states=tower_output.hidden_states,
+        attentions=tower_output.attentions,
+    )
+
+
+__all__ = [
+    "SViTTModel",
+    "SViTTOutput",
+    "SViTTPreTrainedModel",
+    "SViTTTextEncoding",
+    "SViTTTextModel",
+    "SViTTTextModelOutput",
+    "SViTTVideoEncoding",
+    "SViTTVisionModel",
+    "SViTTVisionModelOutput",
+]

@@ -1,0 +1,147 @@
+"""3-D relative position bias of the SViTT video tower.
+
+Tokens are addressed by *original position*, so pruning never invalidates a lookup:
+a patch token carries `n = t * P * P + h * P + w` (frame-major raster order) and global token `i`
+carries the negative position `-(i + 1)`. A zero-padded slot of a block-sparse layout carries -1,
+i.e. it is looked up as the first global token, which is what the release does.
+
+Table layout (rows x heads), with `R = (2T-1, 2P-1, 2P-1)` relative extents and `c` global tokens:
+rows `0 .. L-1` with `L = (2T-1)(2P-1)^2` hold patch->patch offsets (temporal offset most
+significant); then `c` rows global_i->patch, `c` rows patch->global_j and `c*c` rows global_i->global_j.
+For `c = 1` and `T = 1` this is exactly HF BEiT's 2-D table (732 rows at 224 px).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def relative_position_table_rows(num_frames: int, patches_per_side: int, num_global_tokens: int = 1) -> int:
+    spatial = (2 * patches_per_side - 1) ** 2
+    return (2 * num_frames - 1) * spatial + 2 * num_global_tokens + num_global_tokens**2
+
+
+def relative_position_index(
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    num_frames: int,
+    patches_per_side: int,
+    num_global_tokens: int = 1,
+) -> torch.Tensor:
+    """Row of the bias table for every (query, key) pair; positions broadcast against each other."""
+    side = patches_per_side
+    extent = 2 * side - 1
+    num_local = (2 * num_frames - 1) * extent * extent
+
+    query_is_global = query_positions < 0
+    key_is_global = key_positions < 0
+    q = query_positions.clamp(min=0)
+    k = key_positions.clamp(min=0)
+    dt = torch.div(q, side * side, rounding_mode="floor") - torch.div(k, side * side, rounding_mode="floor")
+    dh = torch.div(q % (side * side), side, rounding_mode="floor") - torch.div(k % (side * side), side, rounding_mode="floor")
+    dw = q % side - k % side
+    index = (dt + num_frames - 1) * extent * extent + (dh + side - 1) * extent + (dw + side - 1)
+
+    global_query = -query_positions - 1
+    global_key = -key_positions - 1
+    c = num_global_tokens
+    index = torch.where(query_is_global & ~key_is_global, num_local + global_query, index)
+    index = torch.where(~query_is_global & key_is_global, num_local + c + global_key, index)
+    index = torch.where(query_is_global & key_is_global, num_local + 2 * c + global_query * c + global_key, index)
+    return index
+
+
+class SViTTRelativePositionBias3D(nn.Module):
+    """One learnable table per layer; `forward(q_pos, k_pos)` gathers the bias of every pair as `(..., heads)`."""
+
+    def __init__(self, num_frames: int, patches_per_side: int, num_heads: int, num_global_tokens: int = 1) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.patches_per_side = patches_per_side
+        self.num_global_tokens = num_global_tokens
+        rows = relative_position_table_rows(num_frames, patches_per_side, num_global_tokens)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
+
+    def index(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        return relative_position_index(
+            query_positions, key_positions, self.num_frames, self.patches_per_side, self.num_global_tokens
+        )
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        return self.relative_position_bias_table[self.index(query_positions, key_positions)]
+
+
+def _split_table(table: torch.Tensor, spatial_rows: int, num_global_tokens: int):
+    num_special = 2 * num_global_tokens + num_global_tokens**2
+    local, special = table[:-num_special], table[-num_special:]
+    if local.shape[0] % spatial_rows:
+        raise ValueError(
+            f"A relative-position table of {table.shape[0]} rows does not hold whole temporal slices of "
+            f"{spatial_rows} spatial rows plus {num_special} global rows."
+        )
+    return local.reshape(-1, spatial_rows, table.shape[-1]), special
+
+
+def inflate_relative_position_bias_table(
+    table_2d: torch.Tensor, num_frames: int, num_global_tokens: int = 1
+) -> torch.Tensor:
+    """BEiT 2-D table (`(2P-1)^2 + 3` rows) -> 3-D table for `num_frames`, identical for every temporal offset.
+
+    The 2-D table has one [CLS]; with several global tokens its three [CLS] rows are repeated for each.
+    """
+    spatial_rows = table_2d.shape[0] - 3
+    side = (int(round(spatial_rows**0.5)) + 1) // 2
+    if (2 * side - 1) ** 2 != spatial_rows:
+        raise ValueError(f"{table_2d.shape[0]} rows is not a BEiT 2-D relative-position table ((2P-1)^2 + 3 rows).")
+    spatial, (cls_to_token, token_to_cls, cls_to_cls) = table_2d[:spatial_rows], table_2d[spatial_rows:]
+    c = num_global_tokens
+    special = torch.cat(
+        [cls_to_token.expand(c, -1), token_to_cls.expand(c, -1), cls_to_cls.expand(c * c, -1)], dim=0
+    )
+    return torch.cat([spatial.repeat(2 * num_frames - 1, 1), special], dim=0)
+
+
+def resample_relative_position_bias_table(
+    table: torch.Tensor,
+    num_frames: int,
+    new_num_frames: int,
+    patches_per_side: int,
+    num_global_tokens: int = 1,
+    mode: str = "nearest",
+) -> torch.Tensor:
+    """Resize the temporal-offset axis of a 3-D table from `2T-1` to `2T'-1` offsets (curriculum stages).
+
+    `nearest` reproduces the release (`F.interpolate(mode="nearest")`: new offset i takes old offset
+    `floor(i * (2T-1) / (2T'-1))`, which is asymmetric). `linear` interpolates with aligned end points, so the
+    largest offsets map onto each other and the result stays symmetric.
+    """
+    spatial_rows = (2 * patches_per_side - 1) ** 2
+    slices, special = _split_table(table, spatial_rows, num_global_tokens)
+    if slices.shape[0] != 2 * num_frames - 1:
+        raise ValueError(
+            f"The table holds {slices.shape[0]} temporal offsets, expected {2 * num_frames - 1} for {num_frames} frames."
+        )
+    if new_num_frames == num_frames:
+        return table.clone()
+    heads = table.shape[-1]
+    # (offsets, spatial, heads) -> (spatial * heads, 1, offsets): interpolate along the offsets only.
+    series = slices.permute(1, 2, 0).reshape(spatial_rows * heads, 1, -1)
+    if mode == "nearest":
+        resized = F.interpolate(series, size=2 * new_num_frames - 1, mode="nearest")
+    elif mode == "linear":
+        resized = F.interpolate(series, size=2 * new_num_frames - 1, mode="linear", align_corners=True)
+    else:
+        raise ValueError(f"Unknown temporal interpolation mode {mode!r}; use 'nearest' or 'linear'.")
+    resized = resized.reshape(spatial_rows, heads, -1).permute(2, 0, 1).reshape(-1, heads)
+    return torch.cat([resized, special], dim=0)
+
+
+__all__ = [
+    "SViTTRelativePositionBias3D",
+    "inflate_relative_position_bias_table",
+    "relative_position_index",
+    "relative_position_table_rows",
+    "resample_relative_position_bias_table",
+]

@@ -1,0 +1,65 @@
+"""Names that are neither a folder nor a usable Hub repo fail at once, saying how to get an SViTT checkpoint.
+
+Runs offline (HF_HUB_OFFLINE=1, as the whole suite); the unreachable-Hub case (no retries) and the cached-repo case
+are in `test_push_to_hub.py`, which has a Hub to stop.
+"""
+
+import time
+
+import pytest
+import transformers.utils.hub
+from transformers import AutoModel, AutoModelForMultipleChoice, AutoProcessor
+
+from modeling_svitt import SViTTForPreTraining, SViTTProcessor
+from modeling_svitt.checkpoint_names import install_checkpoint_name_hint
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        AutoModel.from_pretrained,
+        AutoModelForMultipleChoice.from_pretrained,
+        AutoProcessor.from_pretrained,
+        SViTTForPreTraining.from_pretrained,
+        SViTTProcessor.from_pretrained,
+    ],
+)
+def test_an_unknown_name_says_how_to_get_a_checkpoint(load, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(OSError) as error:
+        load("svitt-ego")
+    assert time.monotonic() - start < 5
+    message = str(error.value)
+    assert "'svitt-ego' is not a local folder, and HF_HUB_OFFLINE is set" in message
+    assert "accelerate launch training/pretrain.py --recipe svitt-ego --output-dir svitt-ego" in message
+    assert (
+        "python -m modeling_svitt.convert_original_svitt --checkpoint ckpt.pth --output svitt-ego --model-card"
+        in message
+    )
+    assert "give the id of a Hub repository" in message
+
+
+def test_the_message_follows_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="--recipe svitt --output-dir svitt`"):
+        AutoModel.from_pretrained("svitt")
+    with pytest.raises(
+        OSError, match="'runs/../svitt-ego' is not a local folder, and it is not a valid Hub repository id"
+    ):
+        AutoModel.from_pretrained("runs/../svitt-ego")
+
+
+def test_folders_are_left_to_transformers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "svitt-ego").mkdir()  # a folder without config.json: transformers' own error, no hint
+    with pytest.raises(ValueError, match="Unrecognized model in svitt-ego") as error:
+        AutoModel.from_pretrained("svitt-ego")
+    assert "To get an SViTT checkpoint" not in str(error.value)
+
+
+def test_the_hook_is_installed_once():
+    wrapped = transformers.utils.hub.cached_files
+    install_checkpoint_name_hint()
+    assert transformers.utils.hub.cached_files is wrapped and wrapped._svitt_checkpoint_hint
+    assert wrapped.__wrapped__.__module__ == "transformers.utils.hub"
