@@ -7,8 +7,10 @@ that says nothing about where an SViTT checkpoint comes from.
 Importing `modeling_svitt` wraps the two functions through which `from_pretrained` (configs, models, processors,
 tokenizers, remote code) first reaches the Hub for a name: `transformers.utils.hub.cached_files` (every file lookup)
 and `list_repo_templates` (the chat-template listing processors do before their first file lookup). The wrappers
+only act on names that look like SViTT checkpoints (the repository name contains "svitt", e.g. `svitt-ego` or
+`user/svitt-msrvtt`): loading any other model in the same process is left exactly as transformers does it. They
 change nothing for local folders and for names whose revision transformers already resolved (the Hub answered, or
-the cache knows the repository). For any other name they ask the Hub once, without retries, whether it can be
+the cache knows the repository). For another SViTT name they ask the Hub once, without retries, whether it can be
 reached. When it cannot (or `HF_HUB_OFFLINE` / `local_files_only` cut it off) and the cache holds nothing for the
 name, or when the Hub answers that no such repository exists, the load fails at once with an `OSError` that says how
 to get an SViTT checkpoint. A cached repository is still served from the cache, without retries.
@@ -64,9 +66,18 @@ def _is_cached(repo_id: str, kwargs: dict) -> bool:
     )
 
 
+def names_an_svitt_checkpoint(name: str) -> bool:
+    """Whether the hint applies: the last part of the name (the repository or folder name) mentions SViTT."""
+    return "svitt" in name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+
+
 def _check_reachable_or_cached(name: str, kwargs: dict) -> None:
     """Limit the lookup to the cache when the Hub cannot be reached; raise when nothing can serve the name."""
-    if os.path.isdir(name) or isinstance(kwargs.get("revision"), _RESOLVED_REVISION):
+    if (
+        not names_an_svitt_checkpoint(name)
+        or os.path.isdir(name)
+        or isinstance(kwargs.get("revision"), _RESOLVED_REVISION)
+    ):
         return
     try:
         validate_repo_id(name)
@@ -93,7 +104,7 @@ def _with_checkpoint_hint(cached_files):
         try:
             return cached_files(path_or_repo_id, filenames, **kwargs)
         except OSError as error:
-            if isinstance(error.__cause__, RepositoryNotFoundError):
+            if isinstance(error.__cause__, RepositoryNotFoundError) and names_an_svitt_checkpoint(name):
                 reason = f"it is not a model repository on {huggingface_hub.constants.ENDPOINT} that you can access"
                 raise OSError(f"{error}\n\n{how_to_get_a_checkpoint(name, reason)}") from None
             raise
@@ -124,4 +135,4 @@ def install_checkpoint_name_hint() -> None:
     )
 
 
-__all__ = ["how_to_get_a_checkpoint", "install_checkpoint_name_hint"]
+__all__ = ["how_to_get_a_checkpoint", "install_checkpoint_name_hint", "names_an_svitt_checkpoint"]

@@ -11,7 +11,7 @@ import transformers.utils.hub
 from transformers import AutoModel, AutoModelForMultipleChoice, AutoProcessor
 
 from modeling_svitt import SViTTForPreTraining, SViTTProcessor
-from modeling_svitt.checkpoint_names import install_checkpoint_name_hint
+from modeling_svitt.checkpoint_names import install_checkpoint_name_hint, names_an_svitt_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,13 @@ def test_the_hook_is_installed_once():
     install_checkpoint_name_hint()
     assert transformers.utils.hub.cached_files is wrapped and wrapped._svitt_checkpoint_hint
     assert wrapped.__wrapped__.__module__ == "transformers.utils.hub"
+
+
+def test_other_models_are_left_to_transformers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("bert-base-uncasd", "someone/egomcq-model"):
+        with pytest.raises(OSError) as error:
+            AutoModel.from_pretrained(name)
+        assert "To get an SViTT checkpoint" not in str(error.value), name
+    assert names_an_svitt_checkpoint("someone/SViTT-Ego") and names_an_svitt_checkpoint("svitt-ego/")
+    assert not names_an_svitt_checkpoint("svitt-runs/bert")

@@ -194,7 +194,7 @@ PUSH_SCRIPT = """
     SViTTForPreTraining(tiny_config()).save_pretrained(Path(sys.argv[4]), push_to_hub=True, repo_id="someone/direct")
     from transformers import AutoModel
     try:
-        AutoModel.from_pretrained("someone/never-pushed")
+        AutoModel.from_pretrained("someone/svitt-never-pushed")
     except OSError as error:
         print("missing repo:", repr(str(error)))
     print("done")
@@ -223,7 +223,7 @@ HUB_DOWN_SCRIPT = """
     start = time.monotonic()
     model = AutoModelForMultipleChoice.from_pretrained("someone/svitt-tiny")
     print("cached", type(model).__name__, round(time.monotonic() - start, 2))
-    for name in ("svitt-ego", "someone/never-pushed"):
+    for name in ("svitt-ego", "someone/svitt-never-pushed"):
         for load in (AutoModel.from_pretrained, AutoModelForMultipleChoice.from_pretrained,
                      AutoProcessor.from_pretrained, modeling_svitt.SViTTProcessor.from_pretrained):
             start = time.monotonic()
@@ -297,7 +297,7 @@ def test_pull_request_and_branch_pushes(hub_session):
 
 def test_a_repo_the_hub_does_not_have_says_how_to_get_a_checkpoint(hub_session):
     line = next(line for line in _check(hub_session["logs"]["push"]).splitlines() if line.startswith("missing repo:"))
-    assert "'someone/never-pushed' is not a local folder, and it is not a model repository on" in line
+    assert "'someone/svitt-never-pushed' is not a local folder, and it is not a model repository on" in line
     assert "--recipe svitt-ego --output-dir svitt-ego" in line
 
 
