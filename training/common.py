@@ -8,6 +8,7 @@ fractions in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -166,17 +167,58 @@ def make_accelerator(output_dir: str | os.PathLike | None = None, log: bool = Tr
     return accelerator
 
 
-def share_scalar_parameters(accelerator: Accelerator, model: torch.nn.Module) -> None:
-    """Before `prepare` under DeepSpeed: DeepSpeed 0.19 broadcasts every parameter from process 0 through a byte view,
-    which fails for 0-dim tensors (SViTT's temperature). Broadcast those here instead and mark them so DeepSpeed's
-    start-up broadcast skips them (the mark only matters to its optimised-linear offloading, which is not used)."""
+def prepare_for_deepspeed(accelerator: Accelerator, model: torch.nn.Module) -> list[str]:
+    """Before `prepare` under DeepSpeed; returns the names of the parameters to pass to `restore_scalar_shapes`.
+
+    DeepSpeed 0.19 broadcasts and partitions parameters through byte views, which fail for 0-dim tensors (SViTT's
+    temperature): they get shape `(1,)` for training (the model's arithmetic broadcasts the same). Under ZeRO-3 a
+    parameter is gathered only when the module owning it runs, so parameters read by another module (the
+    temperature, read by the heads; the relative-bias tables, indexed directly on the dense path) are registered
+    with the module that reads them.
+    """
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return
-    for param in model.parameters():
+        return []
+    scalars = []
+    for name, param in model.named_parameters():
         if param.dim() == 0:
-            if torch.distributed.is_initialized():
-                torch.distributed.broadcast(param.data.view(1), src=0)
-            param.ds_optim_param = True
+            param.data = param.data.reshape(1)
+            scalars.append(name)
+    if accelerator.state.deepspeed_plugin.zero_stage == 3:
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+        register_external_parameter(model, model.svitt.temperature)
+        for layer in model.svitt.vision_model.encoder.layer:
+            attention = layer.attention.attention
+            register_external_parameter(attention, attention.relative_position_bias.relative_position_bias_table)
+    return scalars
+
+
+def restore_scalar_shapes(state_dict: dict[str, torch.Tensor] | None, names: Sequence[str]):
+    """Give the parameters `prepare_for_deepspeed` reshaped their 0-dim shape back, in a state dict to save (ZeRO-3
+    gathers the state dict on the main process only; elsewhere it is `None`)."""
+    for name in names if state_dict is not None else ():
+        if name in state_dict:
+            state_dict[name] = state_dict[name].reshape(())
+    return state_dict
+
+
+@contextlib.contextmanager
+def plain_loading():
+    """A context in which models are built whole: under DeepSpeed ZeRO-3, transformers otherwise partitions a model
+    while `from_pretrained` builds it (the curriculum changes a model before `prepare`, and evaluation runs outside
+    the engine)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = reference() if reference is not None else None
+    if config is None or not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def check_prepared_model(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -647,7 +689,8 @@ def evaluate_checkpoint(
     processor = SViTTProcessor.from_pretrained(folder)
     metrics: dict[str, Any] = {}
     for spec in evaluations:
-        model = EVALUATION_HEADS[spec.kind].from_pretrained(folder).to(accelerator.device)
+        with plain_loading():
+            model = EVALUATION_HEADS[spec.kind].from_pretrained(folder).to(accelerator.device)
         dataset = build_evaluation_dataset(spec, processor, model.config.vision_config.num_frames, synthetic_root)
         metrics.update(EVALUATION_LOOPS[spec.kind](accelerator, model, dataset, processor, spec))
         if spec.kind == "retrieval":

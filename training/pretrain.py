@@ -45,10 +45,12 @@ from training.common import (
     latest_state,
     make_accelerator,
     make_train_dataloader,
+    plain_loading,
+    prepare_for_deepspeed,
     prepare_synthetic_data,
+    restore_scalar_shapes,
     save_pretrained_atomically,
     save_state_atomically,
-    share_scalar_parameters,
     step_seed,
     write_json_atomically,
 )
@@ -129,17 +131,18 @@ def main(argv=None) -> None:
             continue  # finished before a restart
 
         # Every stage starts from the previous stage's saved weights (the first from the recipe's model).
-        if index == 0:
-            set_seed(recipe.seed)  # the fresh weights depend on the seed alone
-            model = build_initial_model(recipe, SViTTForPreTraining)
-        else:
-            model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
+        with plain_loading():
+            if index == 0:
+                set_seed(recipe.seed)  # the fresh weights depend on the seed alone
+                model = build_initial_model(recipe, SViTTForPreTraining)
+            else:
+                model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
         configure_stage(model, stage)
         freeze_unused_parameters(model, stage.freeze)
         dataset = train_sets[index]
         dataloader, sampler = make_train_dataloader(dataset, stage, processor, recipe.seed + index)
         raw_optimizer = build_optimizer(model, stage.optimizer)
-        share_scalar_parameters(accelerator, model)
+        scalar_parameters = prepare_for_deepspeed(accelerator, model)
         model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
         check_prepared_model(accelerator, model)
         steps_per_epoch = len(dataloader)
@@ -210,7 +213,7 @@ def main(argv=None) -> None:
 
         # Save the stage, evaluate it zero-shot, record it.
         unwrapped = accelerator.unwrap_model(model)
-        state_dict = accelerator.get_state_dict(model)
+        state_dict = restore_scalar_shapes(accelerator.get_state_dict(model), scalar_parameters)
         if accelerator.is_main_process:
             save_pretrained_atomically(unwrapped, processor, stage_dir, state_dict=state_dict)
         accelerator.wait_for_everyone()
