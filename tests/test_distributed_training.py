@@ -70,9 +70,23 @@ def test_deepspeed_zero2_two_processes_disjoint_shards_identical_weights_reloada
     check_two_ranks(probe, tmp_path / "run", "DEEPSPEED")
 
 
-def test_ddp_launch_two_cpu_processes(tmp_path):
+def test_ddp_launch_two_cpu_processes_and_sharded_evaluation_equals_one_process(tmp_path, monkeypatch):
     probe, _ = launch(tmp_path, "ddp.yaml")
-    check_two_ranks(probe, tmp_path / "run", "MULTI_CPU")
+    run_dir = tmp_path / "run"
+    check_two_ranks(probe, run_dir, "MULTI_CPU")
+    # the two processes evaluated shards (videos, ITM pairs) and gathered them: one process gets the same numbers
+    from training.common import evaluate_checkpoint, make_accelerator
+    from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from training.recipe import load_recipe
+    from tiny_recipe import TINY_SYNTHETIC
+
+    monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
+    synthetic = generate_synthetic_dataset(config=SyntheticConfig(**TINY_SYNTHETIC)).root
+    recipe = load_recipe(tmp_path / "tiny.yaml")
+    metrics = evaluate_checkpoint(make_accelerator(log=False), run_dir / "stage-1-2f", recipe.evaluation, synthetic)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert metrics.pop("num_test_videos") == summary["num_test_videos"]
+    assert metrics == pytest.approx(summary["stages"][0]["metrics"], abs=1e-6)
 
 
 def test_deepspeed_switched_off_by_a_cpu_flag_is_refused(tmp_path):

@@ -221,6 +221,15 @@ def plain_loading():
         hf_deepspeed.set_hf_deepspeed_config(config)
 
 
+def share_cpu_cores(accelerator: Accelerator, num_workers: int) -> None:
+    """On CPU, give torch the cores that this process's data-loader workers do not use (unless `OMP_NUM_THREADS`
+    says otherwise): more busy threads than cores slow every step several times over."""
+    if accelerator.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // accelerator.num_processes - num_workers))
+
+
 def check_prepared_model(accelerator: Accelerator, model: torch.nn.Module) -> None:
     """After `prepare`: with several processes the model must be wrapped for synchronised training (DDP/DeepSpeed)."""
     if accelerator.num_processes == 1:
@@ -356,7 +365,7 @@ def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, 
 def make_train_dataloader(dataset, stage: StageSpec, processor: SViTTProcessor, seed: int):
     """A loader over `dataset` whose order depends on `(seed, epoch)` only (call `sampler.set_epoch`); drops the last
     partial batch (contrastive losses need negatives). Returns `(dataloader, sampler)`."""
-    sampler = EpochShuffleSampler(len(dataset), seed)
+    sampler = EpochShuffleSampler(len(dataset), seed, stage.data.group_size)
     workers = stage.data.num_workers
     loader = make_dataloader(
         dataset,

@@ -50,6 +50,7 @@ from training.common import (
     prepare_synthetic_data,
     restore_scalar_shapes,
     save_pretrained_atomically,
+    share_cpu_cores,
     save_state_atomically,
     step_seed,
     write_json_atomically,
@@ -138,6 +139,7 @@ def main(argv=None) -> None:
             else:
                 model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
         configure_stage(model, stage)
+        share_cpu_cores(accelerator, stage.data.num_workers)
         freeze_unused_parameters(model, stage.freeze)
         dataset = train_sets[index]
         dataloader, sampler = make_train_dataloader(dataset, stage, processor, recipe.seed + index)

@@ -74,7 +74,8 @@ class ProcessorSpec:
 class DataSpec:
     """Training data of a stage: `format` `captions` (caption JSON) or `egoclip` (EgoClip metadata with verb and noun
     tags; `path_template` and `chunk_seconds` describe the video files, e.g. `{video_uid}/{chunk}.mp4` and 600 for
-    Ego4D's chunked videos)."""
+    Ego4D's chunked videos). `group_size` keeps that many consecutive annotation entries together in a batch (e.g. a
+    clip and its reversed twin, hard negatives of each other)."""
 
     format: str = "captions"
     annotations: str = ""
@@ -85,6 +86,7 @@ class DataSpec:
     num_nouns: int = 582
     path_template: str = "{video_uid}.mp4"
     chunk_seconds: float | None = None
+    group_size: int = 1
     num_workers: int = 2
     prefetch_factor: int = 2
     max_bad_fraction: float = 0.01
@@ -486,6 +488,8 @@ def validate_recipe(recipe: Recipe) -> None:
         check(data.format in DATA_FORMATS, f"{where}.data.format", f"must be one of {DATA_FORMATS}, got {data.format!r}")
         check(bool(data.annotations), f"{where}.data.annotations", "is required (the annotation file)")
         check(data.num_workers >= 0, f"{where}.data.num_workers", "must be >= 0")
+        check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.data.group_size",
+              f"must divide the batch size ({stage.batch_size}), got {data.group_size}")
         check(data.prefetch_factor >= 1, f"{where}.data.prefetch_factor", "must be >= 1")
         check(0 <= data.max_bad_fraction <= 1, f"{where}.data.max_bad_fraction", "must be in [0, 1]")
         if stage.contrastive_loss == "egonce":

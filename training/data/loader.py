@@ -64,17 +64,23 @@ class EpochShuffleSampler(Sampler[int]):
 
     Unlike a sampler drawing from a running generator, the order of epoch `e` does not depend on what was iterated
     before, so a run resumed in the middle of epoch `e` (with `set_epoch(e)`) replays exactly the same order.
+    With `group_size` g, the groups of g consecutive indices are shuffled and each stays together (with a batch size
+    divisible by g, in one batch), e.g. a clip and its reversed twin as in-batch hard negatives.
     """
 
-    def __init__(self, num_samples: int, seed: int = 0):
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+    def __init__(self, num_samples: int, seed: int = 0, group_size: int = 1):
+        if group_size < 1 or num_samples % group_size:
+            raise ValueError(f"{num_samples} samples cannot be split into groups of {group_size}.")
+        self.num_samples, self.seed, self.group_size, self.epoch = num_samples, seed, group_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        groups = torch.randperm(self.num_samples // self.group_size, generator=generator)
+        order = groups[:, None] * self.group_size + torch.arange(self.group_size)
+        return iter(order.reshape(-1).tolist())
 
     def __len__(self) -> int:
         return self.num_samples
