@@ -55,6 +55,10 @@ def test_run_writes_stage_folders_summary_curves_and_a_loadable_root(uninterrupt
     output, result = uninterrupted
     summary = json.loads((output / "summary.json").read_text())
     assert summary["recipe"] == "tiny" and summary["num_test_videos"] == 6
+    entries = {entry["metric_name"]: entry["metric_value"] for entry in summary["model_index"]}  # for model cards
+    assert entries["R@1 (text-to-video)"] == pytest.approx(100 * summary["stages"][-1]["metrics"]["t2v_r1"], abs=1e-3)
+    assert "Temporal probe accuracy" in entries
+    assert "tiny" in (output / "recipe.yaml").read_text()
     assert [stage["name"] for stage in summary["stages"]] == ["stage-1-2f", "stage-2-4f"]
     for stage, (frames, keep) in zip(summary["stages"], [(2, 0.75), (4, 0.5)]):
         assert (stage["num_frames"], stage["token_keep_rate"], stage["checkpoint"]) == (frames, keep, stage["name"])

@@ -16,6 +16,7 @@ Writes into the output folder: the stage folders, the last stage's files at the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
+import yaml
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -57,7 +58,7 @@ from training.common import (
 )
 from training.data import EgoMCQDataset, RetrievalEvalDataset
 from training.recipe import RecipeError, builtin_recipes, check_data_paths, load_recipe, resolve_path
-from training.report import plot_curriculum, summary_table
+from training.report import plot_curriculum, summary_record, summary_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,6 +97,8 @@ def main(argv=None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     accelerator = make_accelerator(output_dir)
+    if accelerator.is_main_process:  # the recipe as it ran, with every override and default
+        (output_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
     started = time.perf_counter()
     synthetic_root = prepare_synthetic_data(recipe, accelerator)
     check_data_paths(recipe, synthetic_root)
@@ -279,16 +282,7 @@ def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> No
 
 
 def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
-    """`summary.json`: the recipe, the size of the evaluation gallery and, per stage, what it is and what it scored."""
-    keys = ("name", "num_frames", "token_keep_rate", "checkpoint", "steps", "final_loss", "train_seconds",
-            "clips_per_second", "metrics")
-    summary = {
-        "recipe": recipe.name,
-        "seed": recipe.seed,
-        "num_test_videos": run_state.get("num_test_videos"),
-        "stages": [{key: record[key] for key in keys} for record in run_state["stages"]],
-    }
-    write_json_atomically(output_dir / "summary.json", summary)
+    write_json_atomically(output_dir / "summary.json", summary_record(recipe, run_state))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What a run shows at its end: the stage table printed to the terminal and `curriculum.png` (loss curves with the
-stage boundaries, and the evaluation metrics stage by stage). Both read only what the run wrote."""
+"""What a run reports: `summary.json` (with `model_index` entries for a model card), the stage table printed at the
+end, and `curriculum.png` (loss curves with the stage boundaries, and the evaluation metrics stage by stage). All
+of it comes from what the run recorded."""
 
 from __future__ import annotations
 
@@ -17,6 +18,49 @@ HEADLINE_METRICS = (
     "egomcq_intra_accuracy",
 )
 RANK_METRICS = ("t2v_median_rank", "t2v_mean_rank", "v2t_median_rank", "v2t_mean_rank")
+
+
+# metric -> (task_type, task_name, metric_type, metric_name) of a `huggingface_hub.EvalResult`
+MODEL_INDEX_METRICS = {
+    "t2v_r1": ("text-to-video-retrieval", "Text-to-video retrieval", "recall", "R@1 (text-to-video)"),
+    "t2v_r5": ("text-to-video-retrieval", "Text-to-video retrieval", "recall", "R@5 (text-to-video)"),
+    "t2v_r10": ("text-to-video-retrieval", "Text-to-video retrieval", "recall", "R@10 (text-to-video)"),
+    "v2t_r1": ("text-to-video-retrieval", "Text-to-video retrieval", "recall", "R@1 (video-to-text)"),
+    "temporal_probe_accuracy": ("text-to-video-retrieval", "Text-to-video retrieval", "accuracy",
+                                "Temporal probe accuracy"),
+    "egomcq_inter_accuracy": ("multiple-choice", "EgoMCQ", "accuracy", "Inter-video accuracy"),
+    "egomcq_intra_accuracy": ("multiple-choice", "EgoMCQ", "accuracy", "Intra-video accuracy"),
+}
+SUMMARY_STAGE_KEYS = ("name", "num_frames", "token_keep_rate", "checkpoint", "steps", "final_loss", "train_seconds",
+                      "clips_per_second", "metrics")
+
+
+def summary_record(recipe, run_state: dict) -> dict:
+    """`summary.json`: the recipe, the size of the retrieval gallery (`num_test_videos`), per stage what it is and what
+    it scored, and `model_index` entries (percentages) for the last stage's headline metrics."""
+    stages = run_state["stages"]
+    model_index = []
+    if stages:
+        datasets = {spec.kind: Path(spec.annotations).stem.replace("{synthetic}/", "") for spec in recipe.evaluation}
+        synthetic = recipe.synthetic is not None
+        for key, (task_type, task_name, metric_type, metric_name) in MODEL_INDEX_METRICS.items():
+            if key not in stages[-1]["metrics"]:
+                continue
+            dataset = datasets.get("egomcq" if key.startswith("egomcq") else "retrieval", "evaluation")
+            model_index.append(dict(
+                task_type=task_type, task_name=task_name,
+                dataset_type="synthetic-temporal" if synthetic else dataset,
+                dataset_name=f"Synthetic temporal ({dataset})" if synthetic else dataset, dataset_split="test",
+                metric_type=metric_type, metric_name=metric_name,
+                metric_value=round(100 * stages[-1]["metrics"][key], 4), metric_config=None,
+            ))
+    return {
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "num_test_videos": run_state.get("num_test_videos"),
+        "stages": [{key: record[key] for key in SUMMARY_STAGE_KEYS} for record in stages],
+        "model_index": model_index,
+    }
 
 
 def _headline(stages: list[dict]) -> list[str]:
