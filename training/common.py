@@ -410,13 +410,13 @@ def _decays(name: str, param: torch.nn.Parameter, rule: str) -> bool:
 
 def build_optimizer(model: torch.nn.Module, spec: OptimizerSpec) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, grouped by weight decay (`spec.weight_decay_rule`) and learning rate
-    (`spec.lr_multipliers`: the longest matching name prefix wins)."""
+    (`spec.lr_multipliers`: the longest key found in a parameter's name wins)."""
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    prefixes = sorted(spec.lr_multipliers, key=len, reverse=True)
+    keys = sorted(spec.lr_multipliers, key=len, reverse=True)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        multiplier = next((spec.lr_multipliers[p] for p in prefixes if name.startswith(p)), 1.0)
+        multiplier = next((spec.lr_multipliers[key] for key in keys if key in name), 1.0)
         decay = spec.weight_decay if _decays(name, param, spec.weight_decay_rule) else 0.0
         groups.setdefault((spec.lr * multiplier, decay), []).append(param)
     param_groups = [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]

@@ -98,7 +98,8 @@ def main(argv=None) -> None:
 
     accelerator = make_accelerator(output_dir)
     if accelerator.is_main_process:  # the recipe as it ran, with every override and default
-        (output_dir / "recipe.yaml").write_text(yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False))
+        values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
+        (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     started = time.perf_counter()
     synthetic_root = prepare_synthetic_data(recipe, accelerator)
     check_data_paths(recipe, synthetic_root)

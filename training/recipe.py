@@ -96,7 +96,7 @@ class DataSpec:
 class OptimizerSpec:
     """AdamW. `weight_decay_rule`: `release` decays every parameter except 1-D ones and biases (so the temperature,
     the [CLS] token and the relative-position tables decay, as in the release); `fixed` also spares those.
-    `lr_multipliers` scales the learning rate of parameters whose name starts with a prefix."""
+    `lr_multipliers` scales the learning rate of the parameters whose name contains a key (the longest key wins)."""
 
     lr: float = 3e-5
     weight_decay: float = 0.02
