@@ -134,9 +134,13 @@ class JSONLinesTracker(GeneralTracker):
             handle.write(json.dumps({"step": step, **values}) + "\n")
 
 
-def make_accelerator(output_dir: str | os.PathLike | None = None, log: bool = True) -> Accelerator:
-    """An `Accelerator` for the current launch: bf16 on a GPU, fp32 on the CPU (unless the launch sets a precision),
-    gloo for several CPU processes, trackers writing `metrics.jsonl` (and TensorBoard when it is installed).
+def make_accelerator(
+    output_dir: str | os.PathLike | None = None, log: bool = True, mixed_precision: str = "auto"
+) -> Accelerator:
+    """An `Accelerator` for the current launch: gloo for several CPU processes, trackers writing `metrics.jsonl` (and
+    TensorBoard when it is installed), and `mixed_precision` ("no", "fp16", "bf16", or "auto": the launch's fp16 or
+    bf16 when it asks for one, else bf16 on a GPU that supports it and fp32 on the CPU; `accelerate launch` says "no"
+    when nobody chose, so "no" from the launch does not count as a choice).
 
     Refuses ([`LaunchError`]) launches that would train unsynchronised copies: several processes that each believe
     they are alone, DeepSpeed requested but switched off by a CPU flag, processes without a distributed backend.
@@ -150,9 +154,12 @@ def make_accelerator(output_dir: str | os.PathLike | None = None, log: bool = Tr
             kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
         else:
             kwargs["cpu"] = True
-    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        kwargs["mixed_precision"] = "bf16" if bf16 else "no"
+    if mixed_precision == "auto":
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+        if mixed_precision not in ("fp16", "bf16"):
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            mixed_precision = "bf16" if bf16 else "no"
+    kwargs["mixed_precision"] = mixed_precision
     if log and output_dir is not None:
         trackers: list[Any] = [JSONLinesTracker(Path(output_dir) / "metrics.jsonl")]
         try:

@@ -96,7 +96,7 @@ def main(argv=None) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    accelerator = make_accelerator(output_dir)
+    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
     if accelerator.is_main_process:  # the recipe as it ran, with every override and default
         values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
         (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))

@@ -175,7 +175,8 @@ class EvaluationSpec:
 
 @dataclass
 class Recipe:
-    """A whole run. `save_every_steps`: how often the training state is saved for resumption."""
+    """A whole run. `save_every_steps`: how often the training state is saved for resumption. `mixed_precision`:
+    `auto` (bf16 on a GPU that supports it, fp32 on the CPU, or what the launch asks for), `no`, `fp16` or `bf16`."""
 
     name: str
     description: str = ""
@@ -187,6 +188,7 @@ class Recipe:
     evaluation: list[EvaluationSpec] = field(default_factory=list)
     save_every_steps: int = 200
     log_every_steps: int = 10
+    mixed_precision: str = "auto"
     source: str = ""
 
 
@@ -430,6 +432,8 @@ def validate_recipe(recipe: Recipe) -> None:
     check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
     check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
     check(recipe.seed >= 0, "seed", f"must be >= 0, got {recipe.seed}")
+    check(recipe.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision",
+          f"must be one of auto, no, fp16, bf16, got {recipe.mixed_precision!r}")
 
     previous_frames = 0
     for index, stage in enumerate(recipe.stages):
