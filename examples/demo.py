@@ -12,7 +12,8 @@ Everything runs offline on a CPU in seconds:
 4. prints the caption-video similarities and the tokens kept after every video layer, then saves the model and
    processor and reloads them through the Auto classes.
 
-The video tower is untrained, so the similarities only show the plumbing; `training/` is where models learn.
+The video tower is untrained, so the similarities only show the plumbing; `training/pretrain.py` (the README's main
+job) is where a model learns.
 """
 
 from __future__ import annotations

@@ -120,6 +120,16 @@ class SViTTPreTrainedModel(PreTrainedModel):
             video_tower.resize_num_frames(num_frames)
         return (model, loading_info) if output_loading_info else model
 
+    def parameters_unused_in_training(self) -> list[str]:
+        """Name prefixes of the parameters that this model's training forward leaves without a gradient, for the
+        current config (e.g. the MLM head when `loss_weight_mlm` is 0).
+
+        Distributed data parallel expects a gradient for every trainable parameter in every step; rather than
+        letting it search the graph for unused ones each step, training code freezes these. A listed parameter that
+        is tied to a used one (the MLM decoder shares the word embeddings) is still used.
+        """
+        return []
+
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
         """Also writes an `auto_map` and the model source, so the folder loads with `trust_remote_code=True`.
 

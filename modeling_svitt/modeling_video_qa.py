@@ -132,6 +132,10 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.decoder_head.predictions.decoder
 
+    def parameters_unused_in_training(self) -> list[str]:
+        """QA never uses the ITC embeddings (the release deletes these parameters)."""
+        return [f"svitt.{name}" for name in self.svitt.parameters_unused_by(contrastive=False, fusion=True)]
+
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.decoder_head.predictions.decoder = new_embeddings
         self.decoder_head.predictions.bias = new_embeddings.bias

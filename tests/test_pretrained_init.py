@@ -93,3 +93,14 @@ def test_text_tower_from_the_real_minilm_checkpoint_offline():
         torch.testing.assert_close(model.text_model(ids, mask).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
         features = model.get_text_features(ids, mask).pooler_output
     assert features.shape == (1, 16) and torch.isfinite(features).all()
+
+
+def test_without_beit_the_video_tower_is_fresh_and_the_text_tower_is_bert():
+    bert = tiny_bert()
+    vision = {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 48,
+              "image_size": 32, "patch_size": 8, "token_drop_layers": [1]}
+    model = svitt_from_beit_and_bert(None, bert, vision_overrides=vision, text_overrides=TINY_TEXT_IDS)
+    assert model.config.vision_config.hidden_size == 24 and model.config.text_config.encoder_width == 24
+    for name, tensor in bert.state_dict().items():
+        if not name.endswith("position_ids"):
+            torch.testing.assert_close(model.text_model.state_dict()[name], tensor, msg=name)

@@ -435,6 +435,17 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
     def get_output_embeddings(self) -> nn.Module:
         return self.mlm_head.predictions.decoder
 
+    def parameters_unused_in_training(self) -> list[str]:
+        """ITC always runs; the fusion layers run for ITM or MLM; each head runs only when its loss weight is not 0."""
+        config = self.config
+        itm, mlm = config.loss_weight_itm != 0, config.loss_weight_mlm != 0
+        unused = [f"svitt.{name}" for name in self.svitt.parameters_unused_by(contrastive=True, fusion=itm or mlm)]
+        if not itm:
+            unused.append("itm_head.")
+        if not mlm:
+            unused.append("mlm_head.")
+        return unused
+
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.mlm_head.predictions.decoder = new_embeddings
         self.mlm_head.predictions.bias = new_embeddings.bias
@@ -553,6 +564,12 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
         self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
         self.post_init()
 
+    def parameters_unused_in_training(self) -> list[str]:
+        """ITC always runs in training; the fusion layers and the ITM head only when `loss_weight_itm` is not 0."""
+        itm = self.config.loss_weight_itm != 0
+        unused = [f"svitt.{name}" for name in self.svitt.parameters_unused_by(contrastive=True, fusion=itm)]
+        return unused if itm else unused + ["itm_head."]
+
     @can_return_tuple
     def forward(
         self,
@@ -631,6 +648,13 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
         self.svitt = SViTTModel(config)
         self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
         self.post_init()
+
+    def parameters_unused_in_training(self) -> list[str]:
+        """With the configured `multiple_choice_scoring`: ITC scoring leaves the fusion layers and the ITM head
+        unused, ITM scoring the pooler, the projections and the temperature."""
+        itm = self.config.multiple_choice_scoring == "itm"
+        unused = [f"svitt.{name}" for name in self.svitt.parameters_unused_by(contrastive=not itm, fusion=itm)]
+        return unused if itm else unused + ["itm_head."]
 
     @can_return_tuple
     def forward(

@@ -576,6 +576,24 @@ class SViTTModel(SViTTPreTrainedModel):
         """Keep the learnable temperature in `[temperature_min, temperature_max]` (done in every training forward)."""
         self.temperature.clamp_(self.config.temperature_min, self.config.temperature_max)
 
+    def parameters_unused_by(self, *, contrastive: bool, fusion: bool) -> list[str]:
+        """The parameters (name prefixes) a forward leaves unused when it does, or does not, compute the ITC
+        embeddings (`contrastive`: pooler, projections, temperature) and run the fusion layers (`fusion`: those
+        layers and `vision_layernorm`, which prepares the video tokens they attend to)."""
+        unused = []
+        if not contrastive:
+            unused += ["vision_model.pooler.", "vision_projection.", "text_projection.", "temperature"]
+        if not fusion:
+            text_config = self.config.text_config
+            unused.append("vision_layernorm.")
+            fusion_layers = range(text_config.fusion_layer, text_config.num_hidden_layers)
+            unused += [f"text_model.encoder.layer.{i}." for i in fusion_layers]
+        return unused
+
+    def parameters_unused_in_training(self) -> list[str]:
+        """`forward` is contrastive only: the fusion layers and `vision_layernorm` get no gradient."""
+        return self.parameters_unused_by(contrastive=True, fusion=False)
+
     def encode_video(
         self,
         pixel_values: torch.Tensor,

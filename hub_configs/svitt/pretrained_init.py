@@ -114,7 +114,7 @@ def beit_state_dict_to_svitt(beit_state_dict: dict[str, torch.Tensor], config: S
 
 
 def svitt_from_beit_and_bert(
-    beit: str | BeitModel,
+    beit: str | BeitModel | None,
     bert: str | BertModel,
     vision_overrides: dict[str, Any] | None = None,
     text_overrides: dict[str, Any] | None = None,
@@ -125,7 +125,8 @@ def svitt_from_beit_and_bert(
 
     Args:
         beit: a `BeitModel` or a path / Hub id loadable by `BeitModel.from_pretrained` (a `BeitFor*` checkpoint
-            works too: its `beit.*` weights are used, including the pooler's LayerNorm).
+            works too: its `beit.*` weights are used, including the pooler's LayerNorm). `None` gives a freshly
+            initialised video tower of `SViTTVisionConfig(**vision_overrides)` (a text tower from BERT alone).
         bert: a `BertModel` or a path / Hub id loadable by `BertModel.from_pretrained`.
         vision_overrides / text_overrides: SViTT config fields (e.g. `num_frames`, `token_keep_rate`,
             `fusion_layer`; the default fusion layer leaves the last 3 BERT layers as fusion layers).
@@ -137,9 +138,12 @@ def svitt_from_beit_and_bert(
     from .modeling_svitt import SViTTModel
 
     model_class = model_class or SViTTModel
-    beit_model = _load(beit, BeitModel, add_pooling_layer=True)
+    beit_model = _load(beit, BeitModel, add_pooling_layer=True) if beit is not None else None
     bert_model = _load(bert, BertModel, add_pooling_layer=False)
-    vision_config = vision_config_from_beit(beit_model.config, **(vision_overrides or {}))
+    if beit_model is None:
+        vision_config = SViTTVisionConfig(**(vision_overrides or {}))
+    else:
+        vision_config = vision_config_from_beit(beit_model.config, **(vision_overrides or {}))
     text_config = text_config_from_bert(
         bert_model.config, **{"encoder_width": vision_config.hidden_size, **(text_overrides or {})}
     )
@@ -147,13 +151,15 @@ def svitt_from_beit_and_bert(
     model = model_class(config)
     base = model if isinstance(model, SViTTModel) else getattr(model, model.base_model_prefix)
 
-    vision_weights = beit_state_dict_to_svitt(beit_model.state_dict(), vision_config)
     text_weights = {
         key: tensor
         for key, tensor in bert_model.state_dict().items()
         if not key.startswith("pooler.") and not key.endswith("position_ids")
     }
-    for tower, weights in ((base.vision_model, vision_weights), (base.text_model, text_weights)):
+    sources = [(base.text_model, text_weights)]
+    if beit_model is not None:
+        sources.append((base.vision_model, beit_state_dict_to_svitt(beit_model.state_dict(), vision_config)))
+    for tower, weights in sources:
         missing, unexpected = tower.load_state_dict(weights, strict=False)
         if unexpected:
             raise ValueError(f"{type(tower).__name__} has no place for these source weights: {unexpected}.")

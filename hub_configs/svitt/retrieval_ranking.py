@@ -10,7 +10,7 @@ them as its methods `encode_videos`, `encode_texts`, `itc_scores`, `itm_pair_sco
 """
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -266,6 +266,7 @@ def rank_galleries(
     fusion_token_keep_rate: float | None = None,
     fusion_token_drop_layers: Iterable[int] | None = None,
     fusion_token_keep_strategy: str | None = None,
+    pair_scorer: Callable[..., torch.Tensor] | None = None,
 ) -> SViTTRetrievalOutput:
     """Rank every text against every video the way the release evaluates.
 
@@ -282,6 +283,8 @@ def rank_galleries(
         itm_batch_size: fusion rows (pairs x clips) per forward; bounds memory for any gallery size.
         fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy: switch on text-guided
             video token selection in the fusion layers for this ranking only (see `text_guided_selection`).
+        pair_scorer: replaces `itm_pair_scores` (same arguments and result), e.g. to share the pairs among
+            processes and gather their scores.
 
     The result is deterministic and does not depend on how the galleries were batched.
     """
@@ -303,7 +306,7 @@ def rank_galleries(
     text_indices, video_indices = needed.nonzero(as_tuple=True)
     selection = (fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy)
     with text_guided_selection(model.svitt, *selection):
-        pair_scores = itm_pair_scores(
+        pair_scores = (pair_scorer or itm_pair_scores)(
             model,
             videos,
             texts,

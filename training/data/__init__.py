@@ -15,7 +15,7 @@ from .annotations import (
     parse_tags,
 )
 from .collators import MultipleChoiceCollator, VideoCollator, VideoQACollator, VideoTextCollator
-from .loader import make_dataloader, seed_worker
+from .loader import EpochShuffleSampler, make_dataloader, seed_worker
 from .readers import (
     BadSampleTracker,
     EgoClipDataset,
@@ -36,6 +36,7 @@ __all__ = [
     "BadSampleTracker",
     "EgoClipDataset",
     "EgoMCQDataset",
+    "EpochShuffleSampler",
     "MultipleChoiceCollator",
     "RetrievalEvalDataset",
     "SyntheticConfig",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def seed_worker(worker_id: int) -> None:
@@ -23,6 +23,7 @@ def make_dataloader(
     collate_fn: Callable | None = None,
     *,
     shuffle: bool = False,
+    sampler: Sampler | None = None,
     num_workers: int = 0,
     seed: int = 0,
     drop_last: bool = False,
@@ -33,7 +34,8 @@ def make_dataloader(
     """
     A `DataLoader` whose batches depend only on `seed` (and the dataset's own seed and epoch), not on `num_workers`.
 
-    The shuffling order comes from a generator seeded with `seed`; the SViTT datasets seed each sample's randomness
+    The shuffling order comes from a generator seeded with `seed` (or from `sampler`, e.g. an
+    [`EpochShuffleSampler`], whose order depends only on its seed and epoch); the SViTT datasets seed each sample's randomness
     from its index, and `seed_worker` covers code that uses `random`/numpy in workers.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -46,6 +48,7 @@ def make_dataloader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
         drop_last=drop_last,
@@ -54,3 +57,30 @@ def make_dataloader(
         generator=generator,
         **extra,
     )
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh permutation of `range(num_samples)` per epoch, drawn from `(seed, epoch)` alone.
+
+    Unlike a sampler drawing from a running generator, the order of epoch `e` does not depend on what was iterated
+    before, so a run resumed in the middle of epoch `e` (with `set_epoch(e)`) replays exactly the same order.
+    With `group_size` g, the groups of g consecutive indices are shuffled and each stays together (with a batch size
+    divisible by g, in one batch), e.g. a clip and its reversed twin as in-batch hard negatives.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, group_size: int = 1):
+        if group_size < 1 or num_samples % group_size:
+            raise ValueError(f"{num_samples} samples cannot be split into groups of {group_size}.")
+        self.num_samples, self.seed, self.group_size, self.epoch = num_samples, seed, group_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        groups = torch.randperm(self.num_samples // self.group_size, generator=generator)
+        order = groups[:, None] * self.group_size + torch.arange(self.group_size)
+        return iter(order.reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

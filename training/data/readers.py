@@ -193,6 +193,8 @@ class VideoDatasetBase(Dataset, abc.ABC):
         num_clips (`int`, *optional*): clips per video for test-time ensembling (`pixel_values (K, T, 3, H, W)`).
         clip_layout (`str`, defaults to `"consecutive"`): how the clips are cut from the sampled frames.
         seed (`int`, defaults to 0): seed of all per-sample randomness.
+        horizontal_flip (`bool`, defaults to `True`): flip training clips at random (the release does). Turn it off
+            when captions name left and right, as the synthetic set's do: a flipped clip contradicts its caption.
         max_bad_fraction (`float`, defaults to 0.01): abort once more than this fraction of the samples failed.
         name (`str`, *optional*): name used in messages (defaults to the annotation file).
     """
@@ -208,6 +210,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
         num_clips: int | None = None,
         clip_layout: str = "consecutive",
         seed: int = 0,
+        horizontal_flip: bool = True,
         max_bad_fraction: float = 0.01,
         name: str | None = None,
     ):
@@ -219,6 +222,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
         self.num_clips = num_clips
         self.clip_layout = clip_layout
         self.seed = seed
+        self.horizontal_flip = horizontal_flip
         self.name = name or type(self).__name__
         self.bad_samples = BadSampleTracker(len(self), max_bad_fraction, self.name)
         self._epoch = SharedInt(0)
@@ -261,7 +265,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
             decoded,
             generator=generator,
             do_random_resized_crop=self.train,
-            do_random_horizontal_flip=self.train,
+            do_random_horizontal_flip=self.train and self.horizontal_flip,
         )
 
     @abc.abstractmethod

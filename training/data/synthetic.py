@@ -83,6 +83,9 @@ class SyntheticConfig:
         frame_size (`int`): frame side in pixels (even, for H.264).
         object_size (`int`): shape side in pixels.
         speed (`int`): pixels a moving shape travels per frame.
+        reversed_twins (`bool`): follow every clip of `pretrain.json` / `ret_train.json` with its reversed twin (the
+            same frames backwards, captioned accordingly): a temporal hard negative that only frame order tells apart.
+            Train with groups of 2 consecutive entries per batch to put the twins side by side.
     """
 
     seed: int = 0
@@ -98,6 +101,7 @@ class SyntheticConfig:
     frame_size: int = 64
     object_size: int = 12
     speed: int = 3
+    reversed_twins: bool = False
 
     def __post_init__(self):
         if self.frames_per_clip < 4 or self.frames_per_clip % 2:
@@ -392,7 +396,13 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
             _encode(root / relative, render_clip(spec, config), config)
             entries[split].append({"video": relative, "spec": spec})
 
-    captions = [{"video": e["video"], "caption": e["spec"].caption()} for e in entries["pretrain"]]
+    captions = []
+    for i, entry in enumerate(entries["pretrain"]):
+        captions.append({"video": entry["video"], "caption": entry["spec"].caption()})
+        if config.reversed_twins:
+            twin, relative = entry["spec"].reversed(travel), f"clips/pretrain_{i:05d}_reversed.mp4"
+            _encode(root / relative, render_clip(twin, config), config)
+            captions.append({"video": relative, "caption": twin.caption()})
     _write_json(root / "pretrain.json", captions)
     _write_json(root / "ret_train.json", captions)
     _write_json(

@@ -1,0 +1,182 @@
+"""Recipes: built-ins load, --set overrides, inheritance, and every impossible value fails naming its field; the
+optimiser groups, the schedule and the launch checks of the shared training module."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tiny_configs import tiny_config
+from tiny_recipe import TINY_RECIPE, write_tiny_recipe
+from training.common import (
+    build_optimizer,
+    freeze_unused_parameters,
+    launch_problem,
+    learning_rate_multiplier,
+    step_seed,
+)
+from training.recipe import (
+    OptimizerSpec,
+    RecipeError,
+    apply_override,
+    builtin_recipes,
+    check_data_paths,
+    load_recipe,
+)
+
+
+def test_builtin_recipes_load_and_describe_the_curricula():
+    assert {"synthetic", "svitt", "svitt-ego", "svitt-ego-synthetic"} <= set(builtin_recipes())
+    svitt = load_recipe("svitt")
+    assert [(s.num_frames, s.token_keep_rate) for s in svitt.stages] == [(4, 0.7), (8, 0.6), (16, 0.5)]
+    assert svitt.stages[0].optimizer.lr == 3e-5 and svitt.stages[0].epochs == 10
+    assert svitt.stages[0].optimizer.weight_decay_rule == "release"
+    ego = load_recipe("svitt-ego")
+    assert ego.stages[0].contrastive_loss == "egonce" and ego.evaluation[0].kind == "egomcq"
+    synthetic = load_recipe("synthetic")
+    frames = [s.num_frames for s in synthetic.stages]
+    keep = [s.token_keep_rate for s in synthetic.stages]
+    assert len(frames) >= 3 and frames == sorted(frames) and frames[0] < frames[-1]
+    assert keep == sorted(keep, reverse=True) and keep[0] > keep[-1]
+    # the ego variant on synthetic data inherits the tiny model and swaps data, loss and evaluation
+    ego_synthetic = load_recipe("svitt-ego-synthetic")
+    assert ego_synthetic.model == synthetic.model
+    assert ego_synthetic.stages[0].data.format == "egoclip" and ego_synthetic.evaluation[0].kind == "egomcq"
+
+
+def test_set_overrides_reach_nested_fields_lists_and_every_stage():
+    recipe = load_recipe(
+        "synthetic",
+        ["stages.1.token_keep_rate=0.5", "stages.*.batch_size=8", "seed=7", "stage_defaults.optimizer.lr=2e-4",
+         "stages.0.token_drop_layers=[1]"],
+    )
+    assert recipe.stages[1].token_keep_rate == 0.5 and recipe.seed == 7
+    assert all(stage.batch_size == 8 for stage in recipe.stages)
+    assert all(stage.optimizer.lr == 2e-4 for stage in recipe.stages)
+    assert recipe.stages[0].token_drop_layers == [1]
+    raw = {"stages": [{}]}
+    with pytest.raises(RecipeError, match="no entry 3"):
+        apply_override(raw, "stages.3.num_frames=4")
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        apply_override(raw, "stages.0.num_frames")
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "message"),
+    [
+        ("stages.0.token_kep_rate=0.5", "stages.0.token_kep_rate", "unknown key"),
+        ("stages.1.token_keep_rate=0", "stages.1.token_keep_rate", r"\(0, 1\]"),
+        ("stages.0.num_frames=0", "stages.0.num_frames", "positive integer"),
+        ("stages.0.num_frames=2.5", "stages.0.num_frames", "integer"),
+        ("stages.2.num_frames=4", "stages.2.num_frames", "shrink"),
+        ("stages.0.batch_size=1", "stages.0.batch_size", ">= 2"),
+        ("stages.0.epochs=3", "stages.0.epochs", "exactly one of epochs and steps"),
+        ("stages.0.contrastive_loss=nce", "stages.0.contrastive_loss", "itc"),
+        ("stages.0.contrastive_loss=egonce", "stages.0.contrastive_loss", "egoclip"),
+        ("stages.0.optimizer.lr=-1", "stages.0.optimizer.lr", "positive"),
+        ("stages.0.loss_weights={itc: 0, itm: 0, mlm: 0}", "stages.0.loss_weights", "at least one"),
+        ("stages.0.num_local_blocks=2", "stages.0.num_local_blocks", "odd"),
+        ("model.init=magic", "model.init", "checkpoint"),
+        ("evaluation.0.kind=qa", "evaluation.0.kind", "retrieval"),
+        ("processor.image_std=[0.5, 0, 0.5]", "processor.image_std", "positive"),
+    ],
+)
+def test_impossible_values_fail_naming_the_field(override, field, message):
+    with pytest.raises(RecipeError, match=message) as error:
+        load_recipe("synthetic", [override])
+    assert f"recipe 'synthetic', {field}:" in str(error.value)
+
+
+def test_unknown_recipes_and_broken_files_are_explained(tmp_path):
+    with pytest.raises(RecipeError, match="built-in recipes are"):
+        load_recipe("no-such-recipe")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stages: [", encoding="utf-8")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(broken)
+    looping = tmp_path / "loop.yaml"
+    looping.write_text(f"inherit: {looping}\nstages: [{{num_frames: 4, steps: 1}}]\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="inherits from itself"):
+        load_recipe(looping)
+
+
+def test_missing_annotation_files_and_media_folders_name_their_field(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    recipe = load_recipe(path, ["stages.1.data.annotations=/nonexistent/train.json"])
+    with pytest.raises(RecipeError, match=r"stages\.0\.data\.annotations: annotation file '.*pretrain.json'"):
+        check_data_paths(recipe, tmp_path / "no-synthetic-here")
+    (tmp_path / "syn").mkdir()
+    (tmp_path / "syn" / "pretrain.json").write_text("[]")
+    with pytest.raises(RecipeError, match=r"stages\.1\.data\.annotations: .*/nonexistent/train.json"):
+        check_data_paths(recipe, tmp_path / "syn")
+    recipe = load_recipe(path, ["evaluation.0.media_root=/nonexistent/videos"])
+    (tmp_path / "syn" / "ret_test.json").write_text("[]")
+    with pytest.raises(RecipeError, match=r"evaluation\.0\.media_root: media folder"):
+        check_data_paths(recipe, tmp_path / "syn")
+
+
+def test_release_weight_decay_quirk_is_the_default_and_can_be_fixed():
+    model = torch.nn.Module()
+    model.temperature = torch.nn.Parameter(torch.tensor(0.07))
+    model.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 4))
+    model.linear = torch.nn.Linear(4, 4)
+    model.norm = torch.nn.LayerNorm(4)
+
+    def decayed(rule):
+        optimizer = build_optimizer(model, OptimizerSpec(lr=1.0, weight_decay=0.02, weight_decay_rule=rule))
+        return {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+
+    release, fixed = decayed("release"), decayed("fixed")
+    assert release == {id(model.temperature), id(model.cls_token), id(model.linear.weight)}
+    assert fixed == {id(model.linear.weight)}
+    optimizer = build_optimizer(model, OptimizerSpec(lr=1.0, lr_multipliers={"linear": 3.0, "linear.bias": 5.0}))
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lr_of[id(model.linear.weight)] == 3.0 and lr_of[id(model.linear.bias)] == 5.0
+    assert lr_of[id(model.norm.weight)] == 1.0
+
+
+def test_schedule_warms_up_linearly_then_follows_a_floored_cosine():
+    values = [learning_rate_multiplier(step, 100, 0.1, 0.05) for step in range(101)]
+    assert values[0] == 0.05 and values[5] == 0.5 and values[10] == 1.0  # floored during warm-up too
+    assert math.isclose(values[55], 0.5, abs_tol=1e-9)
+    assert values[100] == 0.05 and all(a >= b for a, b in zip(values[10:], values[11:]))
+
+
+def test_step_seeds_differ_by_stage_step_and_process():
+    seeds = {step_seed(0, stage, step, process) for stage in range(3) for step in range(50) for process in range(2)}
+    assert len(seeds) == 300
+
+
+@pytest.mark.parametrize(
+    ("world", "processes", "kind", "deepspeed", "wrapped", "problem"),
+    [
+        (2, 2, "MULTI_CPU", False, True, None),
+        (2, 2, "DEEPSPEED", True, True, None),
+        (1, 1, "NO", False, None, None),
+        (2, 1, "NO", False, None, "each believes"),  # D: --multi_gpu on CPU without a backend
+        (2, 1, "DEEPSPEED", True, None, "each believes"),  # A: DeepSpeed on CPU without the gloo backend
+        (2, 2, "MULTI_CPU", True, None, "DeepSpeed was requested"),  # H: ACCELERATE_USE_CPU switches DeepSpeed off
+        (2, 2, "MULTI_CPU", False, False, "not wrapped"),  # G: sharded data, unwrapped model
+    ],
+)
+def test_launches_that_would_train_unsynchronised_copies_are_named(world, processes, kind, deepspeed, wrapped, problem):
+    found = launch_problem(world, processes, kind, deepspeed, wrapped)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_freezing_keeps_tied_parameters_trainable():
+    from modeling_svitt import SViTTForPreTraining
+
+    model = SViTTForPreTraining(tiny_config(loss_weight_mlm=0.0))
+    frozen = freeze_unused_parameters(model, also=["svitt.vision_model.embeddings."])
+    assert any(name.startswith("mlm_head.predictions.transform.") for name in frozen)
+    assert "mlm_head.predictions.decoder.weight" not in frozen  # the word embeddings, used by the text tower
+    assert model.svitt.text_model.embeddings.word_embeddings.weight.requires_grad
+    assert not model.svitt.vision_model.embeddings.patch_embeddings.projection.weight.requires_grad
+
+
+def test_tiny_recipe_is_valid(tmp_path):
+    recipe = load_recipe(write_tiny_recipe(tmp_path))
+    assert recipe.name == "tiny" and len(recipe.stages) == len(TINY_RECIPE["stages"])

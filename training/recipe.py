@@ -1,0 +1,563 @@
+"""Training recipes: YAML files validated into dataclasses before anything runs.
+
+A recipe names how the model starts (`model`), how videos and captions are prepared (`processor`), optionally the
+synthetic set to generate (`synthetic`), the curriculum (`stages`, each inheriting `stage_defaults`) and what is
+evaluated after every stage (`evaluation`). Built-in recipes live in `training/recipes/` and are found by name.
+
+Every mistake a recipe can hold (an unknown key, a value of the wrong type, an impossible value, clip lengths that
+shrink from one stage to the next, a missing annotation file or media folder) raises [`RecipeError`], whose message
+names the recipe and the field, e.g. `recipe 'synthetic', stages.1.token_keep_rate: must be in (0, 1], got 0`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+SYNTHETIC_PLACEHOLDER = "{synthetic}"
+PACKAGE_PREFIX = "package:"
+
+
+class RecipeError(ValueError):
+    """A recipe field is unknown, missing, of the wrong type or impossible; the message names the field."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe's parts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """How the first stage's model starts.
+
+    `init`: `"checkpoint"` (an SViTT folder or Hub id in `checkpoint`), `"pretrained"` (the video tower from the BEiT
+    in `beit`, or a fresh one when `beit` is null; the text tower from the BERT in `bert`) or `"scratch"` (fresh
+    towers from `vision` / `text`, words from `tokenizer`). `vision`, `text` and `config` are fields of
+    `SViTTVisionConfig`, `SViTTTextConfig` and `SViTTConfig`. Paths may be written `package:<module>/<sub-path>`
+    (a folder shipped inside an installed Python package).
+    """
+
+    init: str = "pretrained"
+    checkpoint: str | None = None
+    beit: str | None = None
+    bert: str | None = None
+    tokenizer: str | None = None
+    vision: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProcessorSpec:
+    """Frame size, training crop (area fraction range), pixel normalisation and text length of the processor
+    saved with every stage."""
+
+    image_size: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    max_text_length: int = 32
+
+
+@dataclass
+class DataSpec:
+    """Training data of a stage: `format` `captions` (caption JSON) or `egoclip` (EgoClip metadata with verb and noun
+    tags; `path_template` and `chunk_seconds` describe the video files, e.g. `{video_uid}/{chunk}.mp4` and 600 for
+    Ego4D's chunked videos). `group_size` keeps that many consecutive annotation entries together in a batch (e.g. a
+    clip and its reversed twin, hard negatives of each other)."""
+
+    format: str = "captions"
+    annotations: str = ""
+    media_root: str | None = None
+    frame_sampling: str = "rand"
+    horizontal_flip: bool = True
+    num_verbs: int = 118
+    num_nouns: int = 582
+    path_template: str = "{video_uid}.mp4"
+    chunk_seconds: float | None = None
+    group_size: int = 1
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
+class OptimizerSpec:
+    """AdamW. `weight_decay_rule`: `release` decays every parameter except 1-D ones and biases (so the temperature,
+    the [CLS] token and the relative-position tables decay, as in the release); `fixed` also spares those.
+    `lr_multipliers` scales the learning rate of the parameters whose name contains a key (the longest key wins)."""
+
+    lr: float = 3e-5
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay_rule: str = "release"
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class ScheduleSpec:
+    """Linear warm-up from 0 over `warmup_fraction` of the stage's steps, then half a cosine to 0, the multiplier
+    never below `min_lr_multiplier` (the release's schedule)."""
+
+    warmup_fraction: float = 0.1
+    min_lr_multiplier: float = 0.01
+
+
+@dataclass
+class LossWeights:
+    itc: float = 1.0
+    itm: float = 1.0
+    mlm: float = 1.0
+
+
+@dataclass
+class StageSpec:
+    """One curriculum stage: clip length, sparsity, data, length (`epochs` or `steps`), optimiser and losses.
+
+    Sparsity fields left null keep the previous stage's (or the initial model's) value. `freeze` lists name prefixes
+    of parameters this stage does not train (e.g. a pretrained text tower's embeddings).
+    """
+
+    name: str | None = None
+    num_frames: int = 4
+    token_keep_rate: float = 0.7
+    token_drop_layers: list[int] | None = None
+    use_sparse_attention: bool | None = None
+    attention_block_size: int | None = None
+    num_local_blocks: int | None = None
+    num_random_blocks: int | None = None
+    fusion_token_keep_rate: float | None = None
+    freeze: list[str] = field(default_factory=list)
+    batch_size: int = 32
+    epochs: float | None = None
+    steps: int | None = None
+    contrastive_loss: str = "itc"
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+
+
+@dataclass
+class EvaluationSpec:
+    """What is evaluated after every stage, zero-shot, on the stage's saved model.
+
+    `kind`: `retrieval` (R@1/5/10, median and mean rank both ways: ITC over all pairs, then ITM re-ranking of each
+    query's top `k`; plus the temporal probe when the annotations carry distractor captions) or `egomcq`
+    (inter- and intra-video accuracy; `path_template`, `chunk_seconds` as for [`DataSpec`]). `num_clips` clips of the
+    stage's clip length are read per video.
+    """
+
+    kind: str = "retrieval"
+    annotations: str = ""
+    media_root: str | None = None
+    batch_size: int = 16
+    num_clips: int = 1
+    k: int = 128
+    use_itm: bool = True
+    path_template: str = "{video_uid}.mp4"
+    chunk_seconds: float | None = None
+    num_workers: int = 2
+
+
+@dataclass
+class Recipe:
+    """A whole run. `save_every_steps`: how often the training state is saved for resumption. `mixed_precision`:
+    `auto` (bf16 on a GPU that supports it, fp32 on the CPU, or what the launch asks for), `no`, `fp16` or `bf16`."""
+
+    name: str
+    description: str = ""
+    seed: int = 42
+    synthetic: dict[str, Any] | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
+    processor: ProcessorSpec = field(default_factory=ProcessorSpec)
+    stages: list[StageSpec] = field(default_factory=list)
+    evaluation: list[EvaluationSpec] = field(default_factory=list)
+    save_every_steps: int = 200
+    log_every_steps: int = 10
+    mixed_precision: str = "auto"
+    source: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# YAML -> dataclasses with type checks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _fail(recipe: str, where: str, message: str) -> RecipeError:
+    return RecipeError(f"recipe '{recipe}', {where or 'top level'}: {message}")
+
+
+def _describe_type(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value: Any, hint, recipe: str, where: str):
+    """`value` checked against the type hint `hint` (dataclass, list[...], dict[...], X | None, scalars)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _fail(recipe, where, "must not be null")
+        options = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option, recipe, where)
+            except RecipeError as error:
+                errors.append(error)
+        raise errors[-1]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, recipe, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise _fail(recipe, where, f"must be a list, got {value!r}")
+        return [_convert(item, args[0], recipe, f"{where}.{i}") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(recipe, where, f"must be a mapping, got {value!r}")
+        return {str(key): _convert(item, args[1], recipe, f"{where}.{key}") for key, item in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _fail(recipe, where, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(recipe, where, f"must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+            value = float(value)  # YAML 1.1 reads `2e-4` (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(recipe, where, f"must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _fail(recipe, where, f"must be a string, got {value!r}")
+        return value
+    raise _fail(recipe, where, f"has an unsupported type {_describe_type(hint)}")
+
+
+def _build(cls, values: Any, recipe: str, where: str):
+    if not isinstance(values, dict):
+        raise _fail(recipe, where, f"must be a mapping of {cls.__name__} fields, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise _fail(recipe, f"{prefix}{unknown[0]}", f"unknown key; {cls.__name__} has {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], recipe, f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as error:  # a required field is missing
+        raise _fail(recipe, where, str(error)) from None
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_override(raw: dict, assignment: str, recipe: str = "?") -> None:
+    """Apply one `--set KEY=VALUE` to the raw recipe: a dotted path (`stages.1.token_keep_rate`, `*` for every list
+    entry) and a YAML value (`0.5`, `true`, `[3, 6]`, `null`). Missing mappings on the path are created."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.1.token_keep_rate=0.5")
+    path, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text.strip() else ""
+    keys = [key for key in path.strip().split(".") if key]
+    if not keys:
+        raise RecipeError(f"--set {assignment!r}: the key is empty")
+
+    def assign(node, position: int, trail: str) -> None:
+        key = keys[position]
+        last = position == len(keys) - 1
+        if isinstance(node, list):
+            if key == "*":
+                targets = range(len(node))
+            elif re.fullmatch(r"-?\d+", key) and -len(node) <= int(key) < len(node):
+                targets = [int(key)]
+            else:
+                raise _fail(recipe, f"{trail}{key}", f"--set: no entry {key} in a list of {len(node)}")
+            for index in targets:
+                if last:
+                    node[index] = copy.deepcopy(value)
+                else:
+                    if node[index] is None:
+                        node[index] = {}
+                    assign(node[index], position + 1, f"{trail}{index}.")
+            return
+        if not isinstance(node, dict):
+            raise _fail(recipe, trail.rstrip("."), f"--set {path}: not a mapping or a list")
+        if last:
+            node[key] = value
+            return
+        if node.get(key) is None:
+            node[key] = {}
+        assign(node[key], position + 1, f"{trail}{key}.")
+
+    assign(raw, 0, "")
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped in `training/recipes/`."""
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file of a built-in recipe name, or the given path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise RecipeError(f"recipe file '{candidate}' does not exist")
+        return candidate
+    builtin = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not builtin.is_file():
+        raise RecipeError(
+            f"unknown recipe '{name_or_path}': built-in recipes are {', '.join(builtin_recipes())}, "
+            "or give the path of a YAML file"
+        )
+    return builtin
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe file '{path}' is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe file '{path}' must hold a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _inherited(raw: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """`inherit: <recipe>` starts from that recipe: mappings merge key by key, anything else (lists such as `stages`)
+    is replaced."""
+    base = raw.pop("inherit", None)
+    if base is None:
+        return raw
+    base_path = recipe_path(base)
+    if base_path.resolve() in seen or base_path.resolve() == path.resolve():
+        raise RecipeError(f"recipe file '{path}' inherits from itself through '{base}'")
+    parent = _inherited(_read_yaml(base_path), base_path, seen + (path.resolve(),))
+    parent.pop("name", None)
+    return _deep_merge(parent, raw)
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (`--set` assignments) and validate a recipe. Raises [`RecipeError`] naming the bad field."""
+    path = recipe_path(name_or_path)
+    raw = _inherited(_read_yaml(path), path)
+    raw.setdefault("name", path.stem)
+    name = str(raw["name"])
+    for assignment in overrides or []:
+        apply_override(raw, assignment, name)
+    defaults = raw.pop("stage_defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise _fail(name, "stage_defaults", "must be a mapping of stage fields")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise _fail(name, "stages", "must be a non-empty list of stages")
+    raw["stages"] = [_deep_merge(defaults, stage or {}) if isinstance(stage, dict) or stage is None else stage
+                     for stage in stages]
+    recipe = _build(Recipe, raw, name, "")
+    recipe.source = str(path)
+    validate_recipe(recipe)
+    return recipe
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Values that are well-typed but impossible
+# ----------------------------------------------------------------------------------------------------------------------
+
+INITS = ("checkpoint", "pretrained", "scratch")
+DATA_FORMATS = ("captions", "egoclip")
+CONTRASTIVE_LOSSES = {"itc": "infonce", "egonce": "egonce"}
+WEIGHT_DECAY_RULES = ("release", "fixed")
+EVALUATION_KINDS = ("retrieval", "egomcq")
+
+
+def validate_recipe(recipe: Recipe) -> None:
+    """Check values that the types allow but the run cannot use (raises [`RecipeError`])."""
+    name = recipe.name
+
+    def check(condition: bool, where: str, message: str) -> None:
+        if not condition:
+            raise _fail(name, where, message)
+
+    model = recipe.model
+    check(model.init in INITS, "model.init", f"must be one of {INITS}, got {model.init!r}")
+    if model.init == "checkpoint":
+        check(bool(model.checkpoint), "model.checkpoint", "is required with init: checkpoint")
+    if model.init == "pretrained":
+        check(bool(model.bert), "model.bert", "is required with init: pretrained (a BERT folder or Hub id)")
+    if model.init == "scratch":
+        check(bool(model.tokenizer), "model.tokenizer", "is required with init: scratch (a vocabulary file or folder)")
+
+    processor = recipe.processor
+    check(processor.image_size > 0, "processor.image_size", f"must be positive, got {processor.image_size}")
+    check(processor.max_text_length > 1, "processor.max_text_length", f"must be >= 2, got {processor.max_text_length}")
+    for key in ("image_mean", "image_std"):
+        values = getattr(processor, key)
+        check(len(values) == 3, f"processor.{key}", f"needs 3 values (RGB), got {values}")
+    check(all(std > 0 for std in processor.image_std), "processor.image_std", "must be positive")
+    scale = processor.crop_scale
+    check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "processor.crop_scale",
+          f"must be two fractions 0 < low <= high <= 1, got {scale}")
+    check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
+    check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
+    check(recipe.seed >= 0, "seed", f"must be >= 0, got {recipe.seed}")
+    check(recipe.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision",
+          f"must be one of auto, no, fp16, bf16, got {recipe.mixed_precision!r}")
+
+    previous_frames = 0
+    for index, stage in enumerate(recipe.stages):
+        where = f"stages.{index}"
+        check(stage.num_frames > 0, f"{where}.num_frames", f"must be a positive integer, got {stage.num_frames}")
+        check(
+            stage.num_frames >= previous_frames,
+            f"{where}.num_frames",
+            f"clip lengths must not shrink from one stage to the next ({previous_frames} -> {stage.num_frames})",
+        )
+        previous_frames = stage.num_frames
+        check(0.0 < stage.token_keep_rate <= 1.0, f"{where}.token_keep_rate",
+              f"must be in (0, 1], got {stage.token_keep_rate:g}")
+        if stage.fusion_token_keep_rate is not None:
+            check(0.0 < stage.fusion_token_keep_rate <= 1.0, f"{where}.fusion_token_keep_rate",
+                  f"must be in (0, 1], got {stage.fusion_token_keep_rate:g}")
+        for key in ("attention_block_size", "num_local_blocks"):
+            value = getattr(stage, key)
+            check(value is None or value > 0, f"{where}.{key}", f"must be positive, got {value}")
+        if stage.num_local_blocks is not None:
+            check(stage.num_local_blocks % 2 == 1, f"{where}.num_local_blocks",
+                  f"must be odd (a window centred on the query block), got {stage.num_local_blocks}")
+        check(stage.num_random_blocks is None or stage.num_random_blocks >= 0, f"{where}.num_random_blocks",
+              f"must be >= 0, got {stage.num_random_blocks}")
+        check(stage.batch_size >= 2, f"{where}.batch_size",
+              f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
+        check((stage.epochs is None) != (stage.steps is None), f"{where}.epochs",
+              "give exactly one of epochs and steps")
+        if stage.epochs is not None:
+            check(stage.epochs > 0, f"{where}.epochs", f"must be positive, got {stage.epochs:g}")
+        if stage.steps is not None:
+            check(stage.steps > 0, f"{where}.steps", f"must be positive, got {stage.steps}")
+        check(stage.contrastive_loss in CONTRASTIVE_LOSSES, f"{where}.contrastive_loss",
+              f"must be one of {tuple(CONTRASTIVE_LOSSES)}, got {stage.contrastive_loss!r}")
+        weights = stage.loss_weights
+        for key in ("itc", "itm", "mlm"):
+            value = getattr(weights, key)
+            check(value >= 0, f"{where}.loss_weights.{key}", f"must be >= 0, got {value:g}")
+        check(weights.itc + weights.itm + weights.mlm > 0, f"{where}.loss_weights", "at least one weight must be > 0")
+        optimizer = stage.optimizer
+        check(optimizer.lr > 0, f"{where}.optimizer.lr", f"must be positive, got {optimizer.lr:g}")
+        check(optimizer.weight_decay >= 0, f"{where}.optimizer.weight_decay", "must be >= 0")
+        check(len(optimizer.betas) == 2 and all(0 <= b < 1 for b in optimizer.betas), f"{where}.optimizer.betas",
+              f"must be two numbers in [0, 1), got {optimizer.betas}")
+        check(optimizer.eps > 0, f"{where}.optimizer.eps", "must be positive")
+        check(optimizer.weight_decay_rule in WEIGHT_DECAY_RULES, f"{where}.optimizer.weight_decay_rule",
+              f"must be one of {WEIGHT_DECAY_RULES}, got {optimizer.weight_decay_rule!r}")
+        for prefix, factor in optimizer.lr_multipliers.items():
+            check(factor > 0, f"{where}.optimizer.lr_multipliers.{prefix}", f"must be positive, got {factor:g}")
+        check(optimizer.max_grad_norm is None or optimizer.max_grad_norm > 0, f"{where}.optimizer.max_grad_norm",
+              "must be positive or null")
+        schedule = stage.schedule
+        check(0 <= schedule.warmup_fraction < 1, f"{where}.schedule.warmup_fraction", "must be in [0, 1)")
+        check(0 <= schedule.min_lr_multiplier <= 1, f"{where}.schedule.min_lr_multiplier", "must be in [0, 1]")
+        data = stage.data
+        check(data.format in DATA_FORMATS, f"{where}.data.format", f"must be one of {DATA_FORMATS}, got {data.format!r}")
+        check(bool(data.annotations), f"{where}.data.annotations", "is required (the annotation file)")
+        check(data.num_workers >= 0, f"{where}.data.num_workers", "must be >= 0")
+        check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.data.group_size",
+              f"must divide the batch size ({stage.batch_size}), got {data.group_size}")
+        check(data.prefetch_factor >= 1, f"{where}.data.prefetch_factor", "must be >= 1")
+        check(0 <= data.max_bad_fraction <= 1, f"{where}.data.max_bad_fraction", "must be in [0, 1]")
+        if stage.contrastive_loss == "egonce":
+            check(data.format == "egoclip", f"{where}.contrastive_loss",
+                  "egonce needs verb and noun tags: use data.format: egoclip")
+
+    for index, evaluation in enumerate(recipe.evaluation):
+        where = f"evaluation.{index}"
+        check(evaluation.kind in EVALUATION_KINDS, f"{where}.kind",
+              f"must be one of {EVALUATION_KINDS}, got {evaluation.kind!r}")
+        check(bool(evaluation.annotations), f"{where}.annotations", "is required")
+        check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
+        check(evaluation.num_clips > 0, f"{where}.num_clips", "must be positive")
+        check(evaluation.k >= 0, f"{where}.k", "must be >= 0")
+        check(evaluation.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
+
+
+def resolve_path(value: str | None, synthetic_root: str | os.PathLike | None = None) -> str | None:
+    """A recipe path with `{synthetic}` replaced by the generated set's folder, `~` expanded, and
+    `package:<module>/<sub-path>` pointing inside an installed Python package."""
+    if value is None:
+        return None
+    if value.startswith(PACKAGE_PREFIX):
+        import importlib
+
+        module, _, rest = value[len(PACKAGE_PREFIX) :].partition("/")
+        package = importlib.import_module(module)
+        return str(Path(package.__file__).resolve().parent / rest)
+    if SYNTHETIC_PLACEHOLDER in value:
+        if synthetic_root is None:
+            raise RecipeError(f"'{value}' refers to {SYNTHETIC_PLACEHOLDER}, but the recipe has no `synthetic` section")
+        value = value.replace(SYNTHETIC_PLACEHOLDER, str(synthetic_root))
+    return os.path.expanduser(value)
+
+
+def check_data_paths(recipe: Recipe, synthetic_root: str | os.PathLike | None = None) -> None:
+    """Every annotation file and media folder the recipe names exists (raises [`RecipeError`] naming the field)."""
+    entries = [(f"stages.{i}.data", stage.data) for i, stage in enumerate(recipe.stages)]
+    entries += [(f"evaluation.{i}", evaluation) for i, evaluation in enumerate(recipe.evaluation)]
+    for where, spec in entries:
+        annotations = resolve_path(spec.annotations, synthetic_root)
+        if not os.path.isfile(annotations):
+            raise _fail(recipe.name, f"{where}.annotations", f"annotation file '{annotations}' does not exist")
+        media_root = resolve_path(spec.media_root, synthetic_root)
+        if media_root is not None and not os.path.isdir(media_root):
+            raise _fail(recipe.name, f"{where}.media_root", f"media folder '{media_root}' does not exist")
+
+
+__all__ = [
+    "DataSpec",
+    "EvaluationSpec",
+    "LossWeights",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ProcessorSpec",
+    "Recipe",
+    "RecipeError",
+    "ScheduleSpec",
+    "StageSpec",
+    "apply_override",
+    "builtin_recipes",
+    "check_data_paths",
+    "load_recipe",
+    "recipe_path",
+    "resolve_path",
+    "validate_recipe",
+]
