@@ -83,7 +83,7 @@ def test_gather_backend_equals_dense_masked_reference(
         output, global_probs = block_sparse_attention(
             *inputs, layout, positions, bias, num_global, head_dim**-0.5, mask_padded_keys, backend=backend
         )
-        weights = torch.randn_like(output, generator=torch.Generator().manual_seed(seed))
+        weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))  # not _like: layouts differ
         grads = torch.autograd.grad((output * weights).sum(), [*inputs, bias.relative_position_bias_table])
         results[backend] = (output, global_probs, grads)
     (out_a, probs_a, grads_a), (out_b, probs_b, grads_b) = results["gather"], results["dense_masked"]
