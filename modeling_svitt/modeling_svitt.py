@@ -38,6 +38,7 @@ from .sparse_attention import (
     num_random_blocks_for,
     softmax_in_float32,
 )
+from .scaled_linear import FUSED_ACTIVATIONS, scaled_linear
 from .token_selection import gather_tokens, keep_tokens, num_tokens_to_keep, video_token_scores
 
 RandomBlocks = Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None]
@@ -240,14 +241,6 @@ class SViTTVisionSelfOutput(nn.Module):
         return self.dropout(scaled_linear(self.dense, hidden_states, scale))
 
 
-def scaled_linear(linear: nn.Linear, hidden_states: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """`scale * linear(hidden_states)` with the (layer) scale folded into the weights, so that backward needs no
-    saved copy of the unscaled output."""
-    if scale is None:
-        return linear(hidden_states)
-    return F.linear(hidden_states, linear.weight * scale[:, None], linear.bias * scale)
-
-
 class SViTTVisionAttention(nn.Module):
     def __init__(self, config: SViTTVisionConfig) -> None:
         super().__init__()
@@ -265,8 +258,9 @@ class SViTTVisionIntermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        hidden_states = self.dense(hidden_states)
+        return self.intermediate_act_fn(hidden_states) if activate else hidden_states
 
 
 class SViTTVisionOutput(nn.Module):
@@ -275,8 +269,11 @@ class SViTTVisionOutput(nn.Module):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        return self.dropout(scaled_linear(self.dense, hidden_states, scale))
+    def forward(
+        self, hidden_states: torch.Tensor, scale: torch.Tensor | None = None, activation: str | None = None
+    ) -> torch.Tensor:
+        """`activation`: a `FUSED_ACTIVATIONS` name applied to the input first (recomputed in backward)."""
+        return self.dropout(scaled_linear(self.dense, hidden_states, scale, activation))
 
 
 class SViTTVisionLayer(GradientCheckpointingLayer):
@@ -322,7 +319,9 @@ class SViTTVisionLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.drop_path(attention_output)
         if prune and not self.config.prune_after_mlp:
             hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
-        mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)), self.lambda_2)
+        fused = self.config.hidden_act if self.config.hidden_act in FUSED_ACTIVATIONS else None
+        intermediate = self.intermediate(self.layernorm_after(hidden_states), activate=fused is None)
+        mlp_output = self.output(intermediate, self.lambda_2, fused)
         hidden_states = hidden_states + self.drop_path(mlp_output)
         if prune and self.config.prune_after_mlp:
             hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)

@@ -267,23 +267,77 @@ def block_sparse_attention(
     raise ValueError(f"Unknown sparse attention backend {backend!r}; use 'gather' or 'dense_masked'.")
 
 
-def _patch_bias_index(codes, key_blocks, num_tokens, c, block_size, centre, patch_rows, padding_row):
-    """Table row of every (patch query, key slot) pair, `(P, m, block_size, c + kv * block_size)` int32.
+# Scores of one chunk of query blocks: small enough to stay in cache and to be reused by the allocator. Buffers of the
+# whole score matrix (tens of MB at 16 frames) come fresh from the OS at every use, and faulting their pages in
+# costs as much as the products that fill them.
+_CHUNK_BYTES = 1 << 21
 
-    Key slots are the `c` global tokens, then the key blocks of the query block. A patch pair's row is a difference
-    of per-position codes; global keys and padded slots have fixed rows (`padding_row`).
-    """
-    m, kv = key_blocks.shape
-    count = codes.shape[0]
-    block_codes = F.pad(codes.to(torch.int32), (0, m * block_size - num_tokens)).view(count, m, block_size)
-    slot_token = (key_blocks[:, :, None] * block_size + torch.arange(block_size, device=codes.device)).flatten(1)
-    is_real = slot_token < num_tokens  # (m, kv*bs)
-    key_codes = block_codes[:, key_blocks].reshape(count, m, kv * block_size)
-    key_term = torch.where(is_real, centre - key_codes, padding_row)
-    global_term = (patch_rows + c + torch.arange(c, device=codes.device, dtype=torch.int32)).expand(count, m, c)
-    key_term = torch.cat([global_term, key_term], dim=2)
-    weight = torch.cat([is_real.new_zeros(m, c), is_real], dim=1).to(torch.int32)
-    return torch.addcmul(key_term[:, :, None, :], block_codes[..., None], weight[:, None, :])
+
+class _Geometry:
+    """Where every key slot of every query block comes from, and its relative-bias row (computed once per call)."""
+
+    def __init__(self, codes, key_blocks, num_tokens, c, block_size, centre, patch_rows, padding_row):
+        m, kv = key_blocks.shape
+        device = key_blocks.device
+        self.num_blocks, self.block_size, self.c, self.num_tokens = m, block_size, c, num_tokens
+        self.key_blocks = key_blocks
+        self.width = c + kv * block_size
+        slot_token = (key_blocks[:, :, None] * block_size + torch.arange(block_size, device=device)).flatten(1)
+        # rows of the [global | patches | zero padding] key sequence each query block gathers, (m, W)
+        self.slots = torch.cat([torch.arange(c, device=device).expand(m, c), c + slot_token], dim=1)
+        # bias row of a patch pair: code(q) - code(k) + centre; global keys and padded slots have fixed rows.
+        # int64 throughout: index_add_ with int32 indices takes a path ten times slower on CPU.
+        count = codes.shape[0]
+        self.query_codes = F.pad(codes.long(), (0, m * block_size - num_tokens)).view(count, m, block_size)
+        is_real = slot_token < num_tokens
+        key_codes = self.query_codes[:, key_blocks].reshape(count, m, kv * block_size)
+        global_rows = (patch_rows + c + torch.arange(c, device=device)).expand(count, m, c)
+        self.key_term = torch.cat([global_rows, torch.where(is_real, centre - key_codes, padding_row)], dim=2)
+        self.query_weight = torch.cat([is_real.new_zeros(m, c), is_real], dim=1).long()
+
+    def chunks(self, batch, heads):
+        per_block = batch * heads * self.block_size * self.width * 4
+        size = max(1, _CHUNK_BYTES // per_block)
+        return [(start, min(start + size, self.num_blocks)) for start in range(0, self.num_blocks, size)]
+
+    def bias_index(self, start, stop):
+        """Bias rows `(P, blocks, bs, W)` of the query blocks `start:stop`."""
+        return torch.addcmul(
+            self.key_term[:, start:stop, None, :],
+            self.query_codes[:, start:stop, :, None],
+            self.query_weight[start:stop, None, :],
+        )
+
+    def query_rows(self, tensor, start, stop):
+        """Rows of the query blocks `start:stop` of a `(B, H, c + n, d)` tensor, zero-padded, `(B*H*blocks, bs, d)`."""
+        batch, heads, _, head_dim = tensor.shape
+        first, last = self.c + start * self.block_size, self.c + min(stop * self.block_size, self.num_tokens)
+        rows = tensor.new_zeros(batch, heads, stop - start, self.block_size, head_dim)
+        rows.view(batch, heads, -1, head_dim)[:, :, : last - first] = tensor[:, :, first:last]
+        return rows.view(-1, self.block_size, head_dim)
+
+    def gather(self, sequence, start, stop):
+        """Key slots `(B*H*blocks, W, d)` of the query blocks `start:stop` from a padded `(B, H, c + m*bs, d)`."""
+        batch, heads, _, head_dim = sequence.shape
+        return sequence.index_select(2, self.slots[start:stop].flatten()).view(-1, self.width, head_dim)
+
+    def scatter(self, grad_sequence, grad_slots, start, stop):
+        """Add the gradient of gathered slots `(B*H*blocks, W, d)` back into `(B, H, c + m*bs, d)`."""
+        batch, heads, _, head_dim = grad_sequence.shape
+        c, block_size = self.c, self.block_size
+        grad_slots = grad_slots.view(batch, heads, stop - start, self.width, head_dim)
+        grad_sequence[:, :, :c] += grad_slots[:, :, :, :c].sum(2)
+        blocks = grad_sequence[:, :, c:].view(batch, heads, self.num_blocks, block_size, head_dim)
+        for slot in range(self.key_blocks.shape[1]):  # one scatter per slot: no copy of the strided slices
+            first = c + slot * block_size
+            blocks.index_add_(2, self.key_blocks[start:stop, slot], grad_slots[:, :, :, first : first + block_size])
+
+    def write_rows(self, target, rows, start, stop):
+        """Write `(B*H*blocks, bs, d)` rows of the query blocks `start:stop` into a `(B, c + n, H, d)` tensor."""
+        batch, _, heads, head_dim = target.shape
+        first, last = self.c + start * self.block_size, self.c + min(stop * self.block_size, self.num_tokens)
+        rows = rows.view(batch, heads, -1, head_dim)[:, :, : last - first]
+        target[:, first:last] = rows.transpose(1, 2)
 
 
 def _global_bias_index(num_tokens, c, patch_rows, device):
@@ -294,12 +348,12 @@ def _global_bias_index(num_tokens, c, patch_rows, device):
     return torch.cat([to_global, to_patch], dim=1)
 
 
-def _slot_tokens(key_blocks, c, block_size):
-    """`(m * W,)` rows of the `[global | patch blocks | padding]` key sequence each query block gathers."""
-    m = key_blocks.shape[0]
-    blocks = c + (key_blocks[:, :, None] * block_size + torch.arange(block_size, device=key_blocks.device)).flatten(1)
-    glob = torch.arange(c, device=key_blocks.device).expand(m, c)
-    return torch.cat([glob, blocks], dim=1).flatten()
+def _padded_sequence(tensor, length):
+    """`(B, H, L, d)` (any strides) -> contiguous `(B, H, length, d)` with zero rows after L."""
+    batch, heads, current, head_dim = tensor.shape
+    padded = tensor.new_zeros(batch, heads, length, head_dim)
+    padded[:, :, :current] = tensor
+    return padded
 
 
 def _dropout_mask(shape, dropout, device):
@@ -307,122 +361,106 @@ def _dropout_mask(shape, dropout, device):
 
 
 class _BlockSparseAttention(torch.autograd.Function):
-    """Block-sparse attention with the relative bias looked up inside (see the module docstring)."""
+    """Block-sparse attention with the relative bias looked up inside (see the module docstring).
+
+    Query blocks are processed in chunks; forward saves the queries, the padded keys and values, the output and the
+    log-normaliser of every softmax row, and backward recomputes scores and probabilities chunk by chunk.
+    """
 
     @staticmethod
     def forward(ctx, query, key, value, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys):
         batch, heads, length, head_dim = query.shape
         n = length - c
-        m, kv = key_blocks.shape
-        width = c + kv * block_size
+        m = key_blocks.shape[0]
         dtype, device = query.dtype, query.device
+        softmax_dtype = _softmax_dtype(dtype)
         with torch.autocast(device.type, enabled=False):
-            # queries / keys / values in block layout: (B, H, m*bs, d) patch queries; [global | patches | zeros]
-            patch_queries = query.new_zeros(batch, heads, m * block_size, head_dim)
-            patch_queries[:, :, :n] = query[:, :, c:]
-            global_queries = query[:, :, :c].contiguous()
-            keys = key.new_zeros(batch, heads, c + m * block_size, head_dim)
-            keys[:, :, :length] = key
-            values = value.new_zeros(batch, heads, c + m * block_size, head_dim)
-            values[:, :, :length] = value
+            keys = _padded_sequence(key, c + m * block_size)
+            values = _padded_sequence(value, c + m * block_size)
             table_by_head = _table_by_head(table, mask_padded_keys, dtype)
             padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
-            slots = _slot_tokens(key_blocks, c, block_size)
-            index = _patch_bias_index(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
+            geometry = _Geometry(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
+            output = query.new_empty(batch, length, heads, head_dim)
+            log_normaliser = query.new_empty(batch, heads, m, block_size, dtype=softmax_dtype)
+            keep = None
+            if dropout > 0:
+                keep = _dropout_mask((batch, heads, m, block_size, geometry.width), dropout, device)
+            for start, stop in geometry.chunks(batch, heads):
+                queries = geometry.query_rows(query, start, stop)
+                scores = _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads)
+                log_probs = torch.log_softmax(scores, dim=-1, dtype=softmax_dtype)
+                # the log-normaliser from the first slot (a global key, never masked): no second reduction
+                log_normaliser[:, :, start:stop] = scores[..., 0].to(softmax_dtype) - log_probs[..., 0]
+                weights = log_probs.exp_().to(dtype)
+                if keep is not None:
+                    weights = weights * keep[:, :, start:stop] / (1 - dropout)
+                rows = torch.bmm(weights.view(queries.shape[0], block_size, -1), geometry.gather(values, start, stop))
+                geometry.write_rows(output, rows, start, stop)
 
-            gathered_keys = keys.index_select(2, slots).view(batch * heads * m, width, head_dim)
-            scores = _block_scores(patch_queries, gathered_keys, table_by_head, index, scaling)
-            del gathered_keys
-            log_probs = torch.log_softmax(scores, dim=-1, dtype=_softmax_dtype(dtype))
-            # log-normaliser of every row from its first slot (a global key, never masked): no second reduction
-            log_normaliser = scores[..., 0].to(log_probs.dtype) - log_probs[..., 0]
-            del scores
-            probs = log_probs.exp_().to(dtype)
-            del log_probs
-            keep = _dropout_mask(probs.shape, dropout, device) if dropout > 0 else None
-            weights = probs if keep is None else probs * keep / (1 - dropout)
-            gathered_values = values.index_select(2, slots).view(batch * heads * m, width, head_dim)
-            patch_output = torch.bmm(weights.view(batch * heads * m, block_size, width), gathered_values)
-            del probs, weights, gathered_values
-
+            global_queries = query[:, :, :c]
             global_index = _global_bias_index(n, c, patch_rows, device)
             global_scores = torch.matmul(global_queries, keys[:, :, :length].transpose(-1, -2)) * scaling
-            global_scores = global_scores + table_by_head[:, global_index].to(dtype)
-            global_probs = softmax_in_float32(global_scores)
+            global_probs = softmax_in_float32(global_scores + table_by_head[:, global_index].to(dtype))
             global_keep = _dropout_mask(global_probs.shape, dropout, device) if dropout > 0 else None
             global_weights = global_probs if global_keep is None else global_probs * global_keep / (1 - dropout)
-            global_output = torch.matmul(global_weights, values[:, :, :length])
-
-            output = query.new_empty(batch, length, heads, head_dim)
-            output[:, :c] = global_output.transpose(1, 2)
-            output[:, c:] = patch_output.view(batch, heads, m * block_size, head_dim)[:, :, :n].transpose(1, 2)
-        ctx.save_for_backward(
-            patch_queries, global_queries, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table,
-            keep, global_keep,
-        )
+            output[:, :c] = torch.matmul(global_weights, values[:, :, :length]).transpose(1, 2)
+        ctx.save_for_backward(query, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table, keep, global_keep)
         ctx.geometry = (c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys)
         return output.transpose(1, 2), global_probs
 
     @staticmethod
     def backward(ctx, grad_output, grad_global_probs):
-        (
-            patch_queries, global_queries, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table,
-            keep, global_keep,
-        ) = ctx.saved_tensors
+        query, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table, keep, global_keep = (
+            ctx.saved_tensors
+        )
         c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys = ctx.geometry
-        batch, heads, padded, head_dim = patch_queries.shape
-        length = output.shape[1]
+        batch, heads, length, head_dim = query.shape
         n = length - c
-        m, kv = key_blocks.shape
-        width = c + kv * block_size
-        dtype, device = patch_queries.dtype, patch_queries.device
-        flat = batch * heads * m
+        m = key_blocks.shape[0]
+        dtype, device = query.dtype, query.device
+        softmax_dtype = _softmax_dtype(dtype)
         with torch.autocast(device.type, enabled=False):
             table_by_head = _table_by_head(table, mask_padded_keys, dtype)
             padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
-            slots = _slot_tokens(key_blocks, c, block_size)
-            index = _patch_bias_index(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
-
+            geometry = _Geometry(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
             grad_output = grad_output.to(dtype)
-            # rowwise <dO, O> = sum_j P_j dP_j, the softmax backward's correction
-            correction = (grad_output * output.transpose(1, 2)).sum(-1, dtype=_softmax_dtype(dtype))  # (B, H, L)
-            grad_patch = grad_output.new_zeros(batch, heads, padded, head_dim)
-            grad_patch[:, :, :n] = grad_output[:, :, c:]
-            patch_correction = F.pad(correction[:, :, c:], (0, padded - n)).view(batch, heads, m, block_size)
-
-            gathered_keys = keys.index_select(2, slots).view(flat, width, head_dim)
-            scores = _block_scores(patch_queries, gathered_keys, table_by_head, index, scaling)
-            probs = scores.to(log_normaliser.dtype).sub_(log_normaliser[..., None]).exp_()
-            del scores
-            gathered_values = values.index_select(2, slots).view(flat, width, head_dim)
-            grad_probs = torch.bmm(grad_patch.view(flat, block_size, head_dim), gathered_values.transpose(1, 2))
-            weights = probs.to(dtype)
-            if keep is not None:
-                weights = weights * keep / (1 - dropout)
-                grad_probs = grad_probs * keep / (1 - dropout)
-            grad_gathered_values = torch.bmm(
-                weights.view(flat, block_size, width).transpose(1, 2), grad_patch.view(flat, block_size, head_dim)
-            )
-            del weights, gathered_values
-            grad_scores = probs.mul_(grad_probs.view(probs.shape).to(probs.dtype).sub_(patch_correction[..., None]))
-            grad_scores = grad_scores.to(dtype)
-            del grad_probs
-
+            # row-wise <dO, O> = sum_j P_j dP_j, the correction of the softmax backward
+            correction = (grad_output * output.transpose(1, 2)).sum(-1, dtype=softmax_dtype)  # (B, H, L)
+            patch_correction = F.pad(correction[:, :, c:], (0, m * block_size - n)).view(batch, heads, m, block_size)
+            grad_query = output.new_empty(batch, length, heads, head_dim)
+            grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
             grad_table = None
             if ctx.needs_input_grad[3]:
-                grad_table = torch.zeros_like(table_by_head, dtype=_softmax_dtype(dtype))
-                _scatter_bias_grad(grad_table, index, grad_scores)
-            grad_scores = grad_scores.view(flat, block_size, width)
-            grad_patch_queries = torch.bmm(grad_scores, gathered_keys).mul_(scaling)
-            del gathered_keys
-            grad_gathered_keys = torch.bmm(
-                grad_scores.transpose(1, 2), patch_queries.view(flat, block_size, head_dim)
-            ).mul_(scaling)
-            del grad_scores
-            grad_keys = _scatter_blocks(grad_gathered_keys, key_blocks, batch, heads, c, block_size)
-            grad_values = _scatter_blocks(grad_gathered_values, key_blocks, batch, heads, c, block_size)
+                grad_table = torch.zeros_like(table_by_head, dtype=softmax_dtype)
+
+            for start, stop in geometry.chunks(batch, heads):
+                queries = geometry.query_rows(query, start, stop)
+                grad_rows = geometry.query_rows(grad_output, start, stop)
+                scores = _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads)
+                probs = scores.to(softmax_dtype).sub_(log_normaliser[:, :, start:stop, :, None]).exp_()
+                flat_probs = probs.view(queries.shape[0], block_size, -1)
+                grad_probs = torch.bmm(grad_rows, geometry.gather(values, start, stop).transpose(1, 2))
+                weights = flat_probs.to(dtype)
+                if keep is not None:
+                    chunk_keep = keep[:, :, start:stop].reshape(flat_probs.shape)
+                    weights = weights * chunk_keep / (1 - dropout)
+                    grad_probs = grad_probs * chunk_keep / (1 - dropout)
+                geometry.scatter(grad_values, torch.bmm(weights.transpose(1, 2), grad_rows), start, stop)
+                del weights
+                grad_scores = probs.mul_(
+                    grad_probs.view(probs.shape).to(softmax_dtype).sub_(patch_correction[:, :, start:stop, :, None])
+                )
+                del grad_probs
+                if grad_table is not None:
+                    _scatter_bias_grad(grad_table, geometry.bias_index(start, stop), grad_scores)
+                grad_scores = grad_scores.to(dtype).view(queries.shape[0], block_size, -1)
+                gathered_keys = geometry.gather(keys, start, stop)
+                geometry.write_rows(grad_query, torch.bmm(grad_scores, gathered_keys).mul_(scaling), start, stop)
+                grad_slots = torch.bmm(grad_scores.transpose(1, 2), queries).mul_(scaling)
+                geometry.scatter(grad_keys, grad_slots, start, stop)
 
             # global queries: dense rows, probabilities saved
+            global_queries = query[:, :, :c]
             grad_global = grad_output[:, :, :c]
             global_weights = global_probs if global_keep is None else global_probs * global_keep / (1 - dropout)
             grad_values[:, :, :length] += torch.matmul(global_weights.transpose(-1, -2), grad_global)
@@ -431,7 +469,6 @@ class _BlockSparseAttention(torch.autograd.Function):
                 grad_global_weights = grad_global_weights * global_keep / (1 - dropout)
             if grad_global_probs is not None:
                 grad_global_weights = grad_global_weights + grad_global_probs
-            softmax_dtype = _softmax_dtype(dtype)
             global_probs_wide, grad_global_weights = global_probs.to(softmax_dtype), grad_global_weights.to(softmax_dtype)
             grad_global_scores = global_probs_wide * (
                 grad_global_weights - (global_probs_wide * grad_global_weights).sum(-1, keepdim=True)
@@ -441,13 +478,9 @@ class _BlockSparseAttention(torch.autograd.Function):
                 grad_table.index_add_(1, global_index.flatten(), grad_global_scores.sum(0).flatten(1))
                 grad_table = grad_table[:, : table.shape[0]].t().to(table.dtype)
             grad_global_scores = grad_global_scores.to(dtype)
-            grad_global_queries = torch.matmul(grad_global_scores, keys[:, :, :length]) * scaling
+            grad_query[:, :c] = (torch.matmul(grad_global_scores, keys[:, :, :length]) * scaling).transpose(1, 2)
             grad_keys[:, :, :length] += torch.matmul(grad_global_scores.transpose(-1, -2), global_queries) * scaling
-
             # gradients laid out (B, L, H, d) like the projections they flow back into
-            grad_query = output.new_empty(batch, length, heads, head_dim)
-            grad_query[:, :c] = grad_global_queries.transpose(1, 2)
-            grad_query[:, c:] = grad_patch_queries.view(batch, heads, padded, head_dim)[:, :, :n].transpose(1, 2)
             grad_key = grad_keys[:, :, :length].transpose(1, 2).contiguous()
             grad_value = grad_values[:, :, :length].transpose(1, 2).contiguous()
         return (
@@ -471,43 +504,28 @@ def _table_by_head(table, mask_padded_keys, dtype):
     return by_head.contiguous()
 
 
-def _block_scores(patch_queries, gathered_keys, table_by_head, index, scaling):
-    """Scores `(B, H, m, bs, W)` of the patch queries against their gathered key slots `(B*H*m, W, d)`, bias included."""
-    batch, heads, padded, head_dim = patch_queries.shape
-    _, m, block_size, width = index.shape
-    scores = patch_queries.new_empty(batch, heads, m, block_size, width)
+def _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads):
+    """Scores `(B, H, blocks, bs, W)` of the query blocks `start:stop` against their key slots, bias included."""
+    index = geometry.bias_index(start, stop)
+    scores = queries.new_empty(batch, heads, stop - start, geometry.block_size, geometry.width)
     for sample in range(batch):  # the bias is gathered straight into the score buffer, then the products added
         torch.index_select(
             table_by_head, 1, index[sample if index.shape[0] > 1 else 0].flatten(), out=scores[sample].view(heads, -1)
         )
-    scores.view(-1, block_size, width).baddbmm_(
-        patch_queries.view(-1, block_size, head_dim), gathered_keys.transpose(1, 2), alpha=scaling
-    )
+    flat = scores.view(-1, geometry.block_size, geometry.width)
+    flat.baddbmm_(queries, geometry.gather(keys, start, stop).transpose(1, 2), alpha=scaling)
     return scores
 
 
 def _scatter_bias_grad(grad_table, index, grad_scores):
-    """Add the score gradients `(B, H, m, bs, W)` into the `(H, rows)` table gradient at the pairs' rows."""
+    """Add the score gradients `(B, H, blocks, bs, W)` into the `(H, rows)` table gradient at the pairs' rows."""
     heads = grad_table.shape[0]
     if index.shape[0] == 1:
-        summed = grad_scores.sum(0, dtype=grad_table.dtype) if grad_scores.shape[0] > 1 else grad_scores[0]
-        grad_table.index_add_(1, index.flatten(), summed.to(grad_table.dtype).view(heads, -1))
+        summed = grad_scores.sum(0) if grad_scores.shape[0] > 1 else grad_scores[0]
+        grad_table.index_add_(1, index.flatten(), summed.reshape(heads, -1))
     else:
         for sample in range(index.shape[0]):
-            grad_table.index_add_(1, index[sample].flatten(), grad_scores[sample].to(grad_table.dtype).view(heads, -1))
-
-
-def _scatter_blocks(grad_gathered, key_blocks, batch, heads, c, block_size):
-    """Gradient of the gathered `[global | key blocks]` slots `(B*H*m, W, d)` -> `(B, H, c + m*bs, d)`."""
-    m, kv = key_blocks.shape
-    head_dim = grad_gathered.shape[-1]
-    grad_gathered = grad_gathered.view(batch, heads, m, c + kv * block_size, head_dim)
-    grad = grad_gathered.new_zeros(batch, heads, c + m * block_size, head_dim)
-    grad[:, :, :c] = grad_gathered[:, :, :, :c].sum(2)
-    grad[:, :, c:].view(batch, heads, m, block_size, head_dim).index_add_(
-        2, key_blocks.flatten(), grad_gathered[:, :, :, c:].reshape(batch, heads, m * kv, block_size, head_dim)
-    )
-    return grad
+            grad_table.index_add_(1, index[sample].flatten(), grad_scores[sample].reshape(heads, -1))
 
 
 def _dense_masked_block_attention(
