@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -267,10 +268,10 @@ def block_sparse_attention(
     raise ValueError(f"Unknown sparse attention backend {backend!r}; use 'gather' or 'dense_masked'.")
 
 
-# Scores of one chunk of query blocks: small enough to stay in cache and to be reused by the allocator. Buffers of the
-# whole score matrix (tens of MB at 16 frames) come fresh from the OS at every use, and faulting their pages in
-# costs as much as the products that fill them.
-_CHUNK_BYTES = 1 << 21
+# Scores of one chunk of query blocks: small enough to stay in cache and to be reused by the allocator (buffers of the
+# whole score matrix, tens of MB at 16 frames, come fresh from the OS at every use, and faulting their pages in costs
+# as much as the products that fill them), large enough that a chunk's operations are not dominated by their launch.
+_CHUNK_BYTES = 1 << 22
 
 
 class _Geometry:
@@ -310,11 +311,12 @@ class _Geometry:
 
     def query_rows(self, tensor, start, stop):
         """Rows of the query blocks `start:stop` of a `(B, H, c + n, d)` tensor, zero-padded, `(B*H*blocks, bs, d)`."""
-        batch, heads, _, head_dim = tensor.shape
+        head_dim = tensor.shape[-1]
         first, last = self.c + start * self.block_size, self.c + min(stop * self.block_size, self.num_tokens)
-        rows = tensor.new_zeros(batch, heads, stop - start, self.block_size, head_dim)
-        rows.view(batch, heads, -1, head_dim)[:, :, : last - first] = tensor[:, :, first:last]
-        return rows.view(-1, self.block_size, head_dim)
+        rows = tensor[:, :, first:last]
+        if last - first < (stop - start) * self.block_size:  # the last block is zero-padded
+            rows = F.pad(rows, (0, 0, 0, (stop - start) * self.block_size - (last - first)))
+        return rows.reshape(-1, self.block_size, head_dim)
 
     def gather(self, sequence, start, stop):
         """Key slots `(B*H*blocks, W, d)` of the query blocks `start:stop` from a padded `(B, H, c + m*bs, d)`."""
@@ -374,7 +376,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         m = key_blocks.shape[0]
         dtype, device = query.dtype, query.device
         softmax_dtype = _softmax_dtype(dtype)
-        with torch.autocast(device.type, enabled=False):
+        with _without_autocast(device):
             keys = _padded_sequence(key, c + m * block_size)
             values = _padded_sequence(value, c + m * block_size)
             table_by_head = _table_by_head(table, mask_padded_keys, dtype)
@@ -390,7 +392,7 @@ class _BlockSparseAttention(torch.autograd.Function):
                 scores = _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads)
                 log_probs = torch.log_softmax(scores, dim=-1, dtype=softmax_dtype)
                 # the log-normaliser from the first slot (a global key, never masked): no second reduction
-                log_normaliser[:, :, start:stop] = scores[..., 0].to(softmax_dtype) - log_probs[..., 0]
+                torch.sub(scores[..., 0], log_probs[..., 0], out=log_normaliser[:, :, start:stop])
                 weights = log_probs.exp_().to(dtype)
                 if keep is not None:
                     weights = weights * keep[:, :, start:stop] / (1 - dropout)
@@ -419,7 +421,7 @@ class _BlockSparseAttention(torch.autograd.Function):
         m = key_blocks.shape[0]
         dtype, device = query.dtype, query.device
         softmax_dtype = _softmax_dtype(dtype)
-        with torch.autocast(device.type, enabled=False):
+        with _without_autocast(device):
             table_by_head = _table_by_head(table, mask_padded_keys, dtype)
             padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
             geometry = _Geometry(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
@@ -490,6 +492,11 @@ class _BlockSparseAttention(torch.autograd.Function):
             grad_table,
             None, None, None, None, None, None, None, None, None,
         )
+
+
+def _without_autocast(device):
+    """The function picks its own precisions (fp32 softmax); devices without autocast (meta) need no guard."""
+    return torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
 
 
 def _softmax_dtype(dtype):
