@@ -185,6 +185,8 @@ def tables(args, store: ResultStore) -> str:
         "",
     ]
     checkpointing = bool(args.gradient_checkpointing)
+    clock = "seconds" if args.clock == "wall" else "cpu_seconds"
+    lines[-1:-1] = [f"Times are {'wall-clock' if args.clock == 'wall' else 'CPU'} seconds per step (median)."]
     for batch in args.batch:
         for mode in args.modes:
             ckpt = checkpointing and mode == "train"
@@ -201,14 +203,15 @@ def tables(args, store: ResultStore) -> str:
                 for model in args.models:
                     record = records.get((model, frames, batch, mode, ckpt, args.threads))
                     macs = analytic_macs(model, frames) / 1e9
-                    cells = [str(frames), model, describe(record), describe(record, "peak_bytes", MIB, 0), f"{macs:.1f}"]
+                    cells = [str(frames), model, describe(record, clock), describe(record, "peak_bytes", MIB, 0)]
+                    cells.append(f"{macs:.1f}")
                     if model == "svitt-sparse" or record is None or sparse is None:
                         cells += ["", "", "", ""]
                     else:
                         ratio = macs / (analytic_macs("svitt-sparse", frames) / 1e9)
                         both = record.get("status") == "ok" and sparse.get("status") == "ok"
                         if both:
-                            speedup = record["seconds"] / sparse["seconds"]
+                            speedup = record[clock] / sparse[clock]
                             memory = sparse["peak_bytes"] / record["peak_bytes"]
                             cells += [f"{speedup:.2f}x", f"{ratio:.2f}x", f"{speedup / ratio:.0%}", f"{memory:.2f}"]
                         else:
@@ -229,7 +232,8 @@ def plot(args, store: ResultStore, path: Path) -> None:
     figure, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
     for row, (batch, mode) in enumerate(panels):
         ckpt = bool(args.gradient_checkpointing) and mode == "train"
-        for column, (field, scale, label) in enumerate((("seconds", 1, "time per step (s)"), ("peak_bytes", MIB, "peak memory (MiB)"))):
+        clock = ("seconds", 1, "time per step (s)") if args.clock == "wall" else ("cpu_seconds", 1, "CPU time per step (s)")
+        for column, (field, scale, label) in enumerate((clock, ("peak_bytes", MIB, "peak memory (MiB)"))):
             axis = axes[row][column]
             for model in args.models:
                 points = [
@@ -267,6 +271,12 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="table (default: next to the results, .md)")
     parser.add_argument("--plot", type=Path, help="log-log plot (default: next to the results, .png)")
     parser.add_argument("--rerun", action="store_true", help="measure again what the results already hold")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="table and plot from wall time (default) or CPU time (steadier with --threads 1 on a loaded machine)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rewrite table and plot")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -19,17 +19,14 @@ tensor of the size of the score matrix, and no gathered copy of the keys, is kep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .relative_position import with_global_positions
-
-PositionBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""Maps broadcastable (query positions, key positions) to the bias `(..., heads)`."""
+from .relative_position import SViTTRelativePositionBias3D, with_global_positions
 
 PADDING_POSITION = -1  # padded slots are looked up as the first global token, as in the release
 
@@ -213,7 +210,7 @@ def block_sparse_attention(
     value: torch.Tensor,
     layout: BlockSparseLayout,
     positions: torch.Tensor,
-    position_bias,
+    position_bias: SViTTRelativePositionBias3D,
     num_global_tokens: int,
     scaling: float,
     mask_padded_keys: bool = False,
@@ -389,7 +386,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                 keep = _dropout_mask((batch, heads, m, block_size, geometry.width), dropout, device)
             for start, stop in geometry.chunks(batch, heads):
                 queries = geometry.query_rows(query, start, stop)
-                scores = _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads)
+                index = geometry.bias_index(start, stop)
+                scores = _chunk_scores(queries, geometry.gather(keys, start, stop), table_by_head, index, scaling)
                 log_probs = torch.log_softmax(scores, dim=-1, dtype=softmax_dtype)
                 # the log-normaliser from the first slot (a global key, never masked): no second reduction
                 torch.sub(scores[..., 0], log_probs[..., 0], out=log_normaliser[:, :, start:stop])
@@ -438,7 +436,9 @@ class _BlockSparseAttention(torch.autograd.Function):
             for start, stop in geometry.chunks(batch, heads):
                 queries = geometry.query_rows(query, start, stop)
                 grad_rows = geometry.query_rows(grad_output, start, stop)
-                scores = _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads)
+                index = geometry.bias_index(start, stop)
+                gathered_keys = geometry.gather(keys, start, stop)
+                scores = _chunk_scores(queries, gathered_keys, table_by_head, index, scaling)
                 probs = scores.to(softmax_dtype).sub_(log_normaliser[:, :, start:stop, :, None]).exp_()
                 flat_probs = probs.view(queries.shape[0], block_size, -1)
                 grad_probs = torch.bmm(grad_rows, geometry.gather(values, start, stop).transpose(1, 2))
@@ -454,12 +454,10 @@ class _BlockSparseAttention(torch.autograd.Function):
                 )
                 del grad_probs
                 if grad_table is not None:
-                    _scatter_bias_grad(grad_table, geometry.bias_index(start, stop), grad_scores)
+                    _scatter_bias_grad(grad_table, index, grad_scores)
                 grad_scores = grad_scores.to(dtype).view(queries.shape[0], block_size, -1)
-                gathered_keys = geometry.gather(keys, start, stop)
-                geometry.write_rows(grad_query, torch.bmm(grad_scores, gathered_keys).mul_(scaling), start, stop)
-                grad_slots = torch.bmm(grad_scores.transpose(1, 2), queries).mul_(scaling)
-                geometry.scatter(grad_keys, grad_slots, start, stop)
+                geometry.write_rows(grad_query, _scaled_bmm(grad_scores, gathered_keys, scaling), start, stop)
+                geometry.scatter(grad_keys, _scaled_bmm(grad_scores.transpose(1, 2), queries, scaling), start, stop)
 
             # global queries: dense rows, probabilities saved
             global_queries = query[:, :, :c]
@@ -511,17 +509,23 @@ def _table_by_head(table, mask_padded_keys, dtype):
     return by_head.contiguous()
 
 
-def _chunk_scores(geometry, queries, keys, table_by_head, scaling, start, stop, batch, heads):
-    """Scores `(B, H, blocks, bs, W)` of the query blocks `start:stop` against their key slots, bias included."""
-    index = geometry.bias_index(start, stop)
-    scores = queries.new_empty(batch, heads, stop - start, geometry.block_size, geometry.width)
-    for sample in range(batch):  # the bias is gathered straight into the score buffer, then the products added
+def _chunk_scores(queries, gathered_keys, table_by_head, index, scaling):
+    """Scores `(B, H, blocks, bs, W)` of a chunk's queries `(B*H*blocks, bs, d)` against their gathered key slots
+    `(B*H*blocks, W, d)`, relative bias (rows `index`, `(P, blocks, bs, W)`) included."""
+    heads = table_by_head.shape[0]
+    _, blocks, block_size, width = index.shape
+    scores = queries.new_empty(queries.shape[0] // (heads * blocks), heads, blocks, block_size, width)
+    for sample in range(scores.shape[0]):  # the bias is gathered straight into the score buffer, then products added
         torch.index_select(
             table_by_head, 1, index[sample if index.shape[0] > 1 else 0].flatten(), out=scores[sample].view(heads, -1)
         )
-    flat = scores.view(-1, geometry.block_size, geometry.width)
-    flat.baddbmm_(queries, geometry.gather(keys, start, stop).transpose(1, 2), alpha=scaling)
+    scores.view(-1, block_size, width).baddbmm_(queries, gathered_keys.transpose(1, 2), alpha=scaling)
     return scores
+
+
+def _scaled_bmm(first, second, scaling):
+    """`scaling * first @ second`, the scale applied by the product itself."""
+    return first.new_empty(first.shape[0], first.shape[1], second.shape[2]).baddbmm_(first, second, beta=0, alpha=scaling)
 
 
 def _scatter_bias_grad(grad_table, index, grad_scores):
