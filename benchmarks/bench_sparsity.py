@@ -10,8 +10,9 @@ backward in four modes, each in a fresh process so its peak memory is its own:
 - node: dense attention, token pruning after layers 3/6/9;
 - edge+node: both (the release's setting).
 Keep rates follow the curriculum: 0.7 at 4 frames, 0.6 at 8, 0.5 at 16. Times are the median of the timed
-iterations after one warm-up; peak memory is the growth of the resident set over the built model during
-the warm-up forward+backward. Ratios are dense / mode within this run, printed beside the analytic FLOP ratio.
+iterations after one warm-up; peak memory is the growth of the resident set over the built model during the
+steps. Ratios are dense / mode within this run, printed beside the analytic FLOP ratio. This compares SViTT with
+its own dense path; `bench_peers.py` compares it with the models a user would pick instead.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import MIB, available_memory, report, run_isolated, time_steps  # noqa: E402
 
 KEEP_RATES = {4: 0.7, 8: 0.6, 16: 0.5}
 MODES = {
@@ -46,11 +47,6 @@ def vision_config(frames: int, mode: str):
     )
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure(frames: int, mode: str, iterations: int, threads: int) -> dict:
     """Runs inside the child process."""
     import torch
@@ -59,43 +55,29 @@ def measure(frames: int, mode: str, iterations: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = vision_config(frames, mode)
-    model = SViTTVisionModel._from_config(config, attn_implementation="sdpa").train()
+    model = SViTTVisionModel._from_config(vision_config(frames, mode), attn_implementation="sdpa").train()
     pixels = torch.randn(1, frames, 3, 224, 224)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         output = model(pixels)
         (output.last_hidden_state.mean() + output.pooler_output.mean()).backward()
-        model.zero_grad(set_to_none=False)
-        return time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
 
-    baseline = resident_bytes()
-    warmup = step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    times = [step() for _ in range(iterations)]
-    return {"seconds": statistics.median(times), "warmup_seconds": warmup, "peak_bytes": peak}
-
-
-def run_child(frames: int, mode: str, iterations: int, threads: int) -> dict:
-    command = [sys.executable, __file__, "--child", str(frames), mode, str(iterations), str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["killed"])[-1]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return time_steps(step, iterations)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--iterations", type=int, default=2, help="timed iterations after the warm-up")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after the warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--time-cap", type=float, default=1800.0, help="seconds per mode")
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         frames, mode, iterations, threads = args.child
-        print(json.dumps(measure(int(frames), mode, int(iterations), int(threads))))
+        report(result=measure(int(frames), mode, int(iterations), int(threads)))
         return
 
     import torch
@@ -103,8 +85,8 @@ def main() -> None:
     from modeling_svitt.compute_cost import video_tower_macs
 
     header = (
-        f"SViTT video tower, base size, batch 1, fp32, forward+backward, CPU ({args.threads} threads, "
-        f"torch {torch.__version__})"
+        f"SViTT video tower against its own dense path, base size, batch 1, fp32, forward+backward, CPU "
+        f"({args.threads} threads, torch {torch.__version__})"
     )
     lines = [
         header,
@@ -117,11 +99,11 @@ def main() -> None:
         results = {}
         dense_macs = video_tower_macs(vision_config(frames, "dense"))
         for mode in MODES:
-            results[mode] = run_child(frames, mode, args.iterations, args.threads)
+            command = [__file__, "--child", str(frames), mode, str(args.iterations), str(args.threads)]
+            results[mode] = result = run_isolated(command, args.time_cap, int(0.85 * available_memory()))
             config = vision_config(frames, mode)
-            result = results[mode]
-            if "error" in result:
-                row = f"| {frames} | {mode} | {config.token_keep_rate} | failed: {result['error']} | | | | | |"
+            if result["status"] != "ok":
+                row = f"| {frames} | {mode} | {config.token_keep_rate} | {result['status']}: {result['detail']} | | | | | |"
             else:
                 dense = results["dense"]
                 analytic = dense_macs / video_tower_macs(config)
@@ -129,7 +111,7 @@ def main() -> None:
                 memory = result["peak_bytes"] / dense["peak_bytes"] if "peak_bytes" in dense else float("nan")
                 row = (
                     f"| {frames} | {mode} | {config.token_keep_rate} | {result['seconds']:.2f} | {speedup:.2f}x | "
-                    f"{analytic:.2f}x | {speedup / analytic:.0%} | {result['peak_bytes'] / 2**20:.0f} | {memory:.2f} |"
+                    f"{analytic:.2f}x | {speedup / analytic:.0%} | {result['peak_bytes'] / MIB:.0f} | {memory:.2f} |"
                 )
             lines.append(row)
             print(row, flush=True)

@@ -23,6 +23,33 @@ def relative_position_table_rows(num_frames: int, patches_per_side: int, num_glo
     return (2 * num_frames - 1) * spatial + 2 * num_global_tokens + num_global_tokens**2
 
 
+def global_token_positions(num_global_tokens: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Positions of the global tokens, `-1, -2, ..., -c` (patch tokens carry their raster position `0, 1, ...`)."""
+    return -torch.arange(1, num_global_tokens + 1, device=device)
+
+
+def with_global_positions(positions: torch.Tensor, num_global_tokens: int) -> torch.Tensor:
+    """`(P, n)` patch positions -> `(P, c + n)` positions of the whole sequence, global tokens first."""
+    glob = global_token_positions(num_global_tokens, positions.device).expand(positions.shape[0], -1)
+    return torch.cat([glob, positions], dim=1)
+
+
+def relative_position_codes(positions: torch.Tensor, patches_per_side: int) -> torch.Tensor:
+    """Code `t * E^2 + h * E + w` (`E = 2P - 1`) of patch positions, so that the table row of a patch pair is a plain
+    difference: `code(q) - code(k) + patch_offset_centre(...)` (no per-pair division)."""
+    side = patches_per_side
+    extent = 2 * side - 1
+    frame, within = positions.div(side * side, rounding_mode="floor"), positions.remainder(side * side)
+    row, column = within.div(side, rounding_mode="floor"), within.remainder(side)
+    return (frame * extent + row) * extent + column
+
+
+def patch_offset_centre(num_frames: int, patches_per_side: int) -> int:
+    """Table row of the zero offset between two patches (the constant of the code difference)."""
+    extent = 2 * patches_per_side - 1
+    return ((num_frames - 1) * extent + patches_per_side - 1) * extent + patches_per_side - 1
+
+
 def relative_position_index(
     query_positions: torch.Tensor,
     key_positions: torch.Tensor,
@@ -31,22 +58,16 @@ def relative_position_index(
     num_global_tokens: int = 1,
 ) -> torch.Tensor:
     """Row of the bias table for every (query, key) pair; positions broadcast against each other."""
-    side = patches_per_side
-    extent = 2 * side - 1
-    num_local = (2 * num_frames - 1) * extent * extent
-
+    num_local = relative_position_table_rows(num_frames, patches_per_side, 0)
+    c = num_global_tokens
     query_is_global = query_positions < 0
     key_is_global = key_positions < 0
-    q = query_positions.clamp(min=0)
-    k = key_positions.clamp(min=0)
-    dt = torch.div(q, side * side, rounding_mode="floor") - torch.div(k, side * side, rounding_mode="floor")
-    dh = torch.div(q % (side * side), side, rounding_mode="floor") - torch.div(k % (side * side), side, rounding_mode="floor")
-    dw = q % side - k % side
-    index = (dt + num_frames - 1) * extent * extent + (dh + side - 1) * extent + (dw + side - 1)
+    query_codes = relative_position_codes(query_positions.clamp(min=0), patches_per_side)
+    key_codes = relative_position_codes(key_positions.clamp(min=0), patches_per_side)
+    index = query_codes - key_codes + patch_offset_centre(num_frames, patches_per_side)
 
     global_query = -query_positions - 1
     global_key = -key_positions - 1
-    c = num_global_tokens
     index = torch.where(query_is_global & ~key_is_global, num_local + global_query, index)
     index = torch.where(~query_is_global & key_is_global, num_local + c + global_key, index)
     index = torch.where(query_is_global & key_is_global, num_local + 2 * c + global_query * c + global_key, index)
@@ -64,6 +85,18 @@ class SViTTRelativePositionBias3D(nn.Module):
         rows = relative_position_table_rows(num_frames, patches_per_side, num_global_tokens)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
 
+    @property
+    def num_patch_rows(self) -> int:
+        """Rows of patch->patch offsets; the global-token rows follow them."""
+        return relative_position_table_rows(self.num_frames, self.patches_per_side, 0)
+
+    @property
+    def centre(self) -> int:
+        return patch_offset_centre(self.num_frames, self.patches_per_side)
+
+    def codes(self, positions: torch.Tensor) -> torch.Tensor:
+        return relative_position_codes(positions, self.patches_per_side)
+
     def index(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         return relative_position_index(
             query_positions, key_positions, self.num_frames, self.patches_per_side, self.num_global_tokens
@@ -71,6 +104,11 @@ class SViTTRelativePositionBias3D(nn.Module):
 
     def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         return self.relative_position_bias_table[self.index(query_positions, key_positions)]
+
+    def pair_bias(self, index: torch.Tensor) -> torch.Tensor:
+        """Bias of precomputed table rows `index (P, Lq, Lk)` as `(P, heads, Lq, Lk)`, the layout attention adds."""
+        by_head = self.relative_position_bias_table.t().contiguous()
+        return by_head.index_select(1, index.flatten()).view(-1, *index.shape).transpose(0, 1)
 
 
 def _split_table(table: torch.Tensor, spatial_rows: int, num_global_tokens: int):
@@ -140,8 +178,11 @@ def resample_relative_position_bias_table(
 
 __all__ = [
     "SViTTRelativePositionBias3D",
+    "global_token_positions",
     "inflate_relative_position_bias_table",
+    "relative_position_codes",
     "relative_position_index",
     "relative_position_table_rows",
     "resample_relative_position_bias_table",
+    "with_global_positions",
 ]

@@ -23,9 +23,13 @@ def top_token_indices(scores: torch.Tensor, keep_rate: float) -> torch.Tensor:
 
 
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """Select `indices` (B, k) along dim 1 of `tokens` (B, n, ...)."""
-    expanded = indices.reshape(*indices.shape, *([1] * (tokens.dim() - 2))).expand(-1, -1, *tokens.shape[2:])
-    return torch.gather(tokens, 1, expanded)
+    """Select `indices` (B, k) along dim 1 of `tokens` (B, n, ...).
+
+    Indexing rather than `torch.gather`: its backward keeps only the indices, where `gather` would keep the whole
+    unpruned `tokens` alive until backward.
+    """
+    rows = torch.arange(indices.shape[0], device=indices.device)[:, None]
+    return tokens[rows, indices]
 
 
 def keep_tokens(

@@ -1,7 +1,15 @@
 import pytest
 
 from modeling_svitt import SViTTVisionConfig
-from modeling_svitt.compute_cost import dense_to_sparse_ratio, video_tower_gmacs, video_tower_macs
+from transformers import TimesformerConfig, VideoMAEConfig
+
+from modeling_svitt.compute_cost import (
+    dense_to_sparse_ratio,
+    timesformer_macs,
+    video_tower_gmacs,
+    video_tower_macs,
+    videomae_macs,
+)
 
 
 @pytest.mark.parametrize(
@@ -32,3 +40,22 @@ def test_longer_clips_cost_linearly_under_edge_sparsity_and_quadratically_withou
     dense = [video_tower_macs(config, frames, use_sparse_attention=False) for frames in (16, 32, 64)]
     assert sparse[2] / sparse[1] == pytest.approx(2.0, rel=0.02)
     assert dense[2] / dense[1] > 3.0
+
+
+def test_peers_are_counted_the_same_way():
+    # VideoMAE with tubelet 1: SViTT's dense tower without its [CLS] token
+    videomae = VideoMAEConfig(num_frames=8, tubelet_size=1)
+    tokens, width = 8 * 196, 768
+    assert videomae_macs(videomae) == 12 * (tokens * 12 * width**2 + 2 * tokens * tokens * width)
+    assert videomae_macs(VideoMAEConfig(num_frames=8, tubelet_size=2)) < videomae_macs(videomae) / 2
+    dense = SViTTVisionConfig(num_frames=8, use_sparse_attention=False, token_keep_rate=1.0)
+    assert video_tower_macs(dense) / videomae_macs(videomae) == pytest.approx(1.0, abs=0.002)
+    # TimeSformer, divided space-time: temporal attention over 8 frames per patch (q, k, v, out + temporal_dense),
+    # spatial attention over 197 tokens per frame, feed-forward on 1 + 8 * 196 tokens
+    timesformer = TimesformerConfig(num_frames=8)
+    temporal = 196 * 8 * 5 * width**2 + 196 * 2 * 64 * width
+    spatial = 8 * (197 * 4 * width**2 + 2 * 197**2 * width)
+    assert timesformer_macs(timesformer) == 12 * (temporal + spatial + (1 + 8 * 196) * 2 * width * 3072)
+    # divided attention grows linearly with frames at fixed size, dense attention quadratically
+    assert timesformer_macs(timesformer, 64) / timesformer_macs(timesformer, 32) == pytest.approx(2.0, rel=0.01)
+    assert videomae_macs(videomae, 64) / videomae_macs(videomae, 32) > 3.0

@@ -494,10 +494,13 @@ def test_text_tower_mode_is_explicit_and_checked():
         tower(ids, mask, mode="fused")
 
 
-def test_evaluation_patterns_come_from_one_generator_seeded_with_random_block_seed(model):
+def test_evaluation_patterns_come_from_random_block_seed_and_a_generator_overrides_them(model):
     pixels = video()
     with torch.no_grad():
-        default = model.vision_model(pixels)
-        seeded = model.vision_model(pixels, generator=torch.Generator().manual_seed(model.config.vision_config.random_block_seed))
-    assert all(torch.equal(a, b) for a, b in zip(default.random_blocks, seeded.random_blocks))
-    assert torch.equal(default.last_hidden_state, seeded.last_hidden_state)
+        default, again = model.vision_model(pixels), model.vision_model(pixels[:1])
+        seeded = model.vision_model(pixels, generator=torch.Generator().manual_seed(5))
+        model.config.vision_config.random_block_seed += 1
+        reseeded = model.vision_model(pixels)
+    assert all(torch.equal(a, b) for a, b in zip(default.random_blocks, again.random_blocks))  # per seed and layer
+    assert not all(torch.equal(a, b) for a, b in zip(default.random_blocks, seeded.random_blocks))
+    assert not all(torch.equal(a, b) for a, b in zip(default.random_blocks, reseeded.random_blocks))

@@ -1,8 +1,11 @@
+from unittest.mock import patch
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeling_svitt import sparse_attention
 from modeling_svitt.relative_position import SViTTRelativePositionBias3D
 from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout, local_block_window
 
@@ -64,12 +67,15 @@ def test_same_generator_seed_gives_the_same_pattern():
     num_global=st.integers(1, 2),
     batch=st.integers(1, 2),
     mask_padded_keys=st.booleans(),
+    one_block_per_chunk=st.booleans(),
+    shared_positions=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_gather_backend_equals_dense_masked_reference(
-    num_tokens, block_size, local, random, num_global, batch, mask_padded_keys, seed
+    num_tokens, block_size, local, random, num_global, batch, mask_padded_keys, one_block_per_chunk, shared_positions, seed
 ):
-    """Outputs, [CLS] probabilities and gradients agree for random layouts, padded last blocks and pruned positions."""
+    """Outputs, [CLS] probabilities and gradients agree for random layouts, padded last blocks, pruned positions,
+    and query blocks processed one chunk at a time."""
     torch.manual_seed(seed)
     frames, side, heads, head_dim = 3, 4, 2, 8
     bias = SViTTRelativePositionBias3D(frames, side, heads, num_global)
@@ -78,13 +84,19 @@ def test_gather_backend_equals_dense_masked_reference(
     # pruned sequences: each sample keeps its own ascending subset of the 48 original positions
     positions = torch.stack([torch.randperm(frames * side * side)[:num_tokens].sort().values for _ in range(batch)])
     inputs = [torch.randn(batch, heads, num_global + num_tokens, head_dim, requires_grad=True) for _ in range(3)]
+    if shared_positions:  # before pruning every sample has the same positions, passed once
+        positions = positions[:1]
     results = {}
+    chunk_bytes = 1 if one_block_per_chunk else sparse_attention._CHUNK_BYTES
     for backend in ("gather", "dense_masked"):
-        output, global_probs = block_sparse_attention(
-            *inputs, layout, positions, bias, num_global, head_dim**-0.5, mask_padded_keys, backend=backend
-        )
-        weights = torch.randn_like(output, generator=torch.Generator().manual_seed(seed))
-        grads = torch.autograd.grad((output * weights).sum(), [*inputs, bias.relative_position_bias_table])
+        with patch.object(sparse_attention, "_CHUNK_BYTES", chunk_bytes):
+            output, global_probs = block_sparse_attention(
+                *inputs, layout, positions, bias, num_global, head_dim**-0.5, mask_padded_keys, backend=backend
+            )
+            generator = torch.Generator().manual_seed(seed)
+            loss = (output * torch.randn(output.shape, generator=generator)).sum()  # not randn_like: layouts differ
+            loss = loss + (global_probs * torch.randn(global_probs.shape, generator=generator)).sum()
+            grads = torch.autograd.grad(loss, [*inputs, bias.relative_position_bias_table])
         results[backend] = (output, global_probs, grads)
     (out_a, probs_a, grads_a), (out_b, probs_b, grads_b) = results["gather"], results["dense_masked"]
     torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)

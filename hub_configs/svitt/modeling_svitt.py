@@ -27,14 +27,19 @@ from .relative_position import (
     SViTTRelativePositionBias3D,
     relative_position_index,
     resample_relative_position_bias_table,
+    with_global_positions,
 )
 from .sparse_attention import (
     BlockSparseLayout,
+    RandomSource,
     block_sparse_attention,
     build_block_sparse_layout,
+    num_blocks_for,
+    num_random_blocks_for,
     softmax_in_float32,
 )
-from .token_selection import gather_tokens, keep_tokens, video_token_scores
+from .scaled_linear import FUSED_ACTIVATIONS, scaled_linear
+from .token_selection import gather_tokens, keep_tokens, num_tokens_to_keep, video_token_scores
 
 RandomBlocks = Mapping[int, torch.Tensor] | Sequence[torch.Tensor | None]
 
@@ -186,8 +191,7 @@ class SViTTVisionSelfAttention(nn.Module):
         positions: torch.Tensor,
         layout: BlockSparseLayout | None,
         dense_bias_index: torch.Tensor | None,
-        need_global_attention: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         query = self.query(hidden_states).view(shape).transpose(1, 2)
@@ -213,15 +217,17 @@ class SViTTVisionSelfAttention(nn.Module):
             )
             return context.transpose(1, 2).reshape(batch, length, -1), global_attention
 
-        bias = self.relative_position_bias.relative_position_bias_table[dense_bias_index]  # (B, S, S, H)
-        bias = bias.permute(0, 3, 1, 2).to(query.dtype)
+        # Dense: the bias is gathered once per layer for every distinct position set (one before pruning), and the
+        # global queries' rows are computed from their probabilities, so the returned attentions are in the graph.
+        bias = self.relative_position_bias.pair_bias(dense_bias_index).to(query.dtype)  # (P, H, S, S)
+        global_scores = torch.matmul(query[:, :, :c], key.transpose(-1, -2)) * self.scaling + bias[:, :, :c]
+        global_attention = softmax_in_float32(global_scores)
+        global_context = torch.matmul(F.dropout(global_attention, p=dropout, training=self.training), value)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        context, _ = attention(self, query, key, value, bias, scaling=self.scaling, dropout=dropout)
-        global_attention = None
-        if need_global_attention:
-            # SDPA does not return probabilities; the global rows are cheap to recompute (c x S scores).
-            scores = torch.matmul(query[:, :, :c], key.transpose(-1, -2)) * self.scaling + bias[:, :, :c]
-            global_attention = softmax_in_float32(scores)
+        patch_context, _ = attention(
+            self, query[:, :, c:], key, value, bias[:, :, c:], scaling=self.scaling, dropout=dropout
+        )
+        context = torch.cat([global_context.transpose(1, 2), patch_context], dim=1)
         return context.reshape(batch, length, -1), global_attention
 
 
@@ -231,8 +237,8 @@ class SViTTVisionSelfOutput(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dropout(scaled_linear(self.dense, hidden_states, scale))
 
 
 class SViTTVisionAttention(nn.Module):
@@ -241,11 +247,9 @@ class SViTTVisionAttention(nn.Module):
         self.attention = SViTTVisionSelfAttention(config)
         self.output = SViTTVisionSelfOutput(config)
 
-    def forward(self, hidden_states, positions, layout, dense_bias_index, need_global_attention):
-        context, global_attention = self.attention(
-            hidden_states, positions, layout, dense_bias_index, need_global_attention
-        )
-        return self.output(context), global_attention
+    def forward(self, hidden_states, positions, layout, dense_bias_index, scale=None):
+        context, global_attention = self.attention(hidden_states, positions, layout, dense_bias_index)
+        return self.output(context, scale), global_attention
 
 
 class SViTTVisionIntermediate(nn.Module):
@@ -254,8 +258,9 @@ class SViTTVisionIntermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        hidden_states = self.dense(hidden_states)
+        return self.intermediate_act_fn(hidden_states) if activate else hidden_states
 
 
 class SViTTVisionOutput(nn.Module):
@@ -264,8 +269,11 @@ class SViTTVisionOutput(nn.Module):
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, scale: torch.Tensor | None = None, activation: str | None = None
+    ) -> torch.Tensor:
+        """`activation`: a `FUSED_ACTIVATIONS` name applied to the input first (recomputed in backward)."""
+        return self.dropout(scaled_linear(self.dense, hidden_states, scale, activation))
 
 
 class SViTTVisionLayer(GradientCheckpointingLayer):
@@ -286,16 +294,13 @@ class SViTTVisionLayer(GradientCheckpointingLayer):
         else:
             self.lambda_1, self.lambda_2 = None, None
 
-    def _scale(self, hidden_states: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        return hidden_states if scale is None else scale * hidden_states
-
     def _prune(self, hidden_states, positions, global_attention, keep_rate, random_scores):
         c = self.config.num_global_tokens
         scores = video_token_scores(
             global_attention, self.config.token_keep_strategy, positions.shape[1], c, random_scores
         )
         hidden_states, kept = keep_tokens(hidden_states, scores, keep_rate, c)
-        return hidden_states, gather_tokens(positions, kept)
+        return hidden_states, gather_tokens(positions.expand(kept.shape[0], -1), kept)
 
     def forward(
         self,
@@ -305,18 +310,19 @@ class SViTTVisionLayer(GradientCheckpointingLayer):
         dense_bias_index: torch.Tensor | None = None,
         keep_rate: float = 1.0,
         random_scores: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`positions` `(P, n)`: original positions of the patch tokens, `P = 1` while all samples share them."""
         prune = keep_rate < 1.0
-        need_global_attention = output_attentions or (prune and self.config.token_keep_strategy == "cls_attn")
         attention_output, global_attention = self.attention(
-            self.layernorm_before(hidden_states), positions, layout, dense_bias_index, need_global_attention
+            self.layernorm_before(hidden_states), positions, layout, dense_bias_index, self.lambda_1
         )
-        hidden_states = hidden_states + self.drop_path(self._scale(attention_output, self.lambda_1))
+        hidden_states = hidden_states + self.drop_path(attention_output)
         if prune and not self.config.prune_after_mlp:
             hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
-        mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)))
-        hidden_states = hidden_states + self.drop_path(self._scale(mlp_output, self.lambda_2))
+        fused = self.config.hidden_act if self.config.hidden_act in FUSED_ACTIVATIONS else None
+        intermediate = self.intermediate(self.layernorm_after(hidden_states), activate=fused is None)
+        mlp_output = self.output(intermediate, self.lambda_2, fused)
+        hidden_states = hidden_states + self.drop_path(mlp_output)
         if prune and self.config.prune_after_mlp:
             hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
         return hidden_states, positions, global_attention
@@ -331,27 +337,54 @@ class SViTTVisionEncoder(nn.Module):
         self.layer = nn.ModuleList([SViTTVisionLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
-    def _layout(self, layer_index, num_tokens, random_blocks, generator, device) -> BlockSparseLayout:
+    def tokens_per_layer(self, num_tokens: int) -> list[int]:
+        """Patch tokens entering every layer (known from the configuration: `ceil(rate * n)` after a drop layer)."""
         config = self.config
-        return build_block_sparse_layout(
-            num_tokens,
-            config.attention_block_size,
-            config.num_local_blocks,
-            config.num_random_blocks,
-            generator=generator,
-            random_blocks=random_blocks.get(layer_index) if random_blocks is not None else None,
-            device=device,
-        )
+        counts = []
+        for index in range(config.num_hidden_layers):
+            counts.append(num_tokens)
+            if config.token_keep_rate < 1.0 and index in config.token_drop_layers:
+                num_tokens = num_tokens_to_keep(num_tokens, config.token_keep_rate)
+        return counts
 
-    def _dense_bias_index(self, positions: torch.Tensor) -> torch.Tensor:
+    def _draw(self, counts, batch, random_blocks, source: RandomSource):
+        """Every random choice of a forward, drawn at once on the model's device: the random blocks of each sparse
+        layer (first, so they do not depend on the batch size), then the scores of random token pruning (drawn here,
+        not inside the layers, so a checkpointed layer recomputes the same selection)."""
         config = self.config
-        c = config.num_global_tokens
-        batch = positions.shape[0]
-        global_positions = -torch.arange(1, c + 1, device=positions.device).expand(batch, c)
-        all_positions = torch.cat([global_positions, positions], dim=1)
-        return relative_position_index(
-            all_positions[:, :, None], all_positions[:, None, :], config.num_frames, config.patches_per_side, c
-        )
+        num_layers = config.num_hidden_layers
+        random_blocks = random_blocks or {}
+        drawn_layers, shapes, streams = [], [], []
+        if config.use_sparse_attention:
+            for index, count in enumerate(counts):
+                blocks = num_blocks_for(count, config.attention_block_size)
+                if index not in random_blocks and num_random_blocks_for(
+                    blocks, config.num_local_blocks, config.num_random_blocks
+                ):
+                    drawn_layers.append(index)
+                    shapes.append((blocks, blocks))
+                    streams.append(index)
+        pruning_layers = []
+        if config.token_keep_rate < 1.0 and config.token_keep_strategy == "random":
+            pruning_layers = [index for index in config.token_drop_layers]
+            shapes += [(batch, counts[index]) for index in pruning_layers]
+            streams += [num_layers + index for index in pruning_layers]
+        uniform = source.uniform(shapes, streams) if shapes else []
+        block_scores = dict(zip(drawn_layers, uniform))
+        token_scores = dict(zip(pruning_layers, uniform[len(drawn_layers) :]))
+        layouts = [None] * num_layers
+        if config.use_sparse_attention:
+            for index, count in enumerate(counts):
+                layouts[index] = build_block_sparse_layout(
+                    count,
+                    config.attention_block_size,
+                    config.num_local_blocks,
+                    config.num_random_blocks,
+                    random_blocks=random_blocks.get(index),
+                    device=source.device,
+                    uniform_scores=block_scores.get(index),
+                )
+        return layouts, token_scores
 
     def forward(
         self,
@@ -360,43 +393,33 @@ class SViTTVisionEncoder(nn.Module):
         generator: torch.Generator | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        seed: int | None = None,
     ) -> SViTTVisionModelOutput:
         config = self.config
-        batch = hidden_states.shape[0]
+        batch, device = hidden_states.shape[0], hidden_states.device
         c = config.num_global_tokens
-        positions = torch.arange(config.num_patch_tokens, device=hidden_states.device).expand(batch, -1)
-        all_hidden_states, all_attentions, kept_token_indices, used_random_blocks = [], [], [], []
+        counts = self.tokens_per_layer(hidden_states.shape[1] - c)
+        layouts, token_scores = self._draw(counts, batch, random_blocks, RandomSource(device, generator, seed))
+        positions = torch.arange(counts[0], device=device)[None]  # shared by the batch until the first pruning
+        all_hidden_states, all_attentions, kept_token_indices = [], [], []
         dense_bias_index = None
 
         for index, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            num_tokens = hidden_states.shape[1] - c
-            layout = None
-            if config.use_sparse_attention:
-                layout = self._layout(index, num_tokens, random_blocks, generator, hidden_states.device)
-                used_random_blocks.append(layout.random_blocks.cpu())
-            else:
-                used_random_blocks.append(None)
-                if dense_bias_index is None:  # shared by the layers until pruning changes the positions
-                    dense_bias_index = self._dense_bias_index(positions)
+            if layouts[index] is None and dense_bias_index is None:  # shared by the layers until pruning
+                all_positions = with_global_positions(positions, c)
+                dense_bias_index = relative_position_index(
+                    all_positions[:, :, None], all_positions[:, None, :], config.num_frames, config.patches_per_side, c
+                )
             keep_rate = config.token_keep_rate if index in config.token_drop_layers else 1.0
-            random_scores = None
-            if keep_rate < 1.0 and config.token_keep_strategy == "random":
-                # Drawn here, not inside the layer, so a checkpointed layer recomputes the same selection; from a
-                # generator of their own, seeded by one fixed-size draw, so that the random blocks of later layers do
-                # not depend on the batch size.
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-                scores_generator = torch.Generator().manual_seed(seed)
-                random_scores = torch.rand((batch, num_tokens), generator=scores_generator).to(hidden_states.device)
             hidden_states, new_positions, global_attention = layer(
                 hidden_states,
                 positions,
-                layout=layout,
+                layout=layouts[index],
                 dense_bias_index=dense_bias_index,
                 keep_rate=keep_rate,
-                random_scores=random_scores,
-                output_attentions=output_attentions,
+                random_scores=token_scores.get(index),
             )
             if keep_rate < 1.0:
                 kept_token_indices.append(new_positions)
@@ -412,7 +435,7 @@ class SViTTVisionEncoder(nn.Module):
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
             kept_token_indices=tuple(kept_token_indices),
-            random_blocks=tuple(used_random_blocks),
+            random_blocks=tuple(layout.random_blocks if layout is not None else None for layout in layouts),
         )
 
 
@@ -505,15 +528,18 @@ class SViTTVisionModel(SViTTPreTrainedModel):
             Random key blocks to replay per layer (`(num_blocks, num_random_blocks)` each), e.g. the
             `random_blocks` of an earlier output or a recorded pattern file (`load_random_block_patterns`).
         generator (`torch.Generator`, *optional*):
-            Source of the random blocks (CPU generator). By default training draws from the global RNG and
-            evaluation from a generator seeded with `config.random_block_seed` (when `config.deterministic_eval`).
+            Source of the random blocks (on any device; the pattern is moved to the model's device). By default
+            training draws from the global RNG of the model's device, and evaluation (when `config.deterministic_eval`)
+            from a counter-based hash of `config.random_block_seed` and the layer index: the same patterns on every
+            device, independent of the batch, and traceable by `torch.compile`.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        seed = None
         if generator is None and not self.training and self.config.deterministic_eval:
-            generator = torch.Generator().manual_seed(self.config.random_block_seed)
+            seed = self.config.random_block_seed
         embeddings = self.embeddings(pixel_values)
         output = self.encoder(
             embeddings,
@@ -521,6 +547,7 @@ class SViTTVisionModel(SViTTPreTrainedModel):
             generator=generator,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            seed=seed,
         )
         # a new output, so that `to_tuple()` (return_dict=False) lists the fields in their declared order
         return SViTTVisionModelOutput(
