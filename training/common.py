@@ -1,27 +1,27 @@
-"""What the training scripts share: the accelerator (and the launches it refuses), models, processors, data loaders,
-optimisers and schedules built from a recipe, the training loop of one stage (progress bar, logging, resumable
-state saved atomically) and atomic saving of models. The evaluation loops are in `evaluation.py`.
+"""What the training scripts share: the accelerator (and the launches it refuses), their common options, models,
+processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe, and files
+written atomically (training states, models, records). The training loop of a stage is in `loop.py`, the evaluation
+loops are in `evaluation.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import InitProcessGroupKwargs, set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import InitProcessGroupKwargs
+from torch.utils.data import Dataset
 
 from modeling_svitt import (
     SViTTConfig,
@@ -32,6 +32,8 @@ from modeling_svitt import (
 )
 from modeling_svitt.pretrained_init import svitt_from_beit_and_bert
 from training.data import (
+    ANNOTATION_FORMATS,
+    AnnotationError,
     EgoClipDataset,
     EgoMCQDataset,
     EpochShuffleSampler,
@@ -50,6 +52,7 @@ from training.recipe import (
     Recipe,
     RecipeError,
     StageSpec,
+    check_data_paths,
     resolve_path,
 )
 
@@ -249,6 +252,34 @@ def check_prepared_model(accelerator: Accelerator, model: torch.nn.Module) -> No
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Options the training scripts share
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """`--output-dir`, `--max-steps`, `--set`, `--seed`, `--resume` (check them with `check_run_arguments`)."""
+    parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
+    parser.add_argument("--max-steps", type=int, help="cap every stage at this many optimiser steps (smoke runs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a recipe field by its dotted path, e.g. --set {set_example}; repeatable")
+    parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue from the state saved in the output folder (default: when there is one)")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error("--max-steps must be >= 1")
+
+
+def start_over(output_dir: Path, records: Sequence[str]) -> None:
+    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records` and saved training states."""
+    for name in (*records, "metrics.jsonl", "checkpoints"):
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Models, processors, data
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -374,6 +405,88 @@ def freeze_unused_parameters(model: torch.nn.Module, also: Sequence[str] = ()) -
     return frozen
 
 
+def missing_media_problem(dataset, max_missing_fraction: float = 0.0, sample: int | None = None) -> str | None:
+    """Why the videos of `dataset` cannot serve it (none exists, or more are missing than allowed), or `None`.
+
+    `sample` checks that many videos spread over the set instead of all of them (training sets of millions)."""
+    videos = []
+    for record in dataset.records:
+        videos += [record["video"]] if "video" in record else [choice["video"] for choice in record["choices"]]
+    videos = list(dict.fromkeys(videos))
+    if sample is not None and len(videos) > sample:
+        videos = videos[:: len(videos) // sample]
+    missing = [video for video in videos if not os.path.exists(video)]
+    if not missing:
+        return None
+    if len(missing) == len(videos):
+        return (
+            f"none of the {len(videos)} videos of the annotations exists (the first would be '{videos[0]}'): "
+            "wrong media root?"
+        )
+    if len(missing) > max_missing_fraction * len(videos):
+        return f"{len(missing)} of the {len(videos)} videos of the annotations do not exist (the first: '{missing[0]}')"
+    return None
+
+
+FieldName = Callable[[str], str]  # a field (`annotations`, `media_root`, ...) -> how errors name it
+
+
+def open_dataset(
+    build: Callable[[], Dataset],
+    data_format: str,
+    field_name: FieldName,
+    *,
+    needed: int = 1,
+    max_missing_fraction: float = 0.0,
+    sample: int | None = None,
+) -> Dataset:
+    """Build a dataset and check it before any work: annotations in the expected format (else a [`RecipeError`]
+    naming the `annotations` field and the format), at least `needed` samples, and its videos where they should be
+    (else naming the `media_root` field). `field_name` names the fields (a recipe's, or a script's options)."""
+    try:
+        dataset = build()
+    except AnnotationError as error:
+        raise RecipeError(f"{field_name('annotations')}: expected {ANNOTATION_FORMATS[data_format]}; {error}") from None
+    if len(dataset) < needed:
+        raise RecipeError(f"{field_name('annotations')}: the dataset has {len(dataset)} samples, needs >= {needed}")
+    problem = missing_media_problem(dataset, max_missing_fraction, sample)
+    if problem:
+        raise RecipeError(f"{field_name('media_root')}: {problem}")
+    return dataset
+
+
+def recipe_field_name(recipe_name: str, where: str) -> FieldName:
+    """Names fields as recipe errors do: `recipe 'name', evaluation.0.annotations`."""
+    return lambda field: f"recipe '{recipe_name}', {where}.{field}"
+
+
+def start_run(recipe: Recipe, output_dir: Path) -> tuple[Accelerator, Path | None, SViTTProcessor]:
+    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl`), the recipe as
+    it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder), every file and folder the recipe
+    names checked, and the processor. Returns `(accelerator, synthetic_root, processor)`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
+    if accelerator.is_main_process:
+        record_recipe(output_dir, recipe)
+    synthetic_root = prepare_synthetic_data(recipe, accelerator)
+    check_data_paths(recipe, synthetic_root)
+    return accelerator, synthetic_root, build_processor(recipe)
+
+
+def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int):
+    """Stage `index`'s training set, checked before any work (`open_dataset`): a batch per process at least, and no
+    more missing videos than `data.max_bad_fraction` (checked on up to 2000 of them)."""
+    stage = recipe.stages[index]
+    return open_dataset(
+        lambda: build_train_dataset(stage, processor, recipe.seed, synthetic_root),
+        stage.data.format,
+        recipe_field_name(recipe.name, f"stages.{index}.data"),
+        needed=stage.batch_size * num_processes,
+        max_missing_fraction=stage.data.max_bad_fraction,
+        sample=2000,
+    )
+
+
 def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, synthetic_root=None):
     """The stage's training dataset (training transforms, `num_frames` of the stage) in its `data.format`."""
     data = stage.data
@@ -482,145 +595,6 @@ def step_seed(seed: int, stage: int, step: int, process: int) -> int:
     """Seed of one training step: its randomness (random attention blocks, ITM negatives, masks, dropout) depends
     on nothing else, so a resumed run draws exactly what the uninterrupted run drew."""
     return (((seed * 1_000_003 + stage) * 1_000_033 + step) * 257 + process) % (2**31 - 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The training loop of one stage
-# ----------------------------------------------------------------------------------------------------------------------
-
-LOSS_PARTS = ("loss_itc", "loss_itm", "loss_mlm")
-
-
-@dataclass
-class PreparedStage:
-    """A stage ready to train: the prepared model, optimiser and loader, the sampler to set epochs on, the schedule,
-    the number of steps, and the parameters to give back their 0-dim shape when saving (`restore_scalar_shapes`)."""
-
-    model: Any
-    optimizer: Any
-    dataloader: Any
-    sampler: EpochShuffleSampler
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    total_steps: int
-    scalar_parameters: list[str]
-
-
-def prepare_stage(
-    accelerator: Accelerator, model, stage: StageSpec, dataset, processor: SViTTProcessor, seed: int,
-    where: str, max_steps: int | None = None, contrastive: bool = True,
-) -> PreparedStage:
-    """Configure `model` for `stage` (clip length, sparsity, frozen parameters, and the losses when `contrastive`, see
-    `configure_stage`), build its loader, optimiser and schedule, and `prepare` them (refusing a launch that would not
-    synchronise). `where` names the stage in errors; `max_steps` caps the stage's length."""
-    configure_stage(model, stage, contrastive)
-    share_cpu_cores(accelerator, stage.data.num_workers)
-    freeze_unused_parameters(model, stage.freeze)
-    dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
-    raw_optimizer = build_optimizer(model, stage.optimizer)
-    scalar_parameters = prepare_for_deepspeed(accelerator, model)
-    model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
-    check_prepared_model(accelerator, model)
-    if len(dataloader) == 0:
-        raise RecipeError(f"{where}.batch_size: larger than the dataset")
-    total_steps = stage.steps or max(1, round(stage.epochs * len(dataloader)))
-    if max_steps:
-        total_steps = min(total_steps, max_steps)
-    scheduler = build_scheduler(raw_optimizer, stage, total_steps)
-    return PreparedStage(model, optimizer, dataloader, sampler, scheduler, total_steps, scalar_parameters)
-
-
-@dataclass
-class StageRun:
-    """What a stage's training did: optimiser steps, seconds spent in them, clips seen, the last loss (mean over
-    processes; `None` when no step ran in this process's lifetime)."""
-
-    steps: int = 0
-    train_seconds: float = 0.0
-    clips: int = 0
-    final_loss: float | None = None
-
-
-def train_stage(
-    accelerator: Accelerator,
-    prepared: PreparedStage,
-    dataset,
-    *,
-    seed: int,
-    stage_index: int,
-    name: str,
-    description: str,
-    checkpoint_dir: Path,
-    save_every_steps: int,
-    log_every_steps: int,
-    max_grad_norm: float | None = None,
-    global_step: int = 0,
-    resume_from: tuple[Path, dict] | None = None,
-) -> StageRun:
-    """Train a prepared stage for its `total_steps` optimiser steps, as `accelerate` examples do: a progress bar, the
-    losses, learning rate and throughput logged every `log_every_steps` steps (at `global_step + step`), and the
-    training state saved atomically every `save_every_steps` steps and at the end (`<name>-step-<N>` in
-    `checkpoint_dir`, with its progress). `resume_from` (a state saved by this function for this stage, from
-    `latest_state`) continues where it stopped: the data order and every step's randomness depend only on the seed,
-    the epoch and the step, so a resumed stage ends as an uninterrupted one."""
-    model, optimizer, scheduler = prepared.model, prepared.optimizer, prepared.scheduler
-    dataloader, sampler, total_steps = prepared.dataloader, prepared.sampler, prepared.total_steps
-    run = StageRun()
-    if resume_from is not None:
-        folder, progress = resume_from
-        accelerator.load_state(str(folder))
-        run = StageRun(progress["stage_step"], progress["train_seconds"], progress["clips"])
-        scheduler.last_epoch = run.steps - 1
-        scheduler.step()  # the learning rate of step `run.steps`
-        accelerator.print(f"Resuming {name} at step {run.steps} from {folder}")
-    steps_per_epoch = len(dataloader)
-    bar = tqdm(total=total_steps, initial=run.steps, desc=description, disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
-    model.train()
-    loss = None
-    while run.steps < total_steps:
-        epoch, position = divmod(run.steps, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, position) if position else dataloader
-        tick = time.perf_counter()
-        for batch in batches:
-            if batch is None:  # nothing in it could be read
-                continue
-            set_seed(step_seed(seed, stage_index, run.steps, accelerator.process_index))
-            output = model(**batch)
-            accelerator.backward(output.loss)
-            if max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            run.steps += 1
-            run.clips += batch["pixel_values"].shape[0] * accelerator.num_processes
-            now = time.perf_counter()
-            run.train_seconds += now - tick
-            tick = now
-            loss = output.loss.detach()
-            bar.update(1)
-            if run.steps % log_every_steps == 0 or run.steps == total_steps:
-                values = {"loss": accelerator.reduce(loss, "mean").item()}
-                for part in LOSS_PARTS:
-                    if getattr(output, part, None) is not None:
-                        values[part] = accelerator.reduce(getattr(output, part).detach(), "mean").item()
-                values.update(lr=scheduler.get_last_lr()[0], clips_per_second=run.clips / run.train_seconds,
-                              stage=stage_index, stage_step=run.steps, epoch=epoch)
-                accelerator.log(values, step=global_step + run.steps)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}",
-                                clips_s=f"{values['clips_per_second']:.1f}")
-            if run.steps % save_every_steps == 0 or run.steps == total_steps:
-                progress = {"stage": stage_index, "stage_step": run.steps, "train_seconds": run.train_seconds,
-                            "clips": run.clips, "global_step": global_step + run.steps}
-                save_state_atomically(accelerator, checkpoint_dir, f"{name}-step-{run.steps:07d}", progress)
-                tick = time.perf_counter()
-            if run.steps >= total_steps:
-                break
-    bar.close()
-    run.final_loss = accelerator.reduce(loss, "mean").item() if loss is not None else None
-    return run
 
 
 # ----------------------------------------------------------------------------------------------------------------------

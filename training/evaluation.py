@@ -34,7 +34,7 @@ from modeling_svitt.compute_cost import video_tower_gmacs
 from modeling_svitt.losses import all_gather_no_grad
 from modeling_svitt.metrics import egomcq_accuracy, first_occurrence_indices, qa_accuracy, retrieval_metrics
 from modeling_svitt.retrieval_ranking import SViTTTextGallery, SViTTVideoGallery, itm_pair_scores
-from training.common import plain_loading
+from training.common import FieldName, open_dataset, plain_loading
 from training.data import (
     ANNOTATION_FORMATS,
     AnnotationError,
@@ -55,8 +55,6 @@ EVALUATION_HEADS = {
     "qa": SViTTForVideoQuestionAnswering,
     "egomcq": SViTTForMultipleChoice,
 }
-# the annotation format each evaluation reads (keys of `ANNOTATION_FORMATS`)
-EVALUATION_FORMATS = {"retrieval": "retrieval", "qa": "qa", "egomcq": "egomcq"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -105,61 +103,6 @@ def checkpoint_problem(config: SViTTConfig, task: str, *, training: bool, use_it
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def missing_media_problem(dataset, max_missing_fraction: float = 0.0, sample: int | None = None) -> str | None:
-    """Why the videos of `dataset` cannot serve it (none exists, or more are missing than allowed), or `None`.
-
-    `sample` checks that many videos spread over the set instead of all of them (training sets of millions)."""
-    videos = []
-    for record in dataset.records:
-        videos += [record["video"]] if "video" in record else [choice["video"] for choice in record["choices"]]
-    videos = list(dict.fromkeys(videos))
-    if sample is not None and len(videos) > sample:
-        videos = videos[:: len(videos) // sample]
-    missing = [video for video in videos if not os.path.exists(video)]
-    if not missing:
-        return None
-    if len(missing) == len(videos):
-        return (
-            f"none of the {len(videos)} videos of the annotations exists (the first would be '{videos[0]}'): "
-            "wrong media root?"
-        )
-    if len(missing) > max_missing_fraction * len(videos):
-        return f"{len(missing)} of the {len(videos)} videos of the annotations do not exist (the first: '{missing[0]}')"
-    return None
-
-
-FieldName = Callable[[str], str]  # a field (`annotations`, `media_root`, ...) -> how errors name it
-
-
-def open_dataset(
-    build: Callable[[], Dataset],
-    data_format: str,
-    field_name: FieldName,
-    *,
-    needed: int = 1,
-    max_missing_fraction: float = 0.0,
-    sample: int | None = None,
-) -> Dataset:
-    """Build a dataset and check it before any work: annotations in the expected format (else a [`RecipeError`]
-    naming the `annotations` field and the format), at least `needed` samples, and its videos where they should be
-    (else naming the `media_root` field). `field_name` names the fields (a recipe's, or a script's options)."""
-    try:
-        dataset = build()
-    except AnnotationError as error:
-        raise RecipeError(f"{field_name('annotations')}: expected {ANNOTATION_FORMATS[data_format]}; {error}") from None
-    if len(dataset) < needed:
-        raise RecipeError(f"{field_name('annotations')}: the dataset has {len(dataset)} samples, needs >= {needed}")
-    problem = missing_media_problem(dataset, max_missing_fraction, sample)
-    if problem:
-        raise RecipeError(f"{field_name('media_root')}: {problem}")
-    return dataset
-
-
-def recipe_field_name(recipe_name: str, where: str) -> FieldName:
-    """Names fields as recipe errors do: `recipe 'name', evaluation.0.annotations`."""
-    return lambda field: f"recipe '{recipe_name}', {where}.{field}"
-
-
 def build_evaluation_dataset(
     spec: EvaluationSpec, processor: SViTTProcessor, clip_length: int, synthetic_root=None,
     field_name: FieldName = lambda field: f"evaluation.{field}",
@@ -204,7 +147,7 @@ def build_evaluation_dataset(
                 has_multi_vision_gt=spec.has_multi_vision_gt, **common,
             )
 
-    return open_dataset(build, EVALUATION_FORMATS[spec.kind], field_name)
+    return open_dataset(build, spec.kind, field_name)  # the kinds name their annotation formats
 
 
 class DecodedOnce(Dataset):
@@ -270,9 +213,17 @@ def _gathered_unique(accelerator: Accelerator, index: torch.Tensor, *values: tor
     return [index[keep]] + [_gather_rows(accelerator, value)[keep] for value in values]
 
 
-def _check_complete(index: torch.Tensor, dataset) -> None:
-    if index.numel() != len(dataset):
-        raise RuntimeError(f"Only {index.numel()} of the {len(dataset)} samples of {dataset.name} could be evaluated.")
+def _gather_evaluated(accelerator: Accelerator, dataset, indices: list, *columns: list) -> list[torch.Tensor]:
+    """This process's per-batch dataset indices and rows concatenated, gathered from every process, each index kept
+    once (in index order); every sample of `dataset` must be there."""
+    if not indices:
+        raise RuntimeError(f"Nothing of {dataset.name} could be evaluated in process {accelerator.process_index}.")
+    gathered = _gathered_unique(accelerator, torch.cat(indices), *(torch.cat(column) for column in columns))
+    if gathered[0].numel() != len(dataset):
+        raise RuntimeError(
+            f"Only {gathered[0].numel()} of the {len(dataset)} samples of {dataset.name} could be evaluated."
+        )
+    return gathered
 
 
 def sharded_pair_scorer(accelerator: Accelerator) -> Callable[..., torch.Tensor]:
@@ -329,12 +280,7 @@ def evaluate_retrieval(
         tokens.append(gallery.tokens)
         masks.append(gallery.token_mask)
         indices.append(batch["index"])
-    if not indices:
-        raise RuntimeError(f"No video of {dataset.name} could be evaluated.")
-    index, embeds, tokens, masks = _gathered_unique(
-        accelerator, torch.cat(indices), torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
-    )
-    _check_complete(index, dataset)
+    index, embeds, tokens, masks = _gather_evaluated(accelerator, dataset, indices, embeds, tokens, masks)
     videos = SViTTVideoGallery(embeds=embeds, tokens=tokens, token_mask=masks)
 
     probe = [i for i, distractor in enumerate(dataset.distractors) if distractor]
@@ -411,10 +357,7 @@ def evaluate_qa(
         )
         predictions.append(ranking.predictions.cpu())
         indices.append(batch["index"])
-    if not indices:
-        raise RuntimeError(f"No question of {dataset.name} could be evaluated.")
-    index, predictions = _gathered_unique(accelerator, torch.cat(indices), torch.cat(predictions))
-    _check_complete(index, dataset)
+    index, predictions = _gather_evaluated(accelerator, dataset, indices, predictions)
     records = [dataset.records[i] for i in index.tolist()]
     predicted = [dataset.answer_list[p] for p in predictions.tolist()]
     references = [record["answers"] for record in records]
@@ -449,12 +392,7 @@ def evaluate_egomcq(
         labels.append(batch["labels"])
         types.append(batch["question_types"])
         indices.append(batch["index"])
-    if not indices:
-        raise RuntimeError(f"No item of {dataset.name} could be evaluated.")
-    index, logits, labels, types = _gathered_unique(
-        accelerator, torch.cat(indices), torch.cat(logits), torch.cat(labels), torch.cat(types)
-    )
-    _check_complete(index, dataset)
+    index, logits, labels, types = _gather_evaluated(accelerator, dataset, indices, logits, labels, types)
     raw = egomcq_accuracy(logits, labels, types)
     metrics = {}
     for setting in ("inter", "intra"):
@@ -564,9 +502,6 @@ __all__ = [
     "evaluate_retrieval",
     "evaluation_results",
     "load_checkpoint_config",
-    "missing_media_problem",
-    "open_dataset",
-    "recipe_field_name",
     "sharded_loader",
     "sharded_pair_scorer",
     "video_gmacs_per_sample",

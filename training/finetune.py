@@ -34,21 +34,19 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from accelerate.utils import set_seed
 
 import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
-from modeling_svitt import SViTTForMultipleChoice, SViTTForVideoQuestionAnswering, SViTTForVideoTextRetrieval
 from training.common import (
+    add_run_arguments,
     build_initial_model,
-    build_processor,
-    build_train_dataset,
+    check_run_arguments,
     latest_state,
-    make_accelerator,
+    open_train_dataset,
     plain_loading,
-    prepare_stage,
-    prepare_synthetic_data,
     publish_model_files,
-    record_recipe,
+    recipe_field_name,
     restore_scalar_shapes,
     save_pretrained_atomically,
-    train_stage,
+    start_over,
+    start_run,
     trim_metrics_log,
     write_json_atomically,
 )
@@ -58,17 +56,13 @@ from training.evaluation import (
     checkpoint_problem,
     evaluation_results,
     load_checkpoint_config,
-    open_dataset,
-    recipe_field_name,
 )
-from training.recipe import RecipeError, builtin_recipes, check_data_paths, load_recipe, resolve_path
+from training.loop import prepare_stage, train_stage
+from training.recipe import RecipeError, builtin_recipes, load_recipe, resolve_path
 from training.report import results_table
 
-HEADS = {
-    "retrieval": SViTTForVideoTextRetrieval,
-    "qa": SViTTForVideoQuestionAnswering,
-    "multiple_choice": SViTTForMultipleChoice,
-}
+EVALUATIONS = {"retrieval": "retrieval", "qa": "qa", "multiple_choice": "egomcq"}  # task -> how its recipes test
+HEADS = {task: EVALUATION_HEADS[kind] for task, kind in EVALUATIONS.items()}
 DEFAULT_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # option -> the recipe fields it sets
 PATH_OPTIONS = {
@@ -91,17 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-annotations", help="the training annotation file (default: the recipe's)")
     parser.add_argument("--test-annotations", help="the test annotation file (default: the recipe's)")
     parser.add_argument("--answer-list", help="QA: the JSON list of candidate answers (default: the recipe's)")
-    parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
-    parser.add_argument("--max-steps", type=int, help="cap the fine-tuning at this many optimiser steps (smoke runs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field by its dotted path, e.g. --set stages.0.optimizer.lr=2e-5; "
-                             "repeatable")
-    parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                        help="continue from the state saved in the output folder (default: when there is one)")
+    add_run_arguments(parser, "stages.0.optimizer.lr=2e-5")
     args = parser.parse_args(argv)
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error("--max-steps must be >= 1")
+    check_run_arguments(parser, args)
     return args
 
 
@@ -127,9 +113,7 @@ def main(argv=None) -> dict | None:
     output_dir = Path(args.output_dir or Path("outputs") / recipe.name).resolve()
     checkpoint_dir = output_dir / "checkpoints"
     if args.resume is False and output_dir.exists():
-        for stale in ("results.json", "metrics.jsonl", "checkpoints"):
-            path = output_dir / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        start_over(output_dir, ["results.json"])
     if (output_dir / "results.json").is_file():
         print(f"{output_dir} holds a finished run (results.json); --no-resume starts over.")
         return None
@@ -144,22 +128,9 @@ def main(argv=None) -> dict | None:
     problem = checkpoint_problem(config, spec.kind, training=True, use_itm=itm)
     if problem:
         raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
-    if accelerator.is_main_process:
-        record_recipe(output_dir, recipe)
     started = time.perf_counter()
-    synthetic_root = prepare_synthetic_data(recipe, accelerator)
-    check_data_paths(recipe, synthetic_root)
-    processor = build_processor(recipe)
-    dataset = open_dataset(
-        lambda: build_train_dataset(stage, processor, recipe.seed, synthetic_root),
-        stage.data.format,
-        recipe_field_name(recipe.name, "stages.0.data"),
-        needed=stage.batch_size * accelerator.num_processes,
-        max_missing_fraction=stage.data.max_bad_fraction,
-        sample=2000,
-    )
+    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
+    dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
     test_field = recipe_field_name(recipe.name, "evaluation.0")
     build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
 

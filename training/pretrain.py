@@ -33,30 +33,24 @@ from huggingface_hub import get_token
 import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTForPreTraining
 from training.common import (
+    add_run_arguments,
     build_initial_model,
-    build_processor,
-    build_train_dataset,
+    check_run_arguments,
     latest_state,
-    make_accelerator,
+    open_train_dataset,
     plain_loading,
-    prepare_stage,
-    prepare_synthetic_data,
     publish_model_files,
-    record_recipe,
+    recipe_field_name,
     restore_scalar_shapes,
     save_pretrained_atomically,
-    train_stage,
+    start_over,
+    start_run,
     trim_metrics_log,
     write_json_atomically,
 )
-from training.evaluation import (
-    build_evaluation_dataset,
-    evaluate_checkpoint,
-    open_dataset,
-    recipe_field_name,
-    write_token_selection_picture,
-)
-from training.recipe import RecipeError, builtin_recipes, check_data_paths, load_recipe
+from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
+from training.loop import prepare_stage, train_stage
+from training.recipe import RecipeError, builtin_recipes, load_recipe
 from training.report import plot_curriculum, summary_record, summary_table
 
 
@@ -65,19 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recipe", default="synthetic",
                         help=f"a built-in recipe ({', '.join(builtin_recipes('pretraining'))}) or a YAML file "
                              "(default: synthetic)")
-    parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
-    parser.add_argument("--max-steps", type=int, help="cap every stage at this many optimiser steps (smoke runs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field by its dotted path, e.g. --set stages.1.token_keep_rate=0.5 "
-                             "(stages.*.X for every stage); repeatable")
-    parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                        help="continue from the state saved in the output folder (default: when there is one)")
+    add_run_arguments(parser, "stages.1.token_keep_rate=0.5 (stages.*.X for every stage)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID",
                         help="at the end, upload the run (every stage, a generated model card) to this Hub repo")
     args = parser.parse_args(argv)
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error("--max-steps must be >= 1")
+    check_run_arguments(parser, args)
     if args.push_to_hub and get_token() is None:
         parser.error("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
     return args
@@ -98,31 +84,16 @@ def main(argv=None) -> None:
     run_state_file = output_dir / "run_state.json"
     checkpoint_dir = output_dir / "checkpoints"
     if args.resume is False and output_dir.exists():
-        for stale in ("run_state.json", "metrics.jsonl", "summary.json", "checkpoints"):
-            path = output_dir / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        start_over(output_dir, ["run_state.json", "summary.json"])
 
-    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
-    if accelerator.is_main_process:
-        record_recipe(output_dir, recipe)
     started = time.perf_counter()
-    synthetic_root = prepare_synthetic_data(recipe, accelerator)
-    check_data_paths(recipe, synthetic_root)
-    processor = build_processor(recipe)
+    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
-    train_sets = []
-    for index, stage in enumerate(recipe.stages):
-        dataset = open_dataset(
-            lambda stage=stage: build_train_dataset(stage, processor, recipe.seed, synthetic_root),
-            stage.data.format,
-            recipe_field_name(recipe.name, f"stages.{index}.data"),
-            needed=stage.batch_size * accelerator.num_processes,
-            max_missing_fraction=stage.data.max_bad_fraction,
-            sample=2000,
-        )
-        train_sets.append(dataset)
+    train_sets = [
+        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes)
+        for index in range(len(recipe.stages))
+    ]
     for index, spec in enumerate(recipe.evaluation):
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
         build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)

@@ -126,13 +126,27 @@ def _read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_curriculum(metrics_path: str | Path, run_state: dict, output: str | Path) -> Path:
-    """`curriculum.png`: the training losses against the global step, a line at every stage boundary (labelled with
-    the stage's clip length and keep rate), and the headline metrics after every stage."""
+def _pyplot():
+    """matplotlib's pyplot drawing off screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, output: str | Path) -> Path:
+    output = Path(output)
+    figure.savefig(output, dpi=110)
+    _pyplot().close(figure)
+    return output
+
+
+def plot_curriculum(metrics_path: str | Path, run_state: dict, output: str | Path) -> Path:
+    """`curriculum.png`: the training losses against the global step, a line at every stage boundary (labelled with
+    the stage's clip length and keep rate), and the headline metrics after every stage."""
+    plt = _pyplot()
 
     entries = [entry for entry in _read_log(Path(metrics_path)) if "loss" in entry]
     stages = run_state["stages"]
@@ -167,10 +181,7 @@ def plot_curriculum(metrics_path: str | Path, run_state: dict, output: str | Pat
     scores.legend(fontsize=7, loc="best")
     scores.set_title("zero-shot evaluation after each stage")
     figure.tight_layout()
-    output = Path(output)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return _save(figure, output)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -283,11 +294,7 @@ def sweep_table(rows: list[dict]) -> str:
 def plot_sweep(rows: list[dict], output: str | Path) -> Path:
     """`sweep.png`: every headline metric (one row of panels each) against the measured seconds per video (left) and
     the video tower's analytic GMACs per video (right), each point labelled with its settings."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     metrics = _sweep_metrics(rows)
     figure, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.2 * len(metrics)), squeeze=False)
     labels = [", ".join(f"{key}={value}" for key, value in row["settings"].items()) for row in rows]
@@ -305,7 +312,4 @@ def plot_sweep(rows: list[dict], output: str | Path) -> Path:
             axis.grid(alpha=0.3)
     figure.suptitle("inference-time sparsity sweep (one loaded model, the same decoded videos)")
     figure.tight_layout()
-    output = Path(output)
-    figure.savefig(output, dpi=110)
-    plt.close(figure)
-    return output
+    return _save(figure, output)
