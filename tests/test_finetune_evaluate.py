@@ -97,6 +97,8 @@ def heads(workspace, pretrained):
         "qa": wide_random_head(SViTTForVideoQuestionAnswering, pretrained["folder"], folder / "head-qa"),
         "egomcq": wide_random_head(SViTTForMultipleChoice, pretrained["folder"], folder / "head-ego",
                                    contrastive_loss="egonce"),
+        "itc-only": wide_random_head(SViTTForVideoTextRetrieval, pretrained["folder"], folder / "head-itc",
+                                     loss_weight_itm=0.0),
     }
 
 
@@ -175,7 +177,7 @@ def test_sweep_decodes_once_and_writes_table_and_plot(workspace, heads, monkeypa
     output = workspace["folder"] / "sweep"
     record = evaluate.main(["--task", "retrieval", "--model", str(heads["retrieval"]),
                             "--recipe", str(workspace["recipes"]["retrieval"]), "--output-dir", str(output),
-                            "--sweep", "token_keep_rate=1.0,0.5"])
+                            "--sweep", "token_keep_rate=1.0,0.5", "--repeats", "2"])
     assert len(calls) == len(set(calls)) == TINY_SYNTHETIC["num_test_clips"]  # every video decoded once
     rows = record["rows"]
     assert [row["settings"] for row in rows] == [{"token_keep_rate": 1.0}, {"token_keep_rate": 0.5}]
@@ -247,11 +249,14 @@ def test_visualize_command_writes_the_picture(workspace, heads):
          r"--media-root: none of the 6 videos of the annotations exists"),
         (["--task", "retrieval", "--dataset", "synthetic", "--model", "{head}", "--sweep", "hidden_size=16,32"],
          r"'hidden_size' is not an inference-time setting"),
+        (["--task", "retrieval", "--recipe", "{retrieval}", "--model", "{itc-only}", "--sweep", "use_itm=false,true"],
+         r"it was trained without the ITM loss .*: rank by ITC with --no-itm"),
     ],
 )
 def test_evaluation_refuses_wrong_inputs_before_work(workspace, pretrained, heads, arguments, message):
-    values = {"{qa}": str(workspace["recipes"]["qa"]), "{pretrained}": str(pretrained["folder"]),
-              "{head}": str(heads["retrieval"]), "{synthetic}": str(workspace["synthetic"])}
+    values = {"{qa}": str(workspace["recipes"]["qa"]), "{retrieval}": str(workspace["recipes"]["retrieval"]),
+              "{pretrained}": str(pretrained["folder"]), "{head}": str(heads["retrieval"]),
+              "{itc-only}": str(heads["itc-only"])}
     arguments = [values.get(argument, argument) for argument in arguments]
     arguments = [argument.replace("{synthetic}", str(workspace["synthetic"])) for argument in arguments]
     output = workspace["folder"] / "refused"

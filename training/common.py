@@ -445,6 +445,8 @@ def open_dataset(
     (else naming the `media_root` field). `field_name` names the fields (a recipe's, or a script's options)."""
     try:
         dataset = build()
+    except FileNotFoundError as error:
+        raise RecipeError(f"{field_name('annotations')}: {error}") from None
     except AnnotationError as error:
         raise RecipeError(f"{field_name('annotations')}: expected {ANNOTATION_FORMATS[data_format]}; {error}") from None
     if len(dataset) < needed:

@@ -42,7 +42,7 @@ from training.evaluation import (
 )
 from training.recipe import EvaluationSpec, RecipeError, load_recipe, validate_evaluation
 from training.report import plot_sweep, results_table, sweep_table
-from training.sweep import parse_settings, run_sweep, settings_applied
+from training.sweep import parse_settings, run_sweep, settings_applied, values_of
 
 TASKS = ("retrieval", "qa", "egomcq")
 SYNTHETIC_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "egomcq": "mc-synthetic"}
@@ -91,9 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="evaluate every combination of these values (grid), e.g. token_keep_rate=1.0,0.5; "
                              "repeatable")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="sweeps: time every point this many times and report the median (default 1)")
     args = parser.parse_args(argv)
     if args.dataset and args.annotations:
         parser.error("--dataset synthetic and --annotations exclude each other")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     if not (args.dataset or args.annotations or args.recipe):
         parser.error("say what to evaluate: --annotations FILE (with --media-root), --recipe, or --dataset synthetic")
     return args
@@ -135,8 +139,11 @@ def main(argv=None) -> dict:
     grid = parse_settings(args.sweep, "--sweep", several=True)
     spec, synthetic, recipe_name = evaluation_spec(args)
     config = load_checkpoint_config(args.model)
-    itm = spec.kind == "retrieval" and spec.use_itm
-    itm = itm or (spec.kind == "egomcq" and config.multiple_choice_scoring == "itm")
+    # every setting the evaluation will run with (--set replaces the spec's, --sweep adds its values)
+    use_itm = (values_of(settings, "use_itm") or [spec.use_itm]) + values_of(grid, "use_itm")
+    scorings = (values_of(settings, "multiple_choice_scoring") or [config.multiple_choice_scoring])
+    scorings += values_of(grid, "multiple_choice_scoring")
+    itm = (spec.kind == "retrieval" and any(use_itm)) or (spec.kind == "egomcq" and "itm" in scorings)
     problem = checkpoint_problem(config, args.task, training=False, use_itm=itm)
     if problem:
         raise RecipeError(f"--model {args.model} cannot be evaluated on --task {args.task}: {problem}")
@@ -162,7 +169,7 @@ def main(argv=None) -> dict:
 
     with settings_applied(model, spec, single) as spec:
         if grid:
-            rows = run_sweep(accelerator, model, dataset, processor, spec, grid)
+            rows = run_sweep(accelerator, model, dataset, processor, spec, grid, args.repeats)
             if accelerator.is_main_process:
                 record = {"task": spec.kind, "model": args.model, "fixed_settings": single, "num_samples": len(dataset),
                           "clip_length": clip_length, "num_clips": spec.num_clips, "rows": rows}

@@ -128,6 +128,8 @@ def build_evaluation_dataset(
         answer_list_file = resolve_path(spec.answer_list, synthetic_root)
         try:
             answer_list = load_answer_list(answer_list_file)
+        except FileNotFoundError as error:
+            raise RecipeError(f"{field_name('answer_list')}: {error}") from None
         except AnnotationError as error:
             expected = ANNOTATION_FORMATS["answer_list"]
             raise RecipeError(f"{field_name('answer_list')}: expected {expected}; {error}") from None

@@ -270,10 +270,9 @@ def results_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _sweep_metrics(rows: list[dict]) -> list[str]:
-    present = [name for name in rows[0]["metrics"]]
-    headline = [name for name in HEADLINE_METRICS if name in present]
-    return headline or present
+def _sweep_metrics(rows: list[dict], names: tuple[str, ...] = HEADLINE_METRICS) -> list[str]:
+    present = list(rows[0]["metrics"])
+    return [name for name in names if name in present] or present
 
 
 def sweep_table(rows: list[dict]) -> str:
@@ -291,25 +290,41 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# the metrics a sweep plot shows, when present (one row of panels each)
+SWEEP_PLOT_METRICS = ("t2v_r1", "v2t_r1", "temporal_probe_accuracy", "qa_accuracy", "egomcq_inter_accuracy",
+                      "egomcq_intra_accuracy")
+
+
 def plot_sweep(rows: list[dict], output: str | Path) -> Path:
-    """`sweep.png`: every headline metric (one row of panels each) against the measured seconds per video (left) and
-    the video tower's analytic GMACs per video (right), each point labelled with its settings."""
+    """`sweep.png`: the headline metrics (one row of panels each) against the measured seconds per video (left) and
+    the video tower's analytic GMACs per video (right). The last swept setting picks the colour of a point (one line
+    per value); the point is labelled with the values of the other settings."""
     plt = _pyplot()
-    metrics = _sweep_metrics(rows)
-    figure, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.2 * len(metrics)), squeeze=False)
-    labels = [", ".join(f"{key}={value}" for key, value in row["settings"].items()) for row in rows]
+    metrics = _sweep_metrics(rows, SWEEP_PLOT_METRICS)
+    keys = list(rows[0]["settings"])
+    series_key, label_keys = keys[-1], keys[:-1]
+    series: dict[str, list[dict]] = {}
+    for row in rows:
+        series.setdefault(f"{series_key}={row['settings'][series_key]}", []).append(row)
+    figure, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.4 * len(metrics)), squeeze=False)
     for axis_row, name in zip(axes, metrics):
-        values = [row["metrics"][name] for row in rows]
-        values = [100 * value for value in values] if "rank" not in name else values
+        scale = 1 if "rank" in name else 100
         for axis, key, xlabel in zip(axis_row, ("seconds_per_video", "video_tower_gmacs"),
                                      ("measured seconds per video", "video tower GMACs per video (analytic)")):
-            xs = [row[key] for row in rows]
-            axis.scatter(xs, values, color="tab:blue")
-            for x, y, label in zip(xs, values, labels):
-                axis.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for label, members in series.items():
+                members = sorted(members, key=lambda row: row[key])
+                xs = [row[key] for row in members]
+                ys = [scale * row["metrics"][name] for row in members]
+                # the analytic cost orders the points; measured times are noisy, so they are not joined
+                axis.plot(xs, ys, marker="o", label=label, linestyle="-" if key == "video_tower_gmacs" else "none")
+                for x, y, row in zip(xs, ys, members):
+                    text = ", ".join(str(row["settings"][other]) for other in label_keys)
+                    axis.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             axis.set_xlabel(xlabel)
-            axis.set_ylabel(name + (" (%)" if "rank" not in name else ""))
+            axis.set_ylabel(name + (" (%)" if scale == 100 else ""))
             axis.grid(alpha=0.3)
-    figure.suptitle("inference-time sparsity sweep (one loaded model, the same decoded videos)")
+        axis_row[0].legend(fontsize=7, loc="best")
+    caption = f"points labelled by {', '.join(label_keys)}" if label_keys else ""
+    figure.suptitle(f"inference-time sparsity sweep (one loaded model, the same decoded videos) {caption}".strip())
     figure.tight_layout()
     return _save(figure, output)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +61,11 @@ def resolve_setting(key: str) -> tuple[str, str]:
         "text_config. if you like). Fields that shape the weights (widths, depths, num_frames) cannot change on a "
         "loaded model."
     )
+
+
+def values_of(settings: dict[str, list[Any]], name: str) -> list[Any]:
+    """The values `settings` (`{setting: [values]}`) give the field `name` (however its key is spelled)."""
+    return [value for key, values in settings.items() if resolve_setting(key)[1] == name for value in values]
 
 
 def split_values(text: str) -> list[str]:
@@ -157,13 +163,15 @@ def _warm_up(model, dataset: DecodedOnce) -> None:
 
 
 def run_sweep(
-    accelerator: Accelerator, model, dataset, processor, spec: EvaluationSpec, grid: dict[str, list[Any]]
+    accelerator: Accelerator, model, dataset, processor, spec: EvaluationSpec, grid: dict[str, list[Any]],
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
     """Evaluate `model` at every combination of `grid` (`{setting: [values]}`) on one decoded copy of `dataset`.
 
     Returns one row per point: its `settings`, `metrics`, `seconds_per_video` (wall time of the evaluation, the
-    videos already decoded, divided by the videos the tower encoded) and `video_tower_gmacs` (analytic, per video:
-    the clips of one test video, or of one EgoMCQ choice)."""
+    videos already decoded, divided by the videos the tower encoded; the median of `repeats` evaluations, which must
+    agree on the metrics) and `video_tower_gmacs` (analytic, per video: the clips of one test video, or of one EgoMCQ
+    choice)."""
     decoded = DecodedOnce(dataset)
     decoded.fill(accelerator, spec.batch_size, spec.num_workers)
     spec = dataclasses.replace(spec, num_workers=0)  # the decoded items live in this process
@@ -173,18 +181,23 @@ def run_sweep(
     num_videos = len(dataset) * videos_per_sample(spec)
     for values in itertools.product(*(grid[key] for key in keys)):
         settings = dict(zip(keys, values))
+        times, results = [], []
         with settings_applied(model, spec, settings) as point_spec:
-            accelerator.wait_for_everyone()
-            start = time.perf_counter()
-            metrics = evaluate(accelerator, model, decoded, processor, point_spec)
-            accelerator.wait_for_everyone()
-            seconds = time.perf_counter() - start
+            for _ in range(repeats):
+                accelerator.wait_for_everyone()
+                start = time.perf_counter()
+                results.append(evaluate(accelerator, model, decoded, processor, point_spec))
+                accelerator.wait_for_everyone()
+                times.append(time.perf_counter() - start)
             gmacs = video_gmacs_per_sample(model, point_spec) / videos_per_sample(point_spec)
+        if any(metrics != results[0] for metrics in results):
+            raise RuntimeError(f"The evaluations at {settings} disagree: {results}.")
+        seconds = statistics.median(times)
         rows.append(
-            {"settings": settings, "metrics": metrics, "seconds_per_video": seconds / num_videos,
+            {"settings": settings, "metrics": results[0], "seconds_per_video": seconds / num_videos,
              "video_tower_gmacs": gmacs}
         )
-        accelerator.print(f"  {settings}: {seconds:.1f} s")
+        accelerator.print(f"  {settings}: {seconds:.2f} s (median of {repeats})")
     return rows
 
 
@@ -196,4 +209,5 @@ __all__ = [
     "run_sweep",
     "settings_applied",
     "split_values",
+    "values_of",
 ]
