@@ -52,6 +52,7 @@ def test_task_recipes_carry_the_release_settings():
     ]
     assert builtin_recipes("qa") == ["qa-agqa", "qa-anet", "qa-msrvtt", "qa-synthetic"]
     assert builtin_recipes("multiple_choice") == ["mc-egomcq", "mc-synthetic"]
+    assert load_recipe("mc-synthetic").stages[0].data.annotations == "{synthetic}/ego/egomcq_train.json"
     for name in builtin_recipes("retrieval") + builtin_recipes("qa"):
         recipe = load_recipe(name)
         stage, test = recipe.stages[0], recipe.evaluation[0]
