@@ -32,6 +32,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTProcessor
+from modeling_svitt.answer_ranking import ANSWER_SCORINGS
+from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
 from training.common import make_accelerator, plain_loading, prepare_synthetic_data, write_json_atomically
 from training.evaluation import (
     EVALUATION_HEADS,
@@ -70,10 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where results go (default: outputs/eval-<model>-<task>)")
     parser.add_argument("--num-clips", type=int, help="clips of the model's clip length per test video (default 3; 1 "
                                                       "for EgoMCQ and for the synthetic set)")
-    parser.add_argument("--clip-aggregation", choices=["lse", "mean", "max"], help="how clip scores combine")
+    parser.add_argument("--clip-aggregation", choices=CLIP_AGGREGATIONS, help="how clip scores combine")
     parser.add_argument("--k", type=int, help="candidates re-ranked by ITM / answers ranked in full (default 128)")
     parser.add_argument("--no-itm", dest="use_itm", action="store_false", default=None, help="rank by ITC alone")
-    parser.add_argument("--qa-scoring", choices=["likelihood", "release_ensemble", "release_concat"])
+    parser.add_argument("--qa-scoring", choices=ANSWER_SCORINGS, help="how QA ranks the answer list")
     parser.add_argument("--paragraphs", action="store_true", default=None,
                         help="retrieval: join each video's captions into one (DiDeMo)")
     parser.add_argument("--multi-video-captions", action="store_true", default=None,

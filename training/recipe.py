@@ -25,6 +25,9 @@ from typing import Any
 
 import yaml
 
+from modeling_svitt.answer_ranking import ANSWER_SCORINGS
+from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
+
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 SYNTHETIC_PLACEHOLDER = "{synthetic}"
 PACKAGE_PREFIX = "package:"
@@ -446,10 +449,7 @@ TASKS = {
     "qa": (("qa",), ("qa",)),
     "multiple_choice": (("egomcq",), ("egomcq",)),
 }
-DATA_FORMATS = ("captions", "egoclip", "qa", "egomcq")
 EVALUATION_KINDS = ("retrieval", "qa", "egomcq")
-CLIP_AGGREGATIONS = ("lse", "mean", "max")
-QA_SCORINGS = ("likelihood", "release_ensemble", "release_concat")
 
 
 def validate_recipe(recipe: Recipe) -> None:
@@ -579,8 +579,8 @@ def validate_evaluation(evaluation: EvaluationSpec, check, where: str) -> None:
         check(bool(evaluation.answer_list), f"{where}.answer_list", "is required for qa (a JSON list of answers)")
     check(evaluation.clip_aggregation in CLIP_AGGREGATIONS, f"{where}.clip_aggregation",
           f"must be one of {CLIP_AGGREGATIONS}, got {evaluation.clip_aggregation!r}")
-    check(evaluation.qa_scoring in QA_SCORINGS, f"{where}.qa_scoring",
-          f"must be one of {QA_SCORINGS}, got {evaluation.qa_scoring!r}")
+    check(evaluation.qa_scoring in ANSWER_SCORINGS, f"{where}.qa_scoring",
+          f"must be one of {ANSWER_SCORINGS}, got {evaluation.qa_scoring!r}")
     if evaluation.kind == "qa" and evaluation.qa_scoring == "release_concat":
         check(evaluation.num_clips == 1, f"{where}.num_clips", "release_concat scores one clip: set num_clips: 1")
     check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
