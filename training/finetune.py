@@ -119,15 +119,19 @@ def main(argv=None) -> dict | None:
         return None
 
     # The starting checkpoint must serve the task; the data must be readable: checked before anything runs.
-    if recipe.model.init == "checkpoint" and not recipe.model.checkpoint:
-        raise RecipeError(f"recipe '{recipe.name}' names no checkpoint to start from: pass --model PATH_OR_HUB_ID")
-    checkpoint = resolve_path(recipe.model.checkpoint)
-    config = load_checkpoint_config(checkpoint)
-    scoring = recipe.model.config.get("multiple_choice_scoring", config.multiple_choice_scoring)
-    itm = stage.loss_weights.itm > 0 if args.task == "retrieval" else (args.task, scoring) == ("multiple_choice", "itm")
-    problem = checkpoint_problem(config, spec.kind, training=True, use_itm=itm)
-    if problem:
-        raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
+    if recipe.model.init == "checkpoint":
+        if not recipe.model.checkpoint:
+            raise RecipeError(f"recipe '{recipe.name}' names no checkpoint to start from: pass --model PATH_OR_HUB_ID")
+        checkpoint = resolve_path(recipe.model.checkpoint)
+        config = load_checkpoint_config(checkpoint)
+        scoring = recipe.model.config.get("multiple_choice_scoring", config.multiple_choice_scoring)
+        if args.task == "retrieval":
+            itm = stage.loss_weights.itm > 0
+        else:
+            itm = args.task == "multiple_choice" and scoring == "itm"
+        problem = checkpoint_problem(config, spec.kind, training=True, use_itm=itm)
+        if problem:
+            raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
     started = time.perf_counter()
     accelerator, synthetic_root, processor = start_run(recipe, output_dir)
     dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
