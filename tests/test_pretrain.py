@@ -140,7 +140,7 @@ def test_no_resume_starts_over(workspace, uninterrupted):
         ({"stage_defaults": {"data": {"annotations": "{synthetic}/empty.json"}}},
          r"stages\.0\.data\.annotations: the dataset has 0 samples"),
         ({"stage_defaults": {"data": {"media_root": "{synthetic}/ego"}}},
-         r"stages\.0\.data\.media_root: the first video .* does not exist"),
+         r"stages\.0\.data\.media_root: none of the .* videos of the annotations exists"),
         ({"stage_defaults": {"data": {"media_root": "/nonexistent/videos"}}},
          r"stages\.0\.data\.media_root: media folder '/nonexistent/videos' does not exist"),
         ({"evaluation": [{"kind": "retrieval", "annotations": "{synthetic}/missing.json"}]},

@@ -46,6 +46,56 @@ def test_builtin_recipes_load_and_describe_the_curricula():
     assert ego_synthetic.stages[0].data.format == "egoclip" and ego_synthetic.evaluation[0].kind == "egomcq"
 
 
+def test_task_recipes_carry_the_release_settings():
+    assert builtin_recipes("retrieval") == [
+        "ret-charades", "ret-didemo", "ret-msrvtt", "ret-ssv2-label", "ret-ssv2-template", "ret-synthetic"
+    ]
+    assert builtin_recipes("qa") == ["qa-agqa", "qa-anet", "qa-msrvtt", "qa-synthetic"]
+    assert builtin_recipes("multiple_choice") == ["mc-egomcq", "mc-synthetic"]
+    assert load_recipe("mc-synthetic").stages[0].data.annotations == "{synthetic}/ego/egomcq_train.json"
+    for name in builtin_recipes("retrieval") + builtin_recipes("qa"):
+        recipe = load_recipe(name)
+        stage, test = recipe.stages[0], recipe.evaluation[0]
+        qa = recipe.task == "qa"
+        assert (stage.num_frames, stage.token_keep_rate) == ((8, 0.6) if qa else (4, 0.7)), name
+        if name.endswith("synthetic"):
+            continue
+        assert stage.fusion_token_keep_rate == (0.5 if qa else 0.1), name
+        assert stage.num_frames * test.num_clips == (24 if qa else 12), name  # test frames
+        assert (test.clip_aggregation, test.k, stage.optimizer.lr, stage.batch_size) == ("lse", 128, 1e-5, 32), name
+        assert stage.epochs == (5 if name == "qa-agqa" else 10) and stage.schedule.min_lr_multiplier == 0.1, name
+        assert recipe.processor.max_text_length == {"ret-charades": 48, "ret-ssv2-label": 25,
+                                                    "ret-ssv2-template": 25}.get(name, 25 if qa else 64), name
+    didemo, ssv2 = load_recipe("ret-didemo"), load_recipe("ret-ssv2-template")
+    assert didemo.stages[0].data.paragraphs and didemo.evaluation[0].is_paragraph_retrieval
+    assert ssv2.stages[0].data.match_by == "caption" and ssv2.evaluation[0].has_multi_vision_gt
+    assert ssv2.evaluation[0].annotations.endswith("ssv2_ret_template_val_small.json")
+    assert load_recipe("qa-msrvtt").evaluation[0].qa_scoring == "release_ensemble"
+    ego = load_recipe("mc-egomcq")
+    assert ego.stages[0].data.format == "egomcq" and ego.evaluation[0].chunk_seconds == 600
+    # the synthetic task recipes read the set of the default pretraining run
+    assert load_recipe("ret-synthetic").synthetic == load_recipe("synthetic").synthetic
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "field", "message"),
+    [
+        ("ret-msrvtt", "stages=[{}, {}]", "stages", "fine-tunes in one stage"),
+        ("ret-msrvtt", "stage_defaults.data.format=qa", "stages.0.data.format", "for a retrieval recipe"),
+        ("qa-msrvtt", "evaluation.0.kind=retrieval", "evaluation.0.kind", "for a qa recipe"),
+        ("qa-msrvtt", "evaluation.0.answer_list=null", "evaluation.0.answer_list", "is required for qa"),
+        ("qa-msrvtt", "evaluation.0.qa_scoring=release_concat", "evaluation.0.num_clips", "one clip"),
+        ("ret-msrvtt", "evaluation.0.clip_aggregation=median", "evaluation.0.clip_aggregation", "lse"),
+        ("ret-msrvtt", "stage_defaults.data.match_by=label", "stages.0.data.match_by", "video or caption"),
+        ("ret-msrvtt", "task=segmentation", "task", "pretraining"),
+    ],
+)
+def test_impossible_task_recipes_fail_naming_the_field(recipe, override, field, message):
+    with pytest.raises(RecipeError, match=message) as error:
+        load_recipe(recipe, [override])
+    assert f"recipe '{recipe}', {field}:" in str(error.value)
+
+
 def test_set_overrides_reach_nested_fields_lists_and_every_stage():
     recipe = load_recipe(
         "synthetic",
@@ -79,7 +129,7 @@ def test_set_overrides_reach_nested_fields_lists_and_every_stage():
         ("stages.0.loss_weights={itc: 0, itm: 0, mlm: 0}", "stages.0.loss_weights", "at least one"),
         ("stages.0.num_local_blocks=2", "stages.0.num_local_blocks", "odd"),
         ("model.init=magic", "model.init", "checkpoint"),
-        ("evaluation.0.kind=qa", "evaluation.0.kind", "retrieval"),
+        ("evaluation.0.kind=qa", "evaluation.0.kind", "for a pretraining recipe"),
         ("processor.image_std=[0.5, 0, 0.5]", "processor.image_std", "positive"),
     ],
 )

@@ -92,3 +92,47 @@ def subprocess_env(cache_dir: Path) -> dict[str, str]:
 
 def pretrain_command(recipe: Path, output_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, str(PRETRAIN), "--recipe", str(recipe), "--output-dir", str(output_dir), *extra]
+
+
+TINY_TASKS = {
+    "retrieval": {
+        "stage": {"num_frames": 2, "token_keep_rate": 0.75, "fusion_token_keep_rate": 0.5, "batch_size": 4,
+                  "loss_weights": {"itc": 1.0, "itm": 1.0, "mlm": 0.0},
+                  "data": {"format": "captions", "annotations": "{synthetic}/ret_train.json"}},
+        "evaluation": {"kind": "retrieval", "annotations": "{synthetic}/ret_test.json", "num_clips": 2, "k": 3},
+    },
+    "qa": {
+        "stage": {"num_frames": 2, "token_keep_rate": 0.75, "fusion_token_keep_rate": 0.5, "batch_size": 4,
+                  "data": {"format": "qa", "annotations": "{synthetic}/qa_train.json"}},
+        "evaluation": {"kind": "qa", "annotations": "{synthetic}/qa_test.json", "num_clips": 2,
+                       "answer_list": "{synthetic}/qa_answer_list.json"},
+    },
+    "multiple_choice": {
+        "stage": {"num_frames": 2, "token_keep_rate": 0.75, "batch_size": 2,
+                  "data": {"format": "egomcq", "annotations": "{synthetic}/ego/egomcq_train.json"}},
+        "evaluation": {"kind": "egomcq", "annotations": "{synthetic}/ego/egomcq.json"},
+    },
+}
+
+
+def write_tiny_task_recipe(folder: Path, task: str, name: str | None = None, **overrides) -> Path:
+    """A fine-tuning recipe of `task` on the tiny synthetic set (the model comes from --model)."""
+    spec = TINY_TASKS[task]
+    stage = _merge(spec["stage"], {"steps": 2, "optimizer": {"lr": 1e-3}})
+    stage["data"].update(num_workers=0, horizontal_flip=False)
+    recipe = {
+        "name": name or f"tiny-{task}",
+        "task": task,
+        "seed": 0,
+        "synthetic": TINY_SYNTHETIC,
+        "model": {"init": "checkpoint"},
+        "processor": {"max_text_length": 12},
+        "stages": [stage],
+        "evaluation": [_merge(spec["evaluation"], {"batch_size": 4, "num_workers": 0})],
+        "save_every_steps": 1,
+        "log_every_steps": 1,
+    }
+    recipe = _merge(recipe, overrides)
+    path = Path(folder) / f"{recipe['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,14 +1,14 @@
-"""What the training scripts share: the accelerator (and the launches it refuses), models, processors, data loaders,
-optimisers and schedules built from a recipe, atomic state saving, and the evaluation loops.
-
-The evaluation loops shard the work over the processes of the accelerator and de-duplicate what they gather, so one
-process and several give the same metrics. All metrics are flat dictionaries of floats; recalls and accuracies are
-fractions in [0, 1].
+"""What the training scripts share: the accelerator (and the launches it refuses), their common options, models,
+processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe, and files
+written atomically (training states, models, records). The training loop of a stage is in `loop.py`, the evaluation
+loops are in `evaluation.py`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -21,34 +21,40 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import InitProcessGroupKwargs
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 
 from modeling_svitt import (
     SViTTConfig,
-    SViTTForMultipleChoice,
     SViTTForPreTraining,
-    SViTTForVideoTextRetrieval,
     SViTTProcessor,
     SViTTTokenizer,
     SViTTVideoProcessor,
 )
-from modeling_svitt.losses import all_gather_no_grad
-from modeling_svitt.metrics import egomcq_accuracy, first_occurrence_indices, retrieval_metrics
 from modeling_svitt.pretrained_init import svitt_from_beit_and_bert
-from modeling_svitt.retrieval_ranking import SViTTTextGallery, SViTTVideoGallery, itm_pair_scores
 from training.data import (
+    ANNOTATION_FORMATS,
+    AnnotationError,
     EgoClipDataset,
     EgoMCQDataset,
     EpochShuffleSampler,
     MultipleChoiceCollator,
-    RetrievalEvalDataset,
     VideoCaptionDataset,
-    VideoCollator,
+    VideoQACollator,
+    VideoQADataset,
     VideoTextCollator,
     make_dataloader,
 )
 from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
-from training.recipe import CONTRASTIVE_LOSSES, EvaluationSpec, OptimizerSpec, Recipe, RecipeError, StageSpec, resolve_path
+from training.recipe import (
+    CONTRASTIVE_LOSSES,
+    RELEASE_PROCESSOR,
+    OptimizerSpec,
+    Recipe,
+    RecipeError,
+    StageSpec,
+    check_data_paths,
+    resolve_path,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator and launch checks
@@ -246,6 +252,34 @@ def check_prepared_model(accelerator: Accelerator, model: torch.nn.Module) -> No
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Options the training scripts share
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """`--output-dir`, `--max-steps`, `--set`, `--seed`, `--resume` (check them with `check_run_arguments`)."""
+    parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
+    parser.add_argument("--max-steps", type=int, help="cap every stage at this many optimiser steps (smoke runs)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a recipe field by its dotted path, e.g. --set {set_example}; repeatable")
+    parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                        help="continue from the state saved in the output folder (default: when there is one)")
+
+
+def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error("--max-steps must be >= 1")
+
+
+def start_over(output_dir: Path, records: Sequence[str]) -> None:
+    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records` and saved training states."""
+    for name in (*records, "metrics.jsonl", "checkpoints"):
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Models, processors, data
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -263,10 +297,24 @@ def prepare_synthetic_data(recipe: Recipe, accelerator: Accelerator) -> Path | N
 
 
 def build_processor(recipe: Recipe) -> SViTTProcessor:
-    """The processor saved with every stage: the recipe's frame size and normalisation, the model's tokenizer."""
+    """The processor saved with every stage: the model's tokenizer, and the recipe's frame size, crop, normalisation
+    and text lengths; a field the recipe leaves null comes from the starting checkpoint's processor (when it has one)
+    or is the release's."""
     spec, model = recipe.processor, recipe.model
+    base = dict(RELEASE_PROCESSOR)
     if model.init == "checkpoint":
-        tokenizer = SViTTTokenizer.from_pretrained(resolve_path(model.checkpoint))
+        checkpoint = resolve_path(model.checkpoint)
+        try:
+            saved = SViTTProcessor.from_pretrained(checkpoint)
+        except (OSError, ValueError, TypeError):  # weights and tokenizer without a processor (e.g. converted)
+            tokenizer = SViTTTokenizer.from_pretrained(checkpoint)
+        else:
+            tokenizer, video = saved.tokenizer, saved.image_processor
+            base.update(
+                image_size=video.size["height"], crop_scale=video.crop_scale, image_mean=video.image_mean,
+                image_std=video.image_std, max_text_length=saved.max_text_length,
+                max_answer_length=saved.max_answer_length,
+            )
     else:
         source = resolve_path(model.tokenizer or model.bert)
         vocab = Path(source) / "vocab.txt" if Path(source).is_dir() else None
@@ -276,10 +324,15 @@ def build_processor(recipe: Recipe) -> SViTTProcessor:
             tokenizer = SViTTTokenizer(vocab=source)
         else:
             tokenizer = SViTTTokenizer.from_pretrained(source)
+    values = {**base, **{key: value for key, value in dataclasses.asdict(spec).items() if value is not None}}
     video_processor = SViTTVideoProcessor(
-        size=spec.image_size, crop_scale=spec.crop_scale, image_mean=spec.image_mean, image_std=spec.image_std
+        size=values["image_size"], crop_scale=values["crop_scale"], image_mean=values["image_mean"],
+        image_std=values["image_std"],
     )
-    return SViTTProcessor(video_processor, tokenizer, max_text_length=spec.max_text_length)
+    return SViTTProcessor(
+        video_processor, tokenizer, max_text_length=values["max_text_length"],
+        max_answer_length=values["max_answer_length"],
+    )
 
 
 def build_initial_model(recipe: Recipe, model_class: type = SViTTForPreTraining):
@@ -302,8 +355,10 @@ def build_initial_model(recipe: Recipe, model_class: type = SViTTForPreTraining)
     return model_class(SViTTConfig(vision_config=vision, text_config=text, **overrides))
 
 
-def configure_stage(model, stage: StageSpec) -> None:
-    """Set a stage's clip length (resampling the relative bias), sparsity and losses on the model and its config."""
+def configure_stage(model, stage: StageSpec, contrastive: bool = True) -> None:
+    """Set a stage's clip length (resampling the relative bias), sparsity and, for heads trained with contrastive and
+    matching losses (`contrastive`), its losses, on the model and its config. Heads with losses of their own (QA,
+    multiple choice) keep the checkpoint's, which say how it was trained (e.g. EgoNCE, or without ITM)."""
     config = model.config
     vision = model.svitt.vision_model
     if vision.config.num_frames != stage.num_frames:
@@ -325,6 +380,8 @@ def configure_stage(model, stage: StageSpec) -> None:
         config.text_config.validate_architecture()
     # The heads read these from the composite config; the towers hold the same sub-config objects.
     config.vision_config = vision.config
+    if not contrastive:
+        return
     config.contrastive_loss = CONTRASTIVE_LOSSES[stage.contrastive_loss]
     config.loss_weight_itc = stage.loss_weights.itc
     config.loss_weight_itm = stage.loss_weights.itm
@@ -348,8 +405,92 @@ def freeze_unused_parameters(model: torch.nn.Module, also: Sequence[str] = ()) -
     return frozen
 
 
+def missing_media_problem(dataset, max_missing_fraction: float = 0.0, sample: int | None = None) -> str | None:
+    """Why the videos of `dataset` cannot serve it (none exists, or more are missing than allowed), or `None`.
+
+    `sample` checks that many videos spread over the set instead of all of them (training sets of millions)."""
+    videos = []
+    for record in dataset.records:
+        videos += [record["video"]] if "video" in record else [choice["video"] for choice in record["choices"]]
+    videos = list(dict.fromkeys(videos))
+    if sample is not None and len(videos) > sample:
+        videos = videos[:: len(videos) // sample]
+    missing = [video for video in videos if not os.path.exists(video)]
+    if not missing:
+        return None
+    if len(missing) == len(videos):
+        return (
+            f"none of the {len(videos)} videos of the annotations exists (the first would be '{videos[0]}'): "
+            "wrong media root?"
+        )
+    if len(missing) > max_missing_fraction * len(videos):
+        return f"{len(missing)} of the {len(videos)} videos of the annotations do not exist (the first: '{missing[0]}')"
+    return None
+
+
+FieldName = Callable[[str], str]  # a field (`annotations`, `media_root`, ...) -> how errors name it
+
+
+def open_dataset(
+    build: Callable[[], Dataset],
+    data_format: str,
+    field_name: FieldName,
+    *,
+    needed: int = 1,
+    max_missing_fraction: float = 0.0,
+    sample: int | None = None,
+) -> Dataset:
+    """Build a dataset and check it before any work: annotations in the expected format (else a [`RecipeError`]
+    naming the `annotations` field and the format), at least `needed` samples, and its videos where they should be
+    (else naming the `media_root` field). `field_name` names the fields (a recipe's, or a script's options)."""
+    try:
+        dataset = build()
+    except FileNotFoundError as error:
+        raise RecipeError(f"{field_name('annotations')}: {error}") from None
+    except AnnotationError as error:
+        raise RecipeError(f"{field_name('annotations')}: expected {ANNOTATION_FORMATS[data_format]}; {error}") from None
+    if len(dataset) < needed:
+        raise RecipeError(f"{field_name('annotations')}: the dataset has {len(dataset)} samples, needs >= {needed}")
+    problem = missing_media_problem(dataset, max_missing_fraction, sample)
+    if problem:
+        raise RecipeError(f"{field_name('media_root')}: {problem}")
+    return dataset
+
+
+def recipe_field_name(recipe_name: str, where: str) -> FieldName:
+    """Names fields as recipe errors do: `recipe 'name', evaluation.0.annotations`."""
+    return lambda field: f"recipe '{recipe_name}', {where}.{field}"
+
+
+def start_run(recipe: Recipe, output_dir: Path) -> tuple[Accelerator, Path | None, SViTTProcessor]:
+    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl`), the recipe as
+    it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder), every file and folder the recipe
+    names checked, and the processor. Returns `(accelerator, synthetic_root, processor)`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
+    if accelerator.is_main_process:
+        record_recipe(output_dir, recipe)
+    synthetic_root = prepare_synthetic_data(recipe, accelerator)
+    check_data_paths(recipe, synthetic_root)
+    return accelerator, synthetic_root, build_processor(recipe)
+
+
+def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int):
+    """Stage `index`'s training set, checked before any work (`open_dataset`): a batch per process at least, and no
+    more missing videos than `data.max_bad_fraction` (checked on up to 2000 of them)."""
+    stage = recipe.stages[index]
+    return open_dataset(
+        lambda: build_train_dataset(stage, processor, recipe.seed, synthetic_root),
+        stage.data.format,
+        recipe_field_name(recipe.name, f"stages.{index}.data"),
+        needed=stage.batch_size * num_processes,
+        max_missing_fraction=stage.data.max_bad_fraction,
+        sample=2000,
+    )
+
+
 def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, synthetic_root=None):
-    """The stage's training dataset (training transforms, `num_frames` of the stage)."""
+    """The stage's training dataset (training transforms, `num_frames` of the stage) in its `data.format`."""
     data = stage.data
     common = dict(
         train=True,
@@ -366,7 +507,22 @@ def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, 
             annotations, processor, num_verbs=data.num_verbs, num_nouns=data.num_nouns,
             path_template=data.path_template, chunk_seconds=data.chunk_seconds, **common,
         )
-    return VideoCaptionDataset(annotations, processor, **common)
+    if data.format == "qa":
+        return VideoQADataset(annotations, processor, **common)
+    if data.format == "egomcq":
+        return EgoMCQDataset(
+            annotations, processor, path_template=data.path_template, chunk_seconds=data.chunk_seconds, **common
+        )
+    return VideoCaptionDataset(annotations, processor, match_by=data.match_by, paragraphs=data.paragraphs, **common)
+
+
+def train_collator(data_format: str, processor: SViTTProcessor):
+    """The collator of a training data format: the batch the head of that task takes."""
+    if data_format == "qa":
+        return VideoQACollator(processor, processor.max_text_length, processor.max_answer_length)
+    if data_format == "egomcq":
+        return MultipleChoiceCollator(processor)
+    return VideoTextCollator(processor)
 
 
 def make_train_dataloader(dataset, stage: StageSpec, processor: SViTTProcessor, seed: int):
@@ -377,7 +533,7 @@ def make_train_dataloader(dataset, stage: StageSpec, processor: SViTTProcessor, 
     loader = make_dataloader(
         dataset,
         stage.batch_size,
-        VideoTextCollator(processor),
+        train_collator(stage.data.format, processor),
         sampler=sampler,
         num_workers=workers,
         seed=seed,
@@ -386,20 +542,6 @@ def make_train_dataloader(dataset, stage: StageSpec, processor: SViTTProcessor, 
         prefetch_factor=stage.data.prefetch_factor if workers > 0 else None,
     )
     return loader, sampler
-
-
-def check_dataset(dataset, recipe: Recipe, where: str, needed: int = 1) -> None:
-    """An empty dataset, or one whose first video is missing, is a recipe error (raised before training)."""
-    if len(dataset) < needed:
-        raise RecipeError(
-            f"recipe '{recipe.name}', {where}.annotations: the dataset has {len(dataset)} samples, needs >= {needed}"
-        )
-    first = dataset.records[0]
-    video = first.get("video") or (first.get("choices") or [{}])[0].get("video")
-    if video and not os.path.exists(video):
-        raise RecipeError(
-            f"recipe '{recipe.name}', {where}.media_root: the first video '{video}' does not exist (wrong media root?)"
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -508,6 +650,36 @@ def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
     return folder, progress
 
 
+def record_recipe(output_dir: Path, recipe: Recipe) -> None:
+    """`recipe.yaml`: the recipe as it ran, with every override and default."""
+    import yaml
+
+    values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
+    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> None:
+    """Drop what a stopped run logged after the point it resumes from (it is logged again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        evaluation = any(key.startswith("eval/") for key in entry)
+        if (entry.get("stage", 0) < completed_stages) if evaluation else (entry.get("step") or 0) <= resumed_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def publish_model_files(source: Path, target: Path) -> None:
+    """Copy the files of a `save_pretrained` folder into `target` (a run's output folder, which then loads by its
+    name), replacing older copies."""
+    for item in source.iterdir():
+        destination = target / item.name
+        shutil.rmtree(destination) if destination.is_dir() else destination.unlink(missing_ok=True)
+        shutil.copytree(item, destination) if item.is_dir() else shutil.copy2(item, destination)
+
+
 def save_pretrained_atomically(model, processor: SViTTProcessor, folder: Path, state_dict=None) -> None:
     """`save_pretrained` of the model and processor into a temporary folder renamed to `folder` (main process)."""
     temporary = folder.with_name(f".{folder.name}.tmp")
@@ -516,200 +688,3 @@ def save_pretrained_atomically(model, processor: SViTTProcessor, folder: Path, s
     processor.save_pretrained(temporary)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(temporary, folder)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def build_evaluation_dataset(spec: EvaluationSpec, processor: SViTTProcessor, num_frames: int, synthetic_root=None):
-    """The evaluation set of `spec` read at `num_frames` frames per clip (evaluation transforms)."""
-    common = dict(
-        num_frames=num_frames,
-        media_root=resolve_path(spec.media_root, synthetic_root),
-        max_bad_fraction=0.0,
-    )
-    annotations = resolve_path(spec.annotations, synthetic_root)
-    if spec.kind == "egomcq":
-        return EgoMCQDataset(
-            annotations, processor, path_template=spec.path_template, chunk_seconds=spec.chunk_seconds, **common
-        )
-    clips = {"num_clips": spec.num_clips} if spec.num_clips > 1 else {}
-    return RetrievalEvalDataset(annotations, processor, **common, **clips)
-
-
-def _sharded_loader(accelerator: Accelerator, dataset, batch_size: int, collator, num_workers: int) -> DataLoader:
-    loader = make_dataloader(dataset, batch_size, collator, num_workers=num_workers)
-    return accelerator.prepare_data_loader(loader, device_placement=False)
-
-
-def _gather_rows(accelerator: Accelerator, tensor: torch.Tensor) -> torch.Tensor:
-    """Rows of every process, concatenated (the local rows when there is one process)."""
-    if accelerator.num_processes == 1:
-        return tensor
-    return all_gather_no_grad(tensor.to(accelerator.device)).cpu()
-
-
-def _gathered_unique(accelerator: Accelerator, index: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
-    """Gather per-sample rows and their dataset indices from every process, keep each index once, in index order."""
-    index = _gather_rows(accelerator, index)
-    keep = first_occurrence_indices(index)
-    return [index[keep]] + [_gather_rows(accelerator, value)[keep] for value in values]
-
-
-def sharded_pair_scorer(accelerator: Accelerator) -> Callable[..., torch.Tensor]:
-    """An `itm_pair_scores` replacement that scores every `num_processes`-th pair on each process and gathers the
-    scores back into the original order (every process must call it with the same pairs)."""
-
-    def score(model, videos, texts, text_indices, video_indices, **kwargs) -> torch.Tensor:
-        if accelerator.num_processes == 1:
-            return itm_pair_scores(model, videos, texts, text_indices, video_indices, **kwargs)
-        rank, world = accelerator.process_index, accelerator.num_processes
-        positions = torch.arange(text_indices.numel())[rank::world]
-        local = itm_pair_scores(model, videos, texts, text_indices[positions], video_indices[positions], **kwargs)
-        gathered_positions = _gather_rows(accelerator, positions)
-        gathered_scores = _gather_rows(accelerator, local.reshape(-1).float())
-        scores = torch.empty(text_indices.numel())
-        scores[gathered_positions] = gathered_scores
-        return scores
-
-    return score
-
-
-@torch.no_grad()
-def evaluate_retrieval(
-    accelerator: Accelerator, model: SViTTForVideoTextRetrieval, dataset: RetrievalEvalDataset,
-    processor: SViTTProcessor, spec: EvaluationSpec,
-) -> dict[str, float]:
-    """Zero-shot text-video retrieval: ITC over all pairs, then ITM re-ranking of each query's top `spec.k` (both
-    directions), through the retrieval head's ranking with its pair scoring shared among processes.
-
-    Returns `t2v_r1`, `t2v_r5`, `t2v_r10`, `t2v_median_rank`, `t2v_mean_rank` and the `v2t_` counterparts (recalls as
-    fractions), and, when the annotations carry distractor captions (the synthetic temporal probe),
-    `temporal_probe_accuracy` (share of videos whose caption scores above its reversed-order distractor with the
-    final scorer, ITM when `spec.use_itm`) and `temporal_probe_itc_accuracy` (the same with ITC alone).
-    """
-    model.eval()
-    loader = _sharded_loader(accelerator, dataset, spec.batch_size, VideoCollator(), spec.num_workers)
-    embeds, tokens, masks, indices = [], [], [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        pixel_values = batch["pixel_values"]
-        if pixel_values.dim() == 6:  # (batch, clips, frames, ...): the clips one after the other
-            pixel_values = pixel_values.flatten(1, 2)
-        gallery = model.encode_videos(pixel_values, batch_size=spec.batch_size)
-        embeds.append(gallery.embeds)
-        tokens.append(gallery.tokens)
-        masks.append(gallery.token_mask)
-        indices.append(batch["index"])
-    if not indices:
-        raise RuntimeError(f"No video of {dataset.name} could be evaluated.")
-    index, embeds, tokens, masks = _gathered_unique(
-        accelerator, torch.cat(indices), torch.cat(embeds), torch.cat(tokens), torch.cat(masks)
-    )
-    if index.numel() != len(dataset):
-        raise RuntimeError(f"Only {index.numel()} of the {len(dataset)} videos of {dataset.name} could be read.")
-    videos = SViTTVideoGallery(embeds=embeds, tokens=tokens, token_mask=masks)
-
-    probe = [i for i, distractor in enumerate(dataset.distractors) if distractor]
-    texts = list(dataset.texts) + [dataset.distractors[i] for i in probe]
-    encoded = processor.tokenizer(
-        texts, padding="max_length", truncation=True, max_length=processor.max_text_length, return_tensors="pt"
-    )
-    all_texts = model.encode_texts(encoded["input_ids"], encoded["attention_mask"])
-    num_texts = len(dataset.texts)
-    captions = SViTTTextGallery(
-        embeds=all_texts.embeds[:num_texts],
-        hidden_states=all_texts.hidden_states[:num_texts],
-        attention_mask=all_texts.attention_mask[:num_texts],
-    )
-    scorer = sharded_pair_scorer(accelerator)
-    ranking = model.rank(videos, captions, k=spec.k, use_itm=spec.use_itm, pair_scorer=scorer)
-    positives = torch.zeros(num_texts, len(dataset), dtype=torch.bool)
-    for text, targets in enumerate(dataset.text_to_videos):
-        positives[text, targets] = True
-    raw = retrieval_metrics(ranking.scores_t2v, positives=positives, scores_v2t=ranking.scores_v2t)
-    metrics = {}
-    for direction in ("t2v", "v2t"):
-        for k in (1, 5, 10):
-            metrics[f"{direction}_r{k}"] = raw[f"{direction}_R@{k}"] / 100
-        metrics[f"{direction}_median_rank"] = raw[f"{direction}_MedR"]
-        metrics[f"{direction}_mean_rank"] = raw[f"{direction}_MnR"]
-
-    if probe:
-        videos_probed = torch.tensor(probe)
-        true_texts = torch.tensor([dataset.video_to_texts[i][0] for i in probe])
-        distractor_texts = num_texts + torch.arange(len(probe))
-        itc = model.itc_scores(videos, all_texts)
-        itc_true, itc_false = itc[true_texts, videos_probed], itc[distractor_texts, videos_probed]
-        metrics["temporal_probe_itc_accuracy"] = float((itc_true > itc_false).float().mean())
-        if spec.use_itm:
-            pairs = scorer(
-                model, videos, all_texts, torch.cat([true_texts, distractor_texts]), torch.cat([videos_probed] * 2)
-            )
-            true_scores, false_scores = pairs[: len(probe)], pairs[len(probe) :]
-            metrics["temporal_probe_accuracy"] = float((true_scores > false_scores).float().mean())
-        else:
-            metrics["temporal_probe_accuracy"] = metrics["temporal_probe_itc_accuracy"]
-    return metrics
-
-
-@torch.no_grad()
-def evaluate_egomcq(
-    accelerator: Accelerator, model: SViTTForMultipleChoice, dataset: EgoMCQDataset, processor: SViTTProcessor,
-    spec: EvaluationSpec,
-) -> dict[str, float]:
-    """Zero-shot EgoMCQ with the multiple-choice head: `egomcq_inter_accuracy`, `egomcq_intra_accuracy` (fractions)."""
-    model.eval()
-    collator = MultipleChoiceCollator(processor, return_index=True, return_types=True)
-    loader = _sharded_loader(accelerator, dataset, spec.batch_size, collator, spec.num_workers)
-    logits, labels, types, indices = [], [], [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        output = model(
-            pixel_values=batch["pixel_values"].to(model.device),
-            input_ids=batch["input_ids"].to(model.device),
-            attention_mask=batch["attention_mask"].to(model.device),
-        )
-        logits.append(output.logits.float().cpu())
-        labels.append(batch["labels"])
-        types.append(batch["question_types"])
-        indices.append(batch["index"])
-    index, logits, labels, types = _gathered_unique(
-        accelerator, torch.cat(indices), torch.cat(logits), torch.cat(labels), torch.cat(types)
-    )
-    raw = egomcq_accuracy(logits, labels, types)
-    metrics = {}
-    for setting in ("inter", "intra"):
-        if f"{setting}_video_accuracy" in raw:
-            metrics[f"egomcq_{setting}_accuracy"] = raw[f"{setting}_video_accuracy"] / 100
-    return metrics
-
-
-EVALUATION_HEADS = {"retrieval": SViTTForVideoTextRetrieval, "egomcq": SViTTForMultipleChoice}
-EVALUATION_LOOPS = {"retrieval": evaluate_retrieval, "egomcq": evaluate_egomcq}
-
-
-def evaluate_checkpoint(
-    accelerator: Accelerator,
-    folder: str | os.PathLike,
-    evaluations: Sequence[EvaluationSpec],
-    synthetic_root=None,
-) -> dict[str, Any]:
-    """Run every evaluation of a recipe, zero-shot, on the `save_pretrained` folder `folder` (loaded into the head
-    each evaluation needs, at the folder's clip length). Returns the flat metrics, plus `num_test_videos` (the size
-    of the retrieval gallery) when a retrieval set was evaluated."""
-    processor = SViTTProcessor.from_pretrained(folder)
-    metrics: dict[str, Any] = {}
-    for spec in evaluations:
-        with plain_loading():
-            model = EVALUATION_HEADS[spec.kind].from_pretrained(folder).to(accelerator.device)
-        dataset = build_evaluation_dataset(spec, processor, model.config.vision_config.num_frames, synthetic_root)
-        metrics.update(EVALUATION_LOOPS[spec.kind](accelerator, model, dataset, processor, spec))
-        if spec.kind == "retrieval":
-            metrics.setdefault("num_test_videos", len(dataset))
-        del model
-    return metrics

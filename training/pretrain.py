@@ -10,13 +10,14 @@ model and processor are saved (`stage-<i>-<T>f/`) and evaluated zero-shot; the t
 `save_every_steps` steps, and a run started again with the same output folder continues where it stopped.
 
 Writes into the output folder: the stage folders, the last stage's files at the root (the folder loads with
-`AutoModel.from_pretrained`), `metrics.jsonl`, `summary.json`, `curriculum.png` and `checkpoints/`.
+`AutoModel.from_pretrained`), `metrics.jsonl`, `summary.json`, `curriculum.png`, `token_selection/<stage>.png` (what
+node sparsity keeps of a test clip after each stage) and `checkpoints/`. `--push-to-hub REPO_ID` uploads the run,
+every stage and a generated model card at the end (`training/push_to_hub.py`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -26,56 +27,45 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
+from huggingface_hub import get_token
 
 import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTForPreTraining
 from training.common import (
+    add_run_arguments,
     build_initial_model,
-    build_optimizer,
-    build_processor,
-    build_scheduler,
-    build_train_dataset,
-    check_dataset,
-    check_prepared_model,
-    configure_stage,
-    evaluate_checkpoint,
-    freeze_unused_parameters,
+    check_run_arguments,
     latest_state,
-    make_accelerator,
-    make_train_dataloader,
+    open_train_dataset,
     plain_loading,
-    prepare_for_deepspeed,
-    prepare_synthetic_data,
+    publish_model_files,
+    recipe_field_name,
     restore_scalar_shapes,
     save_pretrained_atomically,
-    share_cpu_cores,
-    save_state_atomically,
-    step_seed,
+    start_over,
+    start_run,
+    trim_metrics_log,
     write_json_atomically,
 )
-from training.data import EgoMCQDataset, RetrievalEvalDataset
-from training.recipe import RecipeError, builtin_recipes, check_data_paths, load_recipe, resolve_path
+from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
+from training.loop import prepare_stage, train_stage
+from training.recipe import RecipeError, builtin_recipes, load_recipe
 from training.report import plot_curriculum, summary_record, summary_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="synthetic",
-                        help=f"a built-in recipe ({', '.join(builtin_recipes())}) or a YAML file (default: synthetic)")
-    parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
-    parser.add_argument("--max-steps", type=int, help="cap every stage at this many optimiser steps (smoke runs)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field by its dotted path, e.g. --set stages.1.token_keep_rate=0.5 "
-                             "(stages.*.X for every stage); repeatable")
-    parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                        help="continue from the state saved in the output folder (default: when there is one)")
+                        help=f"a built-in recipe ({', '.join(builtin_recipes('pretraining'))}) or a YAML file "
+                             "(default: synthetic)")
+    add_run_arguments(parser, "stages.1.token_keep_rate=0.5 (stages.*.X for every stage)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID",
+                        help="at the end, upload the run (every stage, a generated model card) to this Hub repo")
     args = parser.parse_args(argv)
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error("--max-steps must be >= 1")
+    check_run_arguments(parser, args)
+    if args.push_to_hub and get_token() is None:
+        parser.error("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
     return args
 
 
@@ -87,35 +77,26 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     overrides = args.overrides + ([f"seed={args.seed}"] if args.seed is not None else [])
     recipe = load_recipe(args.recipe, overrides)
+    if recipe.task != "pretraining":
+        raise RecipeError(f"recipe '{recipe.name}' fine-tunes ({recipe.task}): run it with training/finetune.py "
+                          f"--task {recipe.task} --recipe {args.recipe}")
     output_dir = Path(args.output_dir or Path("outputs") / recipe.name).resolve()
     run_state_file = output_dir / "run_state.json"
     checkpoint_dir = output_dir / "checkpoints"
     if args.resume is False and output_dir.exists():
-        for stale in ("run_state.json", "metrics.jsonl", "summary.json", "checkpoints"):
-            path = output_dir / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        start_over(output_dir, ["run_state.json", "summary.json"])
 
-    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
-    if accelerator.is_main_process:  # the recipe as it ran, with every override and default
-        values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
-        (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
     started = time.perf_counter()
-    synthetic_root = prepare_synthetic_data(recipe, accelerator)
-    check_data_paths(recipe, synthetic_root)
-    processor = build_processor(recipe)
+    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
 
-    # Everything a stage reads is checked before the first step: empty sets and wrong media roots fail here.
-    train_sets = []
-    for index, stage in enumerate(recipe.stages):
-        dataset = build_train_dataset(stage, processor, recipe.seed, synthetic_root)
-        check_dataset(dataset, recipe, f"stages.{index}.data", needed=stage.batch_size * accelerator.num_processes)
-        train_sets.append(dataset)
+    # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
+    train_sets = [
+        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes)
+        for index in range(len(recipe.stages))
+    ]
     for index, spec in enumerate(recipe.evaluation):
-        dataset_class = EgoMCQDataset if spec.kind == "egomcq" else RetrievalEvalDataset
-        dataset = dataset_class(resolve_path(spec.annotations, synthetic_root), processor,
-                                media_root=resolve_path(spec.media_root, synthetic_root))
-        check_dataset(dataset, recipe, f"evaluation.{index}")
+        field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
+        build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
 
     run_state = {"recipe": recipe.name, "stages": []}
     resume = args.resume is not False and run_state_file.is_file()
@@ -126,7 +107,6 @@ def main(argv=None) -> None:
         resumed_step = saved[1]["global_step"] if saved else sum(stage["steps"] for stage in run_state["stages"])
         trim_metrics_log(output_dir / "metrics.jsonl", resumed_step, len(run_state["stages"]))
     accelerator.init_trackers("pretrain", config={"recipe": recipe.name, "seed": recipe.seed})
-    log_every = recipe.log_every_steps
 
     global_step = sum(stage["steps"] for stage in run_state["stages"])
     for index, stage in enumerate(recipe.stages):
@@ -142,101 +122,40 @@ def main(argv=None) -> None:
                 model = build_initial_model(recipe, SViTTForPreTraining)
             else:
                 model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
-        configure_stage(model, stage)
-        share_cpu_cores(accelerator, stage.data.num_workers)
-        freeze_unused_parameters(model, stage.freeze)
         dataset = train_sets[index]
-        dataloader, sampler = make_train_dataloader(dataset, stage, processor, recipe.seed + index)
-        raw_optimizer = build_optimizer(model, stage.optimizer)
-        scalar_parameters = prepare_for_deepspeed(accelerator, model)
-        model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
-        check_prepared_model(accelerator, model)
-        steps_per_epoch = len(dataloader)
-        if steps_per_epoch == 0:
-            raise RecipeError(f"recipe '{recipe.name}', stages.{index}.batch_size: larger than the dataset")
-        total_steps = stage.steps or max(1, round(stage.epochs * steps_per_epoch))
-        if args.max_steps:
-            total_steps = min(total_steps, args.max_steps)
-        scheduler = build_scheduler(raw_optimizer, stage, total_steps)
-
-        stage_step, train_seconds, clips_seen = 0, 0.0, 0
-        if saved is not None and saved[1]["stage"] == index:
-            accelerator.load_state(str(saved[0]))
-            progress = saved[1]
-            stage_step, train_seconds, clips_seen = progress["stage_step"], progress["train_seconds"], progress["clips"]
-            scheduler.last_epoch = stage_step - 1
-            scheduler.step()  # the learning rate of step `stage_step`
-            accelerator.print(f"Resuming {name} at step {stage_step} from {saved[0]}")
+        prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed + index,
+                                 f"recipe '{recipe.name}', stages.{index}", args.max_steps)
+        run = train_stage(
+            accelerator, prepared, dataset, seed=recipe.seed, stage_index=index, name=name,
+            description=f"{name} (keep {stage.token_keep_rate:g})", checkpoint_dir=checkpoint_dir,
+            save_every_steps=recipe.save_every_steps, log_every_steps=recipe.log_every_steps,
+            max_grad_norm=stage.optimizer.max_grad_norm, global_step=global_step,
+            resume_from=saved if saved is not None and saved[1]["stage"] == index else None,
+        )
         saved = None
 
-        bar = tqdm(total=total_steps, initial=stage_step, desc=f"{name} (keep {stage.token_keep_rate:g})",
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-        model.train()
-        loss = None
-        while stage_step < total_steps:
-            epoch, position = divmod(stage_step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(dataloader, position) if position else dataloader
-            tick = time.perf_counter()
-            for batch in batches:
-                if batch is None:  # nothing in it could be read
-                    continue
-                set_seed(step_seed(recipe.seed, index, stage_step, accelerator.process_index))
-                output = model(**batch)
-                accelerator.backward(output.loss)
-                if stage.optimizer.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), stage.optimizer.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                stage_step += 1
-                clips = batch["pixel_values"].shape[0] * accelerator.num_processes
-                clips_seen += clips
-                now = time.perf_counter()
-                train_seconds += now - tick
-                tick = now
-                loss = output.loss.detach()
-                bar.update(1)
-                if stage_step % log_every == 0 or stage_step == total_steps:
-                    values = {"loss": accelerator.reduce(loss, "mean").item()}
-                    for part in ("loss_itc", "loss_itm", "loss_mlm"):
-                        if getattr(output, part) is not None:
-                            values[part] = accelerator.reduce(getattr(output, part).detach(), "mean").item()
-                    values.update(lr=scheduler.get_last_lr()[0], clips_per_second=clips_seen / train_seconds,
-                                  stage=index, stage_step=stage_step, epoch=epoch)
-                    accelerator.log(values, step=global_step + stage_step)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}",
-                                    clips_s=f"{values['clips_per_second']:.1f}")
-                if stage_step % recipe.save_every_steps == 0 or stage_step == total_steps:
-                    progress = {"stage": index, "stage_step": stage_step, "train_seconds": train_seconds,
-                                "clips": clips_seen, "global_step": global_step + stage_step}
-                    save_state_atomically(accelerator, checkpoint_dir, f"{name}-step-{stage_step:07d}", progress)
-                    tick = time.perf_counter()
-                if stage_step >= total_steps:
-                    break
-        bar.close()
-
-        # Save the stage, evaluate it zero-shot, record it.
-        unwrapped = accelerator.unwrap_model(model)
-        state_dict = restore_scalar_shapes(accelerator.get_state_dict(model), scalar_parameters)
+        # Save the stage, evaluate it, picture what it keeps of a test clip, record it.
+        state_dict = restore_scalar_shapes(accelerator.get_state_dict(prepared.model), prepared.scalar_parameters)
         if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(prepared.model)
             save_pretrained_atomically(unwrapped, processor, stage_dir, state_dict=state_dict)
         accelerator.wait_for_everyone()
         metrics = evaluate_checkpoint(accelerator, stage_dir, recipe.evaluation, synthetic_root)
+        if accelerator.is_main_process and recipe.evaluation:
+            write_token_selection_picture(stage_dir, recipe.evaluation[0], synthetic_root,
+                                          output_dir / "token_selection" / f"{name}.png", title=name)
         num_test_videos = metrics.pop("num_test_videos", None)
-        global_step += stage_step
-        final_loss = accelerator.reduce(loss, "mean").item() if loss is not None else None
+        global_step += run.steps
         record = {
             "name": name,
             "num_frames": stage.num_frames,
             "token_keep_rate": stage.token_keep_rate,
             "checkpoint": name,
-            "steps": stage_step,
+            "steps": run.steps,
             "end_step": global_step,
-            "final_loss": final_loss,
-            "train_seconds": round(train_seconds, 3),
-            "clips_per_second": round(clips_seen / train_seconds, 3) if train_seconds else None,
+            "final_loss": run.final_loss,
+            "train_seconds": round(run.train_seconds, 3),
+            "clips_per_second": round(run.clips / run.train_seconds, 3) if run.train_seconds else None,
             "metrics": metrics,
         }
         accelerator.log({"stage": index, **{f"eval/{key}": value for key, value in metrics.items()}}, step=global_step)
@@ -247,15 +166,12 @@ def main(argv=None) -> None:
             write_json_atomically(run_state_file, run_state)
             write_summary(output_dir, recipe, run_state)
         accelerator.wait_for_everyone()
-        model, optimizer, dataloader = accelerator.free_memory(model, optimizer, dataloader)
+        accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
+        del model, prepared
 
     # The last stage also at the root, so the output folder loads by its name.
     if accelerator.is_main_process:
-        last = output_dir / run_state["stages"][-1]["checkpoint"]
-        for item in last.iterdir():
-            target = output_dir / item.name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            shutil.copytree(item, target) if item.is_dir() else shutil.copy2(item, target)
+        publish_model_files(output_dir / run_state["stages"][-1]["checkpoint"], output_dir)
         write_summary(output_dir, recipe, run_state)
         plot_curriculum(output_dir / "metrics.jsonl", run_state, output_dir / "curriculum.png")
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -266,20 +182,13 @@ def main(argv=None) -> None:
             print(f"  {record['name']:<19} {output_dir / record['checkpoint']}")
         print(f"  summary             {output_dir / 'summary.json'}")
         print(f"  curves              {output_dir / 'metrics.jsonl'}, {output_dir / 'curriculum.png'}")
+        print(f"  token selection     {output_dir / 'token_selection'}")
+        if args.push_to_hub:
+            from training.push_to_hub import push_run_to_hub
+
+            commit = push_run_to_hub(output_dir, args.push_to_hub, stages=True)
+            print(f"Pushed the run to {commit.commit_url}")
     accelerator.end_training()
-
-
-def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> None:
-    """Drop what a stopped run logged after the point it resumes from (it is logged again)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        evaluation = any(key.startswith("eval/") for key in entry)
-        if (entry.get("stage", 0) < completed_stages) if evaluation else (entry.get("step") or 0) <= resumed_step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
 def write_summary(output_dir: Path, recipe, run_state: dict) -> None:

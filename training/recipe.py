@@ -1,8 +1,10 @@
 """Training recipes: YAML files validated into dataclasses before anything runs.
 
-A recipe names how the model starts (`model`), how videos and captions are prepared (`processor`), optionally the
-synthetic set to generate (`synthetic`), the curriculum (`stages`, each inheriting `stage_defaults`) and what is
-evaluated after every stage (`evaluation`). Built-in recipes live in `training/recipes/` and are found by name.
+A recipe names its `task` (`pretraining`, the curriculum of `training/pretrain.py`, or a fine-tuning task of
+`training/finetune.py`: `retrieval`, `qa`, `multiple_choice`), how the model starts (`model`), how videos and captions
+are prepared (`processor`), optionally the synthetic set to generate (`synthetic`, or the name of a recipe whose set to
+use), the stages (each inheriting `stage_defaults`; a fine-tuning recipe has one) and what is evaluated after every
+stage (`evaluation`). Built-in recipes live in `training/recipes/` and are found by name.
 
 Every mistake a recipe can hold (an unknown key, a value of the wrong type, an impossible value, clip lengths that
 shrink from one stage to the next, a missing annotation file or media folder) raises [`RecipeError`], whose message
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from modeling_svitt.answer_ranking import ANSWER_SCORINGS
+from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 SYNTHETIC_PLACEHOLDER = "{synthetic}"
@@ -60,26 +65,40 @@ class ModelSpec:
 
 @dataclass
 class ProcessorSpec:
-    """Frame size, training crop (area fraction range), pixel normalisation and text length of the processor
-    saved with every stage."""
+    """Frame size, training crop (area fraction range), pixel normalisation, text length and (QA) answer length of
+    the processor saved with every stage. A field left null takes the starting checkpoint's value when the model
+    starts from a checkpoint that has a processor, else the release's (`RELEASE_PROCESSOR`)."""
 
-    image_size: int = 224
-    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    image_mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    image_std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    max_text_length: int = 32
+    image_size: int | None = None
+    crop_scale: list[float] | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    max_text_length: int | None = None
+    max_answer_length: int | None = None
+
+
+# The release's processor settings (224 px frames, crops of half the area or more, mean and std 0.5, 32-token
+# captions, 5-token answers).
+RELEASE_PROCESSOR = dict(
+    image_size=224, crop_scale=[0.5, 1.0], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], max_text_length=32,
+    max_answer_length=5,
+)
 
 
 @dataclass
 class DataSpec:
-    """Training data of a stage: `format` `captions` (caption JSON) or `egoclip` (EgoClip metadata with verb and noun
-    tags; `path_template` and `chunk_seconds` describe the video files, e.g. `{video_uid}/{chunk}.mp4` and 600 for
-    Ego4D's chunked videos). `group_size` keeps that many consecutive annotation entries together in a batch (e.g. a
-    clip and its reversed twin, hard negatives of each other)."""
+    """Training data of a stage: `format` `captions` (caption JSON; `match_by: caption` makes identical captions
+    positives, as SSv2's labels; `paragraphs` joins the captions of an entry into one, as DiDeMo), `egoclip` (EgoClip
+    metadata with verb and noun tags; `path_template` and `chunk_seconds` describe the video files, e.g.
+    `{video_uid}/{chunk}.mp4` and 600 for Ego4D's chunked videos), `qa` (question-answer JSON) or `egomcq` (EgoMCQ
+    items, for multiple-choice fine-tuning). `group_size` keeps that many consecutive annotation entries together in
+    a batch (e.g. a clip and its reversed twin, hard negatives of each other)."""
 
     format: str = "captions"
     annotations: str = ""
     media_root: str | None = None
+    match_by: str = "video"
+    paragraphs: bool = False
     frame_sampling: str = "rand"
     horizontal_flip: bool = True
     num_verbs: int = 118
@@ -153,32 +172,46 @@ class StageSpec:
 
 @dataclass
 class EvaluationSpec:
-    """What is evaluated after every stage, zero-shot, on the stage's saved model.
+    """What is evaluated after every stage on the stage's saved model (and by `training/evaluate.py`).
 
     `kind`: `retrieval` (R@1/5/10, median and mean rank both ways: ITC over all pairs, then ITM re-ranking of each
-    query's top `k`; plus the temporal probe when the annotations carry distractor captions) or `egomcq`
-    (inter- and intra-video accuracy; `path_template`, `chunk_seconds` as for [`DataSpec`]). `num_clips` clips of the
-    stage's clip length are read per video.
+    query's top `k`; plus the temporal probe when the annotations carry distractor captions; `is_paragraph_retrieval`
+    for DiDeMo, `has_multi_vision_gt` for SSv2's captions of many videos), `qa` (accuracy of ranking the
+    `answer_list` with `qa_scoring`, overall and per question type) or `egomcq` (inter- and intra-video accuracy;
+    `path_template`, `chunk_seconds` as for [`DataSpec`]). `num_clips` clips of the model's clip length are read per
+    video and their scores combined with `clip_aggregation`. `dataset_type`, `dataset_name` and `split` name the set
+    in `results.json` and model cards (by default from the annotation file's name).
     """
 
     kind: str = "retrieval"
     annotations: str = ""
     media_root: str | None = None
+    answer_list: str | None = None
     batch_size: int = 16
     num_clips: int = 1
+    clip_aggregation: str = "lse"
     k: int = 128
     use_itm: bool = True
+    qa_scoring: str = "release_ensemble"
+    is_paragraph_retrieval: bool = False
+    has_multi_vision_gt: bool = False
     path_template: str = "{video_uid}.mp4"
     chunk_seconds: float | None = None
     num_workers: int = 2
+    dataset_type: str = ""
+    dataset_name: str = ""
+    split: str = "test"
 
 
 @dataclass
 class Recipe:
-    """A whole run. `save_every_steps`: how often the training state is saved for resumption. `mixed_precision`:
-    `auto` (bf16 on a GPU that supports it, fp32 on the CPU, or what the launch asks for), `no`, `fp16` or `bf16`."""
+    """A whole run. `task`: `pretraining` (`training/pretrain.py`) or the fine-tuning task of `training/finetune.py`
+    (`retrieval`, `qa`, `multiple_choice`). `save_every_steps`: how often the training state is saved for resumption.
+    `mixed_precision`: `auto` (bf16 on a GPU that supports it, fp32 on the CPU, or what the launch asks for), `no`,
+    `fp16` or `bf16`."""
 
     name: str
+    task: str = "pretraining"
     description: str = ""
     seed: int = 42
     synthetic: dict[str, Any] | None = None
@@ -324,9 +357,14 @@ def apply_override(raw: dict, assignment: str, recipe: str = "?") -> None:
     assign(raw, 0, "")
 
 
-def builtin_recipes() -> list[str]:
-    """Names of the recipes shipped in `training/recipes/`."""
-    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+def builtin_recipes(task: str | None = None) -> list[str]:
+    """Names of the recipes shipped in `training/recipes/` (those of one `task` when given)."""
+    names = sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+    if task is None:
+        return names
+    paths = {name: RECIPE_DIR / f"{name}.yaml" for name in names}
+    tasks = {name: _inherited(_read_yaml(path), path).get("task", "pretraining") for name, path in paths.items()}
+    return [name for name in names if tasks[name] == task]
 
 
 def recipe_path(name_or_path: str | os.PathLike) -> Path:
@@ -377,6 +415,12 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = N
     name = str(raw["name"])
     for assignment in overrides or []:
         apply_override(raw, assignment, name)
+    if isinstance(raw.get("synthetic"), str):  # the synthetic set of another recipe (the same clips, the same split)
+        source = recipe_path(raw["synthetic"])
+        section = _inherited(_read_yaml(source), source).get("synthetic")
+        if not isinstance(section, dict):
+            raise _fail(name, "synthetic", f"recipe '{raw['synthetic']}' has no synthetic section")
+        raw["synthetic"] = section
     defaults = raw.pop("stage_defaults", None) or {}
     if not isinstance(defaults, dict):
         raise _fail(name, "stage_defaults", "must be a mapping of stage fields")
@@ -396,10 +440,16 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = N
 # ----------------------------------------------------------------------------------------------------------------------
 
 INITS = ("checkpoint", "pretrained", "scratch")
-DATA_FORMATS = ("captions", "egoclip")
 CONTRASTIVE_LOSSES = {"itc": "infonce", "egonce": "egonce"}
 WEIGHT_DECAY_RULES = ("release", "fixed")
-EVALUATION_KINDS = ("retrieval", "egomcq")
+# task -> (training data formats, evaluation kinds) it accepts
+TASKS = {
+    "pretraining": (("captions", "egoclip"), ("retrieval", "egomcq")),
+    "retrieval": (("captions",), ("retrieval",)),
+    "qa": (("qa",), ("qa",)),
+    "multiple_choice": (("egomcq",), ("egomcq",)),
+}
+EVALUATION_KINDS = ("retrieval", "qa", "egomcq")
 
 
 def validate_recipe(recipe: Recipe) -> None:
@@ -410,24 +460,32 @@ def validate_recipe(recipe: Recipe) -> None:
         if not condition:
             raise _fail(name, where, message)
 
+    check(recipe.task in TASKS, "task", f"must be one of {tuple(TASKS)}, got {recipe.task!r}")
+    data_formats, evaluation_kinds = TASKS[recipe.task]
+    if recipe.task != "pretraining":
+        check(len(recipe.stages) == 1, "stages",
+              f"a {recipe.task} recipe fine-tunes in one stage, got {len(recipe.stages)}")
+        check(len(recipe.evaluation) == 1, "evaluation",
+              f"a {recipe.task} recipe evaluates one set, got {len(recipe.evaluation)}")
     model = recipe.model
     check(model.init in INITS, "model.init", f"must be one of {INITS}, got {model.init!r}")
-    if model.init == "checkpoint":
-        check(bool(model.checkpoint), "model.checkpoint", "is required with init: checkpoint")
+    if model.init == "checkpoint" and recipe.task == "pretraining":  # fine-tuning takes it from --model
+        check(bool(model.checkpoint), "model.checkpoint", "is required with init: checkpoint (a folder or Hub id)")
     if model.init == "pretrained":
         check(bool(model.bert), "model.bert", "is required with init: pretrained (a BERT folder or Hub id)")
     if model.init == "scratch":
         check(bool(model.tokenizer), "model.tokenizer", "is required with init: scratch (a vocabulary file or folder)")
 
     processor = recipe.processor
-    check(processor.image_size > 0, "processor.image_size", f"must be positive, got {processor.image_size}")
-    check(processor.max_text_length > 1, "processor.max_text_length", f"must be >= 2, got {processor.max_text_length}")
+    for key, minimum in (("image_size", 1), ("max_text_length", 2), ("max_answer_length", 2)):
+        value = getattr(processor, key)
+        check(value is None or value >= minimum, f"processor.{key}", f"must be >= {minimum}, got {value}")
     for key in ("image_mean", "image_std"):
         values = getattr(processor, key)
-        check(len(values) == 3, f"processor.{key}", f"needs 3 values (RGB), got {values}")
-    check(all(std > 0 for std in processor.image_std), "processor.image_std", "must be positive")
+        check(values is None or len(values) == 3, f"processor.{key}", f"needs 3 values (RGB), got {values}")
+    check(all(std > 0 for std in processor.image_std or [1]), "processor.image_std", "must be positive")
     scale = processor.crop_scale
-    check(len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1, "processor.crop_scale",
+    check(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1), "processor.crop_scale",
           f"must be two fractions 0 < low <= high <= 1, got {scale}")
     check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
     check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
@@ -458,8 +516,10 @@ def validate_recipe(recipe: Recipe) -> None:
                   f"must be odd (a window centred on the query block), got {stage.num_local_blocks}")
         check(stage.num_random_blocks is None or stage.num_random_blocks >= 0, f"{where}.num_random_blocks",
               f"must be >= 0, got {stage.num_random_blocks}")
-        check(stage.batch_size >= 2, f"{where}.batch_size",
-              f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
+        if recipe.task in ("pretraining", "retrieval"):
+            check(stage.batch_size >= 2, f"{where}.batch_size",
+                  f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
+        check(stage.batch_size >= 1, f"{where}.batch_size", f"must be positive, got {stage.batch_size}")
         check((stage.epochs is None) != (stage.steps is None), f"{where}.epochs",
               "give exactly one of epochs and steps")
         if stage.epochs is not None:
@@ -489,7 +549,10 @@ def validate_recipe(recipe: Recipe) -> None:
         check(0 <= schedule.warmup_fraction < 1, f"{where}.schedule.warmup_fraction", "must be in [0, 1)")
         check(0 <= schedule.min_lr_multiplier <= 1, f"{where}.schedule.min_lr_multiplier", "must be in [0, 1]")
         data = stage.data
-        check(data.format in DATA_FORMATS, f"{where}.data.format", f"must be one of {DATA_FORMATS}, got {data.format!r}")
+        check(data.format in data_formats, f"{where}.data.format",
+              f"must be one of {data_formats} for a {recipe.task} recipe, got {data.format!r}")
+        check(data.match_by in ("video", "caption"), f"{where}.data.match_by",
+              f"must be video or caption, got {data.match_by!r}")
         check(bool(data.annotations), f"{where}.data.annotations", "is required (the annotation file)")
         check(data.num_workers >= 0, f"{where}.data.num_workers", "must be >= 0")
         check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.data.group_size",
@@ -502,13 +565,28 @@ def validate_recipe(recipe: Recipe) -> None:
 
     for index, evaluation in enumerate(recipe.evaluation):
         where = f"evaluation.{index}"
-        check(evaluation.kind in EVALUATION_KINDS, f"{where}.kind",
-              f"must be one of {EVALUATION_KINDS}, got {evaluation.kind!r}")
-        check(bool(evaluation.annotations), f"{where}.annotations", "is required")
-        check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
-        check(evaluation.num_clips > 0, f"{where}.num_clips", "must be positive")
-        check(evaluation.k >= 0, f"{where}.k", "must be >= 0")
-        check(evaluation.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
+        check(evaluation.kind in evaluation_kinds, f"{where}.kind",
+              f"must be one of {evaluation_kinds} for a {recipe.task} recipe, got {evaluation.kind!r}")
+        validate_evaluation(evaluation, check, where)
+
+
+def validate_evaluation(evaluation: EvaluationSpec, check, where: str) -> None:
+    """The checks of one evaluation entry; `check(condition, field, message)` raises naming the field."""
+    check(evaluation.kind in EVALUATION_KINDS, f"{where}.kind",
+          f"must be one of {EVALUATION_KINDS}, got {evaluation.kind!r}")
+    check(bool(evaluation.annotations), f"{where}.annotations", "is required")
+    if evaluation.kind == "qa":
+        check(bool(evaluation.answer_list), f"{where}.answer_list", "is required for qa (a JSON list of answers)")
+    check(evaluation.clip_aggregation in CLIP_AGGREGATIONS, f"{where}.clip_aggregation",
+          f"must be one of {CLIP_AGGREGATIONS}, got {evaluation.clip_aggregation!r}")
+    check(evaluation.qa_scoring in ANSWER_SCORINGS, f"{where}.qa_scoring",
+          f"must be one of {ANSWER_SCORINGS}, got {evaluation.qa_scoring!r}")
+    if evaluation.kind == "qa" and evaluation.qa_scoring == "release_concat":
+        check(evaluation.num_clips == 1, f"{where}.num_clips", "release_concat scores one clip: set num_clips: 1")
+    check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
+    check(evaluation.num_clips > 0, f"{where}.num_clips", "must be positive")
+    check(evaluation.k >= 0, f"{where}.k", "must be >= 0")
+    check(evaluation.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
 
 
 def resolve_path(value: str | None, synthetic_root: str | os.PathLike | None = None) -> str | None:
@@ -534,9 +612,10 @@ def check_data_paths(recipe: Recipe, synthetic_root: str | os.PathLike | None = 
     entries = [(f"stages.{i}.data", stage.data) for i, stage in enumerate(recipe.stages)]
     entries += [(f"evaluation.{i}", evaluation) for i, evaluation in enumerate(recipe.evaluation)]
     for where, spec in entries:
-        annotations = resolve_path(spec.annotations, synthetic_root)
-        if not os.path.isfile(annotations):
-            raise _fail(recipe.name, f"{where}.annotations", f"annotation file '{annotations}' does not exist")
+        for key, what in (("annotations", "annotation file"), ("answer_list", "answer list file")):
+            path = resolve_path(getattr(spec, key, None), synthetic_root)
+            if path is not None and not os.path.isfile(path):
+                raise _fail(recipe.name, f"{where}.{key}", f"{what} '{path}' does not exist")
         media_root = resolve_path(spec.media_root, synthetic_root)
         if media_root is not None and not os.path.isdir(media_root):
             raise _fail(recipe.name, f"{where}.media_root", f"media folder '{media_root}' does not exist")
@@ -546,6 +625,8 @@ __all__ = [
     "DataSpec",
     "EvaluationSpec",
     "LossWeights",
+    "RELEASE_PROCESSOR",
+    "TASKS",
     "ModelSpec",
     "OptimizerSpec",
     "ProcessorSpec",
@@ -559,5 +640,6 @@ __all__ = [
     "load_recipe",
     "recipe_path",
     "resolve_path",
+    "validate_evaluation",
     "validate_recipe",
 ]

@@ -12,8 +12,14 @@ import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# the package initialiser, the CLI converter and the Hub packaging helpers are not model code
-_NOT_MODEL_SOURCE = {"__init__.py", "checkpoint_names.py", "convert_original_svitt.py", "model_card.py"}
+# the package initialiser, the CLI converter, the Hub packaging helpers and the pictures are not model code
+_NOT_MODEL_SOURCE = {
+    "__init__.py",
+    "checkpoint_names.py",
+    "convert_original_svitt.py",
+    "model_card.py",
+    "visualize.py",
+}
 
 # A folder of the composite model or of a head answers every Auto class; a folder of one tower rebuilds that tower.
 _AUTO_MAPS = {

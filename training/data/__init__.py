@@ -1,6 +1,7 @@
 """Data for SViTT: annotation readers, PyTorch datasets, collators, a seeded DataLoader and the synthetic set."""
 
 from .annotations import (
+    ANNOTATION_FORMATS,
     EGOMCQ_INTER_VIDEO,
     EGOMCQ_INTRA_VIDEO,
     EGOMCQ_TYPE_NAMES,
@@ -29,6 +30,7 @@ from .readers import (
 from .synthetic import SyntheticConfig, SyntheticDataset, generate_synthetic_dataset, load_synthetic_dataset
 
 __all__ = [
+    "ANNOTATION_FORMATS",
     "EGOMCQ_INTER_VIDEO",
     "EGOMCQ_INTRA_VIDEO",
     "EGOMCQ_TYPE_NAMES",

@@ -53,6 +53,23 @@ class AnnotationError(ValueError):
     """An annotation file is malformed; the message names the file and the entry."""
 
 
+# What each reader expects, for messages about files of the wrong format.
+ANNOTATION_FORMATS = {
+    "captions": 'caption JSON, a list of {"video": path, "caption": text} (one entry per caption)',
+    "retrieval": (
+        'retrieval test JSON, a list of {"video": path, "caption": text or [texts]} (one entry per video; with '
+        'several videos per caption, one entry per caption whose "video" may list several)'
+    ),
+    "qa": 'QA JSON, a list of {"video": path, "question": text, "answer": text or [texts], "question_id": id}',
+    "answer_list": "an answer list, a JSON list of answer strings",
+    "egoclip": "EgoClip metadata, tab-separated with the columns " + ", ".join(EGOCLIP_COLUMNS),
+    "egomcq": (
+        'EgoMCQ JSON, {"0": {"query": clip, "choices": {"0": clip, ..., "4": clip}, "answer": 0-4, "types": 1 or 2}, '
+        '...} with clips {"video_uid", "clip_start", "clip_end", "clip_text"}'
+    ),
+}
+
+
 def _source_name(source: AnnotationSource) -> str:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"<in-memory {type(source).__name__}>"
 
@@ -98,10 +115,16 @@ def read_rows(source: AnnotationSource) -> list[dict[str, Any]]:
 
 def _rows_of_keyed_object(data: Mapping[Any, Any]) -> list[dict[str, Any]]:
     # EgoMCQ stores its items under stringified indices; keep them in numeric order.
-    return [dict(data[key], _key=key) for key in sorted(data, key=lambda k: (len(str(k)), str(k)))]
+    keys = sorted(data, key=lambda k: (len(str(k)), str(k)))
+    for key in keys:
+        if not isinstance(data[key], Mapping):
+            raise AnnotationError(f"Item {key!r} is a {type(data[key]).__name__}, not a mapping of fields.")
+    return [dict(data[key], _key=key) for key in keys]
 
 
 def _require(row: Mapping[str, Any], keys: Sequence[str], source: str, position: int) -> None:
+    if not isinstance(row, Mapping):
+        raise AnnotationError(f"Entry {position} of '{source}' is a {type(row).__name__}, not a mapping of fields.")
     missing = [key for key in keys if key not in row]
     if missing:
         raise AnnotationError(f"Entry {position} of '{source}' lacks {missing} (has {sorted(row)}).")
@@ -132,6 +155,7 @@ def load_caption_annotations(
     source: AnnotationSource,
     media_root: str | os.PathLike | None = None,
     match_by: str = "video",
+    paragraphs: bool = False,
 ) -> list[dict[str, Any]]:
     """
     Pretraining and retrieval-train records, one per caption.
@@ -142,6 +166,7 @@ def load_caption_annotations(
         match_by (`str`, defaults to `"video"`): what makes two captions positives of each other. `"video"` gives
             captions of the same video (same file basename, as the release) the same `match_id`; `"caption"` gives
             the same id to identical caption texts (SSv2, where a label caption has many videos).
+        paragraphs (`bool`): DiDeMo; the captions of an entry are joined with spaces into one caption.
 
     Returns:
         `list[dict]` with `index`, `video` (path), `caption`, `match_id` and `video_id`.
@@ -155,6 +180,8 @@ def load_caption_annotations(
         _require(row, ["caption"], name, position)
         media = _media_field(row, name, position)
         captions = [row["caption"]] if isinstance(row["caption"], str) else list(row["caption"])
+        if paragraphs:
+            captions = [" ".join(captions)]
         videos = [media] if isinstance(media, str) else list(media)
         # Lists on either side expand to one record per (caption, video) pair.
         for video in videos:
@@ -267,8 +294,9 @@ def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike 
     Video QA records.
 
     Returns:
-        `list[dict]` with `index`, `video`, `question`, `question_id`, `answers` (unique), `answer_weights`.
-        Entries without an `answer` (an unlabelled test set) get empty `answers`.
+        `list[dict]` with `index`, `video`, `question`, `question_id`, `answers` (unique), `answer_weights` and
+        `question_type` (the entry's `question_type` or `type`, else `None`). Entries without an `answer` (an
+        unlabelled test set) get empty `answers`.
     """
     name, base_dir = _source_name(source), _base_dir(source, media_root)
     records = []
@@ -284,6 +312,7 @@ def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike 
                 "question_id": row.get("question_id", position),
                 "answers": answers,
                 "answer_weights": weights,
+                "question_type": row.get("question_type", row.get("type")),
             }
         )
     return records
@@ -391,20 +420,24 @@ def load_egomcq_annotations(
     records = []
     for position, row in enumerate(read_rows(source)):
         _require(row, ["query", "choices", "answer", "types"], name, position)
-        choices_field = row["choices"]
-        choice_rows = (
-            [choices_field[key] for key in sorted(choices_field, key=int)]
-            if isinstance(choices_field, Mapping)
-            else list(choices_field)
-        )
-        choices = []
-        for clip in choice_rows:
-            video, start, end = ego_video_path(
-                base_dir, clip["video_uid"], float(clip["clip_start"]), float(clip["clip_end"]), path_template,
-                chunk_seconds,
+        try:
+            choices_field = row["choices"]
+            choice_rows = (
+                [choices_field[key] for key in sorted(choices_field, key=int)]
+                if isinstance(choices_field, Mapping)
+                else list(choices_field)
             )
-            choices.append({"video": video, "start": start, "end": end})
-        item_type = int(row["types"])
+            choices = []
+            for clip in choice_rows:
+                video, start, end = ego_video_path(
+                    base_dir, clip["video_uid"], float(clip["clip_start"]), float(clip["clip_end"]), path_template,
+                    chunk_seconds,
+                )
+                choices.append({"video": video, "start": start, "end": end})
+            query = row["query"]["clip_text"]
+            item_type = int(row["types"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise AnnotationError(f"Entry {position} of '{name}' is not an EgoMCQ item: {error!r}") from error
         if item_type not in EGOMCQ_TYPE_NAMES:
             raise AnnotationError(
                 f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter)."
@@ -415,7 +448,7 @@ def load_egomcq_annotations(
         records.append(
             {
                 "index": position,
-                "query": row["query"]["clip_text"],
+                "query": query,
                 "choices": choices,
                 "answer": answer,
                 "type": item_type,

@@ -319,6 +319,7 @@ class VideoCaptionDataset(VideoDatasetBase):
         annotations: caption JSON path or rows.
         media_root (*optional*): directory of the videos (defaults to the annotation file's directory).
         match_by (`str`, defaults to `"video"`): `"video"` or `"caption"` (SSv2).
+        paragraphs (`bool`): join the captions of an entry into one (DiDeMo paragraphs).
         **kwargs: see [`VideoDatasetBase`].
     """
 
@@ -328,10 +329,12 @@ class VideoCaptionDataset(VideoDatasetBase):
         processor: SViTTProcessor | SViTTVideoProcessor | None = None,
         media_root: str | os.PathLike | None = None,
         match_by: str = "video",
+        paragraphs: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", _describe(annotations))
-        super().__init__(load_caption_annotations(annotations, media_root, match_by), processor, **kwargs)
+        records = load_caption_annotations(annotations, media_root, match_by, paragraphs)
+        super().__init__(records, processor, **kwargs)
 
     def build_item(self, record, generator):
         return {

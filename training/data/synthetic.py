@@ -12,11 +12,14 @@ Splits, all real mp4 files plus annotation files in the release's formats (`anno
 
 * `pretrain.json`: caption JSON (WebVid style); `ret_train.json`: the same clips as a retrieval training file;
 * `ret_test.json`: retrieval test set, one entry per clip with `caption` and `distractor_caption`;
-* `qa_train.json`, `qa_test.json`, `qa_answer_list.json`: questions about order, direction and colour;
+* `qa_train.json`, `qa_test.json`, `qa_answer_list.json`: questions about order, direction and colour (their
+  `question_type`);
 * `ego/egoclip.tsv`: EgoClip-style metadata over longer "egocentric" videos made of consecutive 2 s segments, each with
   one narrated move (`#C C moves the red square left`), verb tags (directions) and noun tags (objects);
 * `ego/egomcq.json`: EgoMCQ items over held-out long videos, type 1 (intra-video: five segments of one video) and
-  type 2 (inter-video: segments of five videos), five choices each; `taxonomy.json` names the tag classes.
+  type 2 (inter-video: segments of five videos), five choices each; `ego/egomcq_train.json`: items of the same kind
+  over the EgoClip videos (inter-video ones when there are at least five), for multiple-choice fine-tuning;
+  `taxonomy.json` names the tag classes.
 
 Everything is a deterministic function of the seed. The set is generated on first use into
 `~/.cache/svitt/synthetic/<version>-<seed>` (or `$SVITT_CACHE_DIR/synthetic/...`); the default size takes a few
@@ -42,7 +45,8 @@ import numpy as np
 
 from modeling_svitt.video_io import write_video
 
-SYNTHETIC_VERSION = "v2"  # v2: inter-video EgoMCQ distractors never repeat the query's narration
+SYNTHETIC_VERSION = "v3"  # v2: inter-video EgoMCQ distractors never repeat the query's narration; v3: question
+# types, EgoMCQ training items (the clips, captions and test items of v2 are unchanged)
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 190, 70),
@@ -300,16 +304,17 @@ def ego_caption(spec: EgoVideoSpec, segment: int) -> str:
     return EGO_TEMPLATE.format(object=spec.objects[obj], direction=direction)
 
 
-def _questions(spec: ClipSpec, rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+def _questions(spec: ClipSpec, rng: np.random.Generator, count: int) -> list[tuple[str, str, str]]:
+    """`(question, answer, question type)` triples about a clip."""
     first, second = spec.first, spec.second
     pool = [
-        ("what moves first?", first.object),
-        ("what moves second?", second.object),
-        (f"what moves after the {first.object}?", second.object),
-        (f"what moves before the {second.object}?", first.object),
-        (f"which direction does the {first.object} move?", first.direction),
-        (f"which direction does the {second.object} move?", second.direction),
-        (f"what color is the shape that moves {first.direction}?", first.object.split(" ")[0]),
+        ("what moves first?", first.object, "order"),
+        ("what moves second?", second.object, "order"),
+        (f"what moves after the {first.object}?", second.object, "order"),
+        (f"what moves before the {second.object}?", first.object, "order"),
+        (f"which direction does the {first.object} move?", first.direction, "direction"),
+        (f"which direction does the {second.object} move?", second.direction, "direction"),
+        (f"what color is the shape that moves {first.direction}?", first.object.split(" ")[0], "color"),
     ]
     if first.direction == second.direction:
         pool.pop()  # ambiguous
@@ -354,6 +359,7 @@ class SyntheticDataset:
             "qa_answer_list": "qa_answer_list.json",
             "egoclip": "ego/egoclip.tsv",
             "egomcq": "ego/egomcq.json",
+            "egomcq_train": "ego/egomcq_train.json",
             "taxonomy": "taxonomy.json",
             "manifest": "manifest.json",
         }
@@ -420,8 +426,9 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
     for split, name in (("pretrain", "qa_train.json"), ("test", "qa_test.json")):
         items = []
         for e in entries[split]:
-            for question, answer in _questions(e["spec"], rng, config.questions_per_clip):
-                items.append({"video": e["video"], "question": question, "answer": answer, "question_id": len(items)})
+            for question, answer, kind in _questions(e["spec"], rng, config.questions_per_clip):
+                items.append({"video": e["video"], "question": question, "answer": answer, "question_id": len(items),
+                              "question_type": kind})
         _write_json(root / name, items)
     _write_json(root / "qa_answer_list.json", list(DIRECTIONS) + list(COLORS) + OBJECTS)
 
@@ -467,38 +474,44 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
                 )
                 clip_idx += 1
 
-    mcq: dict[str, Any] = {}
-    test_videos = ego_specs["ego_test"]
-    for item_type in (1, 2):  # 1 intra-video, 2 inter-video (the official metric's mapping)
-        for _ in range(config.mcq_items_per_type):
-            video = int(rng.integers(len(test_videos)))
-            segment = int(rng.integers(config.segments_per_ego_video))
-            query = clip_record(test_videos[video], segment)
-            if item_type == 1:
-                others = [s for s in range(config.segments_per_ego_video) if s != segment]
-                picks = rng.choice(others, size=4, replace=False)
-                candidates = [clip_record(test_videos[video], int(s)) for s in picks]
-            else:
-                others = [v for v in range(len(test_videos)) if v != video]
-                picks = rng.choice(others, size=4, replace=False)
-                candidates = []
-                for v in picks:
-                    # A segment narrated exactly like the query would be a second right answer (one video narrates
-                    # each move once, so at most one of its segments is excluded).
-                    segments = [
-                        s
-                        for s in range(config.segments_per_ego_video)
-                        if ego_caption(test_videos[int(v)], s) != query["clip_text"]
-                    ]
-                    candidates.append(clip_record(test_videos[int(v)], int(rng.choice(segments))))
-            answer = int(rng.integers(5))
-            candidates.insert(answer, query)
-            mcq[str(len(mcq))] = {
-                "query": query,
-                "choices": {str(k): clip for k, clip in enumerate(candidates)},
-                "answer": answer,
-                "types": item_type,
-            }
+    def mcq_items(videos: list[EgoVideoSpec], item_types: tuple[int, ...]) -> dict[str, Any]:
+        mcq: dict[str, Any] = {}
+        for item_type in item_types:  # 1 intra-video, 2 inter-video (the official metric's mapping)
+            for _ in range(config.mcq_items_per_type):
+                video = int(rng.integers(len(videos)))
+                segment = int(rng.integers(config.segments_per_ego_video))
+                query = clip_record(videos[video], segment)
+                if item_type == 1:
+                    others = [s for s in range(config.segments_per_ego_video) if s != segment]
+                    picks = rng.choice(others, size=4, replace=False)
+                    candidates = [clip_record(videos[video], int(s)) for s in picks]
+                else:
+                    others = [v for v in range(len(videos)) if v != video]
+                    picks = rng.choice(others, size=4, replace=False)
+                    candidates = []
+                    for v in picks:
+                        # A segment narrated exactly like the query would be a second right answer (one video
+                        # narrates each move once, so at most one of its segments is excluded).
+                        segments = [
+                            s
+                            for s in range(config.segments_per_ego_video)
+                            if ego_caption(videos[int(v)], s) != query["clip_text"]
+                        ]
+                        candidates.append(clip_record(videos[int(v)], int(rng.choice(segments))))
+                answer = int(rng.integers(5))
+                candidates.insert(answer, query)
+                mcq[str(len(mcq))] = {
+                    "query": query,
+                    "choices": {str(k): clip for k, clip in enumerate(candidates)},
+                    "answer": answer,
+                    "types": item_type,
+                }
+        return mcq
+
+    mcq = mcq_items(ego_specs["ego_test"], (1, 2))
+    # drawn after everything else, so the other splits stay what they were before this split existed
+    train_types = (1, 2) if len(ego_specs["ego_train"]) >= 5 else (1,)
+    _write_json(root / "ego" / "egomcq_train.json", mcq_items(ego_specs["ego_train"], train_types))
     _write_json(root / "ego" / "egomcq.json", mcq)
     _write_json(root / "taxonomy.json", {"verbs": VERBS, "nouns": OBJECTS})
     return {
