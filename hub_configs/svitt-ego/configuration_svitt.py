@@ -71,10 +71,11 @@ class SViTTVisionConfig(PreTrainedConfig):
         mask_padded_keys (`bool`, defaults to `False`): the release leaves the zero-padded slots of the last
             partial block in the softmax (each adds `exp(bias[token->cls])` to the denominator). `True` masks
             them (the fix); converted checkpoints then shift slightly.
-        deterministic_eval (`bool`, defaults to `True`): in eval mode, the random blocks of every layer come from
-            one generator seeded with `random_block_seed` at the start of each forward, so the same input gives the
-            same output (the heads' ITM negatives and MLM masks follow the same rule). `False` draws fresh patterns at
-            evaluation too, as the release does.
+        deterministic_eval (`bool`, defaults to `True`): in eval mode, the random blocks of every layer are drawn
+            from a counter-based hash of `random_block_seed` and the layer index (the same on every device and for
+            every batch, and traceable by `torch.compile`), so the same input gives the same output (the heads' ITM
+            negatives and MLM masks come from a generator seeded with `random_block_seed`). `False` draws fresh
+            patterns at evaluation too, as the release does.
         random_block_seed (`int`, defaults to 0): seed of the evaluation patterns.
         token_keep_rate (`float`, defaults to 0.7): node sparsity; fraction of patch tokens kept
             (`ceil(rate * n)`) at each drop layer. 1 disables pruning.
