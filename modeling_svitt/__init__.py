@@ -11,14 +11,9 @@ from .modeling_heads import (
     SViTTForVideoTextRetrieval,
     register_head_auto_classes,
 )
-from .modeling_svitt import (
-    SViTTModel,
-    SViTTOutput,
-    SViTTPreTrainedModel,
-    SViTTVisionModel,
-    SViTTVisionModelOutput,
-)
+from .modeling_svitt import SViTTModel, SViTTOutput, SViTTPreTrainedModel
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
+from .modeling_svitt_vision import SViTTVisionModel, SViTTVisionModelOutput
 from .modeling_video_qa import SViTTForVideoQuestionAnswering
 from .retrieval_ranking import SViTTRetrievalOutput, SViTTTextGallery, SViTTVideoGallery
 from .processing_svitt import SViTTProcessor, SViTTVideoProcessor, register_processing_auto_classes

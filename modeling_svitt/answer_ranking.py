@@ -31,7 +31,7 @@ from .clip_ensemble import CLIP_AGGREGATIONS, aggregate_clips, split_into_clips
 from .losses import answer_token_labels, sequence_negative_log_likelihood
 
 if TYPE_CHECKING:
-    from .modeling_svitt import RandomBlocks
+    from .modeling_svitt_vision import RandomBlocks
     from .modeling_video_qa import SViTTForVideoQuestionAnswering
 
 ANSWER_SCORINGS = ("likelihood", "release_ensemble", "release_concat")

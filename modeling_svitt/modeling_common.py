@@ -1,7 +1,7 @@
 """What the SViTT towers and heads share: the pretrained-model base class, attention helpers, stochastic depth,
 output plumbing.
 
-The video tower (`modeling_svitt.py`), the text tower (`modeling_svitt_text.py`) and the task heads all derive
+The video tower (`modeling_svitt_vision.py`), the text tower (`modeling_svitt_text.py`) and the task heads all derive
 from [`SViTTPreTrainedModel`] defined here, so loading at another clip length and saving with remote code work the
 same for every class.
 """
@@ -111,7 +111,7 @@ class SViTTPreTrainedModel(PreTrainedModel):
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        from .modeling_svitt import SViTTVisionModel
+        from .modeling_svitt_vision import SViTTVisionModel
 
         video_tower = next((module for module in model.modules() if isinstance(module, SViTTVisionModel)), None)
         if video_tower is None:

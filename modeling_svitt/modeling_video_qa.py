@@ -18,7 +18,8 @@ from .configuration_svitt import SViTTConfig, SViTTTextConfig
 from .losses import answer_token_labels, sequence_negative_log_likelihood, weighted_answer_loss
 from .modeling_common import NestedModelOutput
 from .modeling_heads import SViTTHeadPreTrainedModel, SViTTOnlyMLMHead
-from .modeling_svitt import RandomBlocks, SViTTModel, SViTTVisionModelOutput
+from .modeling_svitt import SViTTModel
+from .modeling_svitt_vision import RandomBlocks, SViTTVisionModelOutput
 from .modeling_svitt_text import SViTTTextModel
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ _AUTO_MAPS = {
     },
     "svitt_vision_model": {
         "AutoConfig": "configuration_svitt.SViTTVisionConfig",
-        "AutoModel": "modeling_svitt.SViTTVisionModel",
+        "AutoModel": "modeling_svitt_vision.SViTTVisionModel",
     },
     "svitt_text_model": {
         "AutoConfig": "configuration_svitt.SViTTTextConfig",

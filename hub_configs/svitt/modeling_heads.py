@@ -28,7 +28,8 @@ from .losses import (
     sample_itm_negatives,
 )
 from .modeling_common import NestedModelOutput, SViTTPreTrainedModel
-from .modeling_svitt import RandomBlocks, SViTTModel, SViTTTextEncoding, SViTTVideoEncoding, SViTTVisionModelOutput
+from .modeling_svitt import SViTTModel, SViTTTextEncoding, SViTTVideoEncoding
+from .modeling_svitt_vision import RandomBlocks, SViTTVisionModelOutput
 from .modeling_svitt_text import SViTTTextModelOutput
 from .retrieval_ranking import (
     encode_text_gallery,
