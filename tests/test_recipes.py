@@ -13,6 +13,7 @@ from tiny_recipe import TINY_RECIPE, write_tiny_recipe
 from training.common import (
     build_optimizer,
     freeze_unused_parameters,
+    init_relative_bias_for_motion,
     launch_problem,
     learning_rate_multiplier,
     step_seed,
@@ -129,6 +130,8 @@ def test_set_overrides_reach_nested_fields_lists_and_every_stage():
         ("stages.0.loss_weights={itc: 0, itm: 0, mlm: 0}", "stages.0.loss_weights", "at least one"),
         ("stages.0.num_local_blocks=2", "stages.0.num_local_blocks", "odd"),
         ("model.init=magic", "model.init", "checkpoint"),
+        ("model.temporal_bias_init=-1", "model.temporal_bias_init", ">= 0"),
+        ("model.beit=some/beit", "model.temporal_bias_init", "fresh video tower"),
         ("evaluation.0.kind=qa", "evaluation.0.kind", "for a pretraining recipe"),
         ("processor.image_std=[0.5, 0, 0.5]", "processor.image_std", "positive"),
     ],
@@ -225,6 +228,25 @@ def test_freezing_keeps_tied_parameters_trainable():
     assert "mlm_head.predictions.decoder.weight" not in frozen  # the word embeddings, used by the text tower
     assert model.svitt.text_model.embeddings.word_embeddings.weight.requires_grad
     assert not model.svitt.vision_model.embeddings.patch_embeddings.projection.weight.requires_grad
+
+
+def test_motion_bias_init_points_heads_at_the_previous_next_and_same_frame():
+    from modeling_svitt import SViTTForPreTraining
+    from modeling_svitt.relative_position import relative_position_index
+
+    model = SViTTForPreTraining(tiny_config(vision={"num_frames": 4}))
+    vision = model.svitt.vision_model
+    init_relative_bias_for_motion(vision, temporal=4.0, spatial_decay=2.0)
+    config = vision.config
+    per_frame = config.patches_per_side**2
+    query = per_frame + 1  # frame 1, a patch of the first row
+    keys = torch.arange(config.num_frames * per_frame)
+    index = relative_position_index(torch.tensor([[query]]), keys[None], config.num_frames, config.patches_per_side)[0]
+    for layer in vision.encoder.layer:
+        table = layer.attention.attention.relative_position_bias.relative_position_bias_table
+        favourite = table[index].argmax(dim=0)  # the key each head prefers
+        assert favourite[:3].tolist() == [query - per_frame, query + per_frame, query]
+        assert table[index, 3].max() == 0 and table[-3:].abs().sum() == 0  # no frame preferred; globals untouched
 
 
 def test_tiny_recipe_is_valid(tmp_path):

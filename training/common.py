@@ -342,7 +342,7 @@ def build_initial_model(recipe: Recipe, model_class: type = SViTTForPreTraining)
     if spec.init == "checkpoint":
         return model_class.from_pretrained(resolve_path(spec.checkpoint), **overrides)
     if spec.init == "pretrained":
-        return svitt_from_beit_and_bert(
+        model = svitt_from_beit_and_bert(
             resolve_path(spec.beit),
             resolve_path(spec.bert),
             vision_overrides=dict(spec.vision),
@@ -350,9 +350,46 @@ def build_initial_model(recipe: Recipe, model_class: type = SViTTForPreTraining)
             model_class=model_class,
             **overrides,
         )
-    vision = {"hidden_size": 768, **spec.vision}
-    text = {"encoder_width": vision["hidden_size"], **spec.text}
-    return model_class(SViTTConfig(vision_config=vision, text_config=text, **overrides))
+    else:
+        vision = {"hidden_size": 768, **spec.vision}
+        text = {"encoder_width": vision["hidden_size"], **spec.text}
+        model = model_class(SViTTConfig(vision_config=vision, text_config=text, **overrides))
+    if spec.temporal_bias_init or spec.spatial_bias_decay:
+        init_relative_bias_for_motion(model.svitt.vision_model, spec.temporal_bias_init, spec.spatial_bias_decay)
+    return model
+
+
+# Preferred frame offset (query frame - key frame) of head h, by h modulo 4: the previous frame, the next frame, the
+# same frame, none.
+_MOTION_HEAD_OFFSETS = (1, -1, 0, None)
+
+
+@torch.no_grad()
+def init_relative_bias_for_motion(vision_model: torch.nn.Module, temporal: float, spatial_decay: float) -> None:
+    """Start a fresh video tower able to see motion.
+
+    Without position embeddings its only position signal is the relative-position bias, which starts at zero: every
+    head then mixes all frames alike, a clip and its time reversal encode almost the same, and contrastive training
+    stays at that symmetric point for hundreds of steps (the captions of a clip and of its reversal barely differ
+    either, so neither tower pulls the other away from it). Here every head prefers nearby patches (`-spatial_decay`
+    per patch of distance) and, by head index, the same place in the previous frame, the next frame or the same frame
+    (`+temporal`, see `_MOTION_HEAD_OFFSETS`): comparing a patch with its neighbour in time is what reveals a
+    direction of motion. The global-token entries stay at zero."""
+    config = vision_model.config
+    frames, side = config.num_frames, config.patches_per_side
+    offsets_t = torch.arange(1 - frames, frames)[:, None, None]
+    offsets_h = torch.arange(1 - side, side)[None, :, None]
+    offsets_w = torch.arange(1 - side, side)[None, None, :]
+    spatial = -spatial_decay * (offsets_h.abs() + offsets_w.abs()).float().expand(2 * frames - 1, -1, -1)
+    for layer in vision_model.encoder.layer:
+        table = layer.attention.attention.relative_position_bias.relative_position_bias_table
+        heads = []
+        for head in range(table.shape[1]):
+            preferred = _MOTION_HEAD_OFFSETS[head % len(_MOTION_HEAD_OFFSETS)]
+            temporal_bias = 0.0 if preferred is None else temporal * (offsets_t == preferred).float()
+            heads.append((spatial + temporal_bias).reshape(-1))
+        local = torch.stack(heads, dim=1)
+        table[: local.shape[0]] = local.to(table.dtype)
 
 
 def configure_stage(model, stage: StageSpec, contrastive: bool = True) -> None:

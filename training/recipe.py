@@ -61,6 +61,10 @@ class ModelSpec:
     vision: dict[str, Any] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # A fresh video tower's relative-position bias starts at zero; non-zero values start it with motion detectors
+    # instead (see `init_relative_bias_for_motion`).
+    temporal_bias_init: float = 0.0
+    spatial_bias_decay: float = 0.0
 
 
 @dataclass
@@ -475,6 +479,12 @@ def validate_recipe(recipe: Recipe) -> None:
         check(bool(model.bert), "model.bert", "is required with init: pretrained (a BERT folder or Hub id)")
     if model.init == "scratch":
         check(bool(model.tokenizer), "model.tokenizer", "is required with init: scratch (a vocabulary file or folder)")
+    for key in ("temporal_bias_init", "spatial_bias_decay"):
+        value = getattr(model, key)
+        check(value >= 0, f"model.{key}", f"must be >= 0, got {value}")
+        check(value == 0 or (model.init != "checkpoint" and not model.beit), f"model.{key}",
+              "starts a fresh video tower's relative-position bias: it needs init: scratch, or pretrained with beit: "
+              "null (it would overwrite the trained bias of a checkpoint or of BEiT)")
 
     processor = recipe.processor
     for key, minimum in (("image_size", 1), ("max_text_length", 2), ("max_answer_length", 2)):
