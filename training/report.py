@@ -159,13 +159,14 @@ def plot_curriculum(metrics_path: str | Path, run_state: dict, output: str | Pat
     for stage in stages:
         curves.axvline(stage["end_step"], color="grey", linestyle="--", linewidth=0.8)
         middle = (start + stage["end_step"]) / 2
-        curves.text(middle, 1.01, f"{stage['num_frames']}f, keep {stage['token_keep_rate']:g}",
+        # two short lines: a stage of a few steps is narrow, and one-line labels of neighbours would overlap
+        curves.text(middle, 1.01, f"{stage['num_frames']}f\nkeep {stage['token_keep_rate']:g}",
                     transform=curves.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
         start = stage["end_step"]
     curves.set_xlabel("optimiser step")
     curves.set_ylabel("loss")
     curves.legend(loc="upper right", fontsize=8)
-    curves.set_title("training losses by stage", pad=16)
+    curves.set_title("training losses by stage", pad=28)
 
     names = _headline(stages)
     positions = range(1, len(stages) + 1)
