@@ -293,6 +293,14 @@ class _Geometry:
         self.key_term = torch.cat([global_rows, torch.where(is_real, centre - key_codes, padding_row)], dim=2)
         self.query_weight = torch.cat([is_real.new_zeros(m, c), is_real], dim=1).long()
 
+    @classmethod
+    def for_call(cls, codes, key_blocks, table, num_tokens, c, block_size, centre, patch_rows, mask_padded_keys, dtype):
+        """The geometry of one call and the `(H, rows)` table it indexes (forward and backward build the same)."""
+        table_by_head = _table_by_head(table, mask_padded_keys, dtype)
+        # padded slots: the extra -inf row when masked, else the patch->global row (the release's phantom keys)
+        padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
+        return cls(codes, key_blocks, num_tokens, c, block_size, centre, patch_rows, padding_row), table_by_head
+
     def chunks(self, batch, heads):
         per_block = batch * heads * self.block_size * self.width * 4
         size = max(1, _CHUNK_BYTES // per_block)
@@ -359,6 +367,11 @@ def _dropout_mask(shape, dropout, device):
     return torch.rand(shape, device=device) >= dropout
 
 
+def _dropped(tensor, keep, dropout):
+    """`tensor` with the dropout mask `keep` applied (inverted dropout); unchanged without a mask."""
+    return tensor if keep is None else tensor * keep / (1 - dropout)
+
+
 class _BlockSparseAttention(torch.autograd.Function):
     """Block-sparse attention with the relative bias looked up inside (see the module docstring).
 
@@ -369,16 +382,15 @@ class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys):
         batch, heads, length, head_dim = query.shape
-        n = length - c
-        m = key_blocks.shape[0]
+        n, m = length - c, key_blocks.shape[0]
         dtype, device = query.dtype, query.device
         softmax_dtype = _softmax_dtype(dtype)
         with _without_autocast(device):
             keys = _padded_sequence(key, c + m * block_size)
             values = _padded_sequence(value, c + m * block_size)
-            table_by_head = _table_by_head(table, mask_padded_keys, dtype)
-            padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
-            geometry = _Geometry(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
+            geometry, table_by_head = _Geometry.for_call(
+                codes, key_blocks, table, n, c, block_size, centre, patch_rows, mask_padded_keys, dtype
+            )
             output = query.new_empty(batch, length, heads, head_dim)
             log_normaliser = query.new_empty(batch, heads, m, block_size, dtype=softmax_dtype)
             keep = None
@@ -393,7 +405,7 @@ class _BlockSparseAttention(torch.autograd.Function):
                 torch.sub(scores[..., 0], log_probs[..., 0], out=log_normaliser[:, :, start:stop])
                 weights = log_probs.exp_().to(dtype)
                 if keep is not None:
-                    weights = weights * keep[:, :, start:stop] / (1 - dropout)
+                    weights = _dropped(weights, keep[:, :, start:stop], dropout)
                 rows = torch.bmm(weights.view(queries.shape[0], block_size, -1), geometry.gather(values, start, stop))
                 geometry.write_rows(output, rows, start, stop)
 
@@ -402,7 +414,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             global_scores = torch.matmul(global_queries, keys[:, :, :length].transpose(-1, -2)) * scaling
             global_probs = softmax_in_float32(global_scores + table_by_head[:, global_index].to(dtype))
             global_keep = _dropout_mask(global_probs.shape, dropout, device) if dropout > 0 else None
-            global_weights = global_probs if global_keep is None else global_probs * global_keep / (1 - dropout)
+            global_weights = _dropped(global_probs, global_keep, dropout)
             output[:, :c] = torch.matmul(global_weights, values[:, :, :length]).transpose(1, 2)
         ctx.save_for_backward(query, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table, keep, global_keep)
         ctx.geometry = (c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys)
@@ -415,14 +427,13 @@ class _BlockSparseAttention(torch.autograd.Function):
         )
         c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys = ctx.geometry
         batch, heads, length, head_dim = query.shape
-        n = length - c
-        m = key_blocks.shape[0]
+        n, m = length - c, key_blocks.shape[0]
         dtype, device = query.dtype, query.device
         softmax_dtype = _softmax_dtype(dtype)
         with _without_autocast(device):
-            table_by_head = _table_by_head(table, mask_padded_keys, dtype)
-            padding_row = table.shape[0] if mask_padded_keys else patch_rows + c
-            geometry = _Geometry(codes, key_blocks, n, c, block_size, centre, patch_rows, padding_row)
+            geometry, table_by_head = _Geometry.for_call(
+                codes, key_blocks, table, n, c, block_size, centre, patch_rows, mask_padded_keys, dtype
+            )
             grad_output = grad_output.to(dtype)
             # row-wise <dO, O> = sum_j P_j dP_j, the correction of the softmax backward
             correction = (grad_output * output.transpose(1, 2)).sum(-1, dtype=softmax_dtype)  # (B, H, L)
@@ -445,8 +456,8 @@ class _BlockSparseAttention(torch.autograd.Function):
                 weights = flat_probs.to(dtype)
                 if keep is not None:
                     chunk_keep = keep[:, :, start:stop].reshape(flat_probs.shape)
-                    weights = weights * chunk_keep / (1 - dropout)
-                    grad_probs = grad_probs * chunk_keep / (1 - dropout)
+                    weights = _dropped(weights, chunk_keep, dropout)
+                    grad_probs = _dropped(grad_probs, chunk_keep, dropout)
                 geometry.scatter(grad_values, torch.bmm(weights.transpose(1, 2), grad_rows), start, stop)
                 del weights
                 grad_scores = probs.mul_(
@@ -462,11 +473,10 @@ class _BlockSparseAttention(torch.autograd.Function):
             # global queries: dense rows, probabilities saved
             global_queries = query[:, :, :c]
             grad_global = grad_output[:, :, :c]
-            global_weights = global_probs if global_keep is None else global_probs * global_keep / (1 - dropout)
+            global_weights = _dropped(global_probs, global_keep, dropout)
             grad_values[:, :, :length] += torch.matmul(global_weights.transpose(-1, -2), grad_global)
             grad_global_weights = torch.matmul(grad_global, values[:, :, :length].transpose(-1, -2))
-            if global_keep is not None:
-                grad_global_weights = grad_global_weights * global_keep / (1 - dropout)
+            grad_global_weights = _dropped(grad_global_weights, global_keep, dropout)
             if grad_global_probs is not None:
                 grad_global_weights = grad_global_weights + grad_global_probs
             global_probs_wide, grad_global_weights = global_probs.to(softmax_dtype), grad_global_weights.to(softmax_dtype)
