@@ -136,7 +136,7 @@ def main(argv=None) -> dict | None:
     accelerator, synthetic_root, processor = start_run(recipe, output_dir)
     dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
     test_field = recipe_field_name(recipe.name, "evaluation.0")
-    build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
+    test_set = build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
 
     saved = latest_state(checkpoint_dir) if args.resume is not False else None
     if accelerator.is_main_process:
@@ -166,7 +166,6 @@ def main(argv=None) -> dict | None:
     del model, prepared
     with plain_loading():
         head = EVALUATION_HEADS[spec.kind].from_pretrained(output_dir).to(accelerator.device).eval()
-    test_set = build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
     record = evaluation_results(
         accelerator, head, test_set, processor, spec, model_name=str(output_dir), synthetic_root=synthetic_root
     )
