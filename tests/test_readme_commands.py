@@ -20,3 +20,28 @@ def test_main_command_points_at_files_that_exist():
     setup_and_main, _ = readme_commands()
     script = setup_and_main.split("&&")[-1].split()[-1]
     assert (ROOT / script).is_file(), script
+
+
+def _requirement_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#")[0])
+        if match:
+            names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return names
+
+
+def test_both_commands_install_the_pinned_versions_of_every_dependency_and_test_tool():
+    for command in readme_commands():
+        assert 'pip install -e ".[dev]" -c constraints.txt' in command, command
+    setup = (ROOT / "setup.cfg").read_text()
+    requirements = re.findall(r"^install_requires =\n((?:    .+\n)+)", setup, flags=re.M)[0]
+    extras = "".join(re.findall(r"^(?:training|dev) =\n((?:    .+\n)+)", setup, flags=re.M)).replace("%(training)s", "")
+    constraints = (ROOT / "constraints.txt").read_text()
+    pinned = {
+        re.sub(r"[-_.]+", "-", name).lower()
+        for name in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==\S+$", constraints, flags=re.M)
+    }
+    declared = _requirement_names(requirements + extras)
+    assert declared and not declared - pinned, f"not pinned in constraints.txt: {sorted(declared - pinned)}"
+    assert "torch" in pinned and "pytest" in pinned
