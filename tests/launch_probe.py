@@ -60,7 +60,8 @@ def record_writes(event: str, args) -> None:
         writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITING_FLAGS)
         changed = [path] if writing else []
     elif event == "os.mkdir":
-        changed = [args[0]] if not os.path.isdir(args[0]) else []  # `makedirs(exist_ok=True)` of a folder changes nothing
+        # `makedirs(exist_ok=True)` of an existing folder changes nothing
+        changed = [args[0]] if not os.path.isdir(args[0]) else []
     elif event == "os.rename":  # also os.replace
         changed = list(args[:2])
     elif event == "shutil.copyfile":

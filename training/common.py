@@ -74,7 +74,7 @@ CORRECT_LAUNCHES = (
     "  accelerate launch --config_file training/configs/deepspeed_zero2.yaml SCRIPT ...\n"
     "  torchrun --nproc_per_node N SCRIPT ...                                          (DDP)\n"
     "  accelerate launch --config_file training/configs/multi_node.yaml --machine_rank R \\\n"
-    "      --main_process_ip HOST0 --main_process_port PORT SCRIPT ...                    (each machine; R = 0, 1, ...)\n"
+    "      --main_process_ip HOST0 --main_process_port PORT SCRIPT ...       (on machine R = 0, 1, ... of several)\n"
     "  python SCRIPT ...                                                               (one process)"
 )
 
@@ -161,7 +161,8 @@ def make_accelerator(
     if log and output_dir is not None:
         output_dir = Path(output_dir)
         kwargs["log_with"] = tracker_loggers(output_dir, report_to)
-        kwargs["project_config"] = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / TRACKER_LOGS))
+        logs = output_dir / TRACKER_LOGS
+        kwargs["project_config"] = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(logs))
     accelerator = Accelerator(**kwargs)
     _check_launch(accelerator)
     return accelerator
