@@ -12,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import shutil
+
 import pytest
 
 from tiny_recipe import ROOT, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 420
-CONFIG = ROOT / "training" / "configs" / "multi_node.yaml"
+CONFIGS = ROOT / "training" / "configs"
 SLURM_SCRIPT = ROOT / "training" / "configs" / "slurm_multi_node.sh"
 
 
@@ -27,9 +29,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def machine_command(rank: int, port: int, probe: Path, recipe: Path, output_dir: Path, *extra: str) -> list[str]:
+def machine_command(
+    config: str, rank: int, port: int, probe: Path, recipe: Path, output_dir: Path, *extra: str
+) -> list[str]:
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
         "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
         str(ROOT / "tests" / "launch_probe.py"), str(probe),
@@ -37,7 +41,9 @@ def machine_command(rank: int, port: int, probe: Path, recipe: Path, output_dir:
     ]
 
 
-def launch_two_machines(tmp_path: Path, extra: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), outputs=None):
+def launch_two_machines(
+    tmp_path: Path, config: str = "multi_node.yaml", extra: tuple[tuple[str, ...], ...] = ((), ()), outputs=None
+):
     """Start machine 0 and machine 1 at once (each its own launcher, as on two nodes); their results."""
     recipe = write_tiny_recipe(tmp_path, stages=[{"num_frames": 2, "token_keep_rate": 0.75, "steps": 2}])
     outputs = outputs or (tmp_path / "run", tmp_path / "run")
@@ -45,7 +51,8 @@ def launch_two_machines(tmp_path: Path, extra: tuple[tuple[str, ...], tuple[str,
     port = free_port()
     machines = [
         subprocess.Popen(
-            machine_command(rank, port, tmp_path / "probe", recipe, outputs[rank], *extra[rank]), env=env, cwd=ROOT,
+            machine_command(config, rank, port, tmp_path / "probe", recipe, outputs[rank], *extra[rank]), env=env,
+            cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for rank in (0, 1)
@@ -61,14 +68,29 @@ def launch_two_machines(tmp_path: Path, extra: tuple[tuple[str, ...], tuple[str,
     return results
 
 
-def test_two_machines_train_identically_into_one_folder_written_by_the_global_main_process_only(tmp_path):
-    results = launch_two_machines(tmp_path)
+@pytest.mark.parametrize(
+    "config, engine, own_parts",
+    [
+        ("multi_node.yaml", "MULTI_CPU", {"random_states_1.pkl"}),
+        pytest.param(
+            "multi_node_deepspeed.yaml",
+            "DEEPSPEED",
+            {"random_states_1.pkl", "zero_pp_rank_1_mp_rank_00_optim_states.pt"},
+            marks=pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU op with g++"),
+        ),
+    ],
+    ids=["ddp", "deepspeed"],
+)
+def test_two_machines_train_identically_into_one_folder_written_by_the_global_main_process_only(
+    tmp_path, config, engine, own_parts
+):
+    results = launch_two_machines(tmp_path, config)
     for rank, (code, stdout, stderr) in enumerate(results):
         assert code == 0, f"machine {rank} failed:\n{stdout[-2000:]}\n{stderr[-5000:]}"
     probe, run_dir = tmp_path / "probe", tmp_path / "run"
     ranks = [json.loads((probe / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [rank["num_processes"] for rank in ranks] == [2, 2]  # the launch checks accepted one 2-process run
-    assert {rank["distributed_type"] for rank in ranks} == {"MULTI_CPU"}
+    assert {rank["distributed_type"] for rank in ranks} == {engine}
     samples = [set(rank["samples"]) for rank in ranks]
     assert samples[0] and samples[1] and not samples[0] & samples[1]  # each machine trained on its own shard
     assert ranks[0]["weights"] == ranks[1]["weights"]
@@ -85,13 +107,12 @@ def test_two_machines_train_identically_into_one_folder_written_by_the_global_ma
     for record in ("recipe.yaml", "metrics.jsonl", "summary.json", "stage-1-2f"):
         assert any(record in write for write in main_writes), (record, main_writes)
     # machine 1's process is the main process of its machine, but writes nothing of the run folder: only its part of
-    # each saved training state (its random generators), which `save_state` asks of every process
+    # each saved training state (its random generators; its ZeRO shard), which `save_state` asks of every process
     other_writes = json.loads((probe / "writes1.json").read_text())
-    assert other_writes, "the probe recorded nothing: it would miss writes"
+    assert {Path(write.split(" ", 1)[1]).name for write in other_writes} == own_parts, other_writes
     for write in other_writes:
         event, path = write.split(" ", 1)
-        assert event == "torch.save" and Path(path).name == "random_states_1.pkl", other_writes
-        assert Path(path).parts[0] == "checkpoints" and Path(path).parts[1].startswith(".tmp-"), other_writes
+        assert event == "torch.save" and Path(path).parts[:2] == ("checkpoints", ".tmp-stage-1-2f-step-0000002")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +125,7 @@ def test_two_machines_train_identically_into_one_folder_written_by_the_global_ma
 )
 def test_machines_that_disagree_are_refused_on_every_machine(tmp_path, extra, outputs, message):
     folders = tuple(tmp_path / name for name in outputs) if outputs else None
-    results = launch_two_machines(tmp_path, extra, folders)
+    results = launch_two_machines(tmp_path, extra=extra, outputs=folders)
     for rank, (code, stdout, stderr) in enumerate(results):
         assert code != 0, f"machine {rank} was not refused:\n{stdout[-2000:]}"
         assert "Refusing to train" in stderr and message in stderr, stderr[-5000:]
@@ -140,7 +161,7 @@ def test_slurm_example_starts_one_launcher_per_machine_with_its_rank_and_the_fir
         assert f"--machine_rank {node} " in line
         assert "--num_machines 3 --num_processes 12" in line
         assert "--main_process_ip gpu-a --main_process_port " in line
-        assert "--config_file training/configs/multi_node.yaml" in line
+        assert "--config_file training/configs/multi_node.yaml " in line
         assert line.endswith("training/pretrain.py --recipe svitt --output-dir /shared/svitt")
     ports = {line.split("--main_process_port ")[1].split()[0] for line in lines}
     assert len(ports) == 1  # every machine meets the main process on the same port
