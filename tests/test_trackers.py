@@ -74,12 +74,16 @@ def test_recipe_flattens_to_dotted_keys_with_values_every_tracker_takes(tmp_path
     assert all(isinstance(value, (bool, int, float, str)) for value in flat.values())
 
 
+def shown(is_main_process: bool) -> bool:
+    with progress_bar(SimpleNamespace(is_main_process=is_main_process), 3, "Encoding") as bar:
+        return not bar.disable
+
+
 def test_progress_bars_of_evaluation_show_on_the_main_process_only_and_can_be_hidden(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    assert not progress_bar(SimpleNamespace(is_main_process=True), 3, "x").disable
-    assert progress_bar(SimpleNamespace(is_main_process=False), 3, "x").disable
+    assert shown(is_main_process=True) and not shown(is_main_process=False)
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert progress_bar(SimpleNamespace(is_main_process=True), 3, "x").disable
+    assert not shown(is_main_process=True)
 
 
 def read_tensorboard(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, object]]:
