@@ -171,3 +171,19 @@ def test_slurm_example_refuses_to_start_without_a_training_script(tmp_path):
     result = subprocess.run(["bash", str(SLURM_SCRIPT)], env={**os.environ, "SLURM_NNODES": "2"}, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "training/pretrain.py" in result.stderr
+
+
+def test_starting_over_is_left_to_the_global_main_process(tmp_path, monkeypatch):
+    from training.common import start_over
+
+    for name in ("summary.json", "metrics.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    for name in ("checkpoints/step-2", "logs/pretrain"):
+        (tmp_path / name).mkdir(parents=True)
+    monkeypatch.setenv("RANK", "1")  # another process, on this machine or another: it would race the main one
+    start_over(tmp_path, ["summary.json"])
+    assert {path.name for path in tmp_path.iterdir()} == {"summary.json", "metrics.jsonl", "notes.txt", "checkpoints",
+                                                         "logs"}
+    monkeypatch.setenv("RANK", "0")
+    start_over(tmp_path, ["summary.json"])
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]  # what the run did not write stays

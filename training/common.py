@@ -271,7 +271,10 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 def start_over(output_dir: Path, records: Sequence[str]) -> None:
     """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records`, logs and saved training
-    states."""
+    states. Called before the accelerator starts; the global main process alone removes (the launcher's `RANK`): the
+    others, on every machine, would race it over the same shared folder, and none writes there before it joins them."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     for name in (*records, "metrics.jsonl", TRACKER_LOGS, "checkpoints"):
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
