@@ -12,10 +12,11 @@ from types import SimpleNamespace
 
 import accelerate.tracking
 import pytest
+import torch
 
 from tiny_recipe import TINY_SYNTHETIC, write_tiny_recipe, write_tiny_task_recipe
 from training import finetune, pretrain
-from training.evaluation import progress_bar
+from training.evaluation import progress_bar, sharded_pair_scorer
 from training.recipe import load_recipe
 from training.tracking import flatten_hyperparameters, resolve_report_to, tracker_names
 
@@ -37,8 +38,8 @@ def test_report_to_names_resolve_to_the_trackers_to_start(only_tensorboard_insta
     "values, message",
     [
         (["wandb"], "--report-to wandb: not installed here; run `pip install wandb`"),
-        (["tensorboard", "mlflow,comet_ml"], "--report-to mlflow, comet_ml: not installed here; run `pip install mlflow "
-                                             "comet-ml`"),
+        (["tensorboard", "mlflow,comet_ml"],
+         "--report-to mlflow, comet_ml: not installed here; run `pip install mlflow comet-ml`"),
         (["tensorbored"], "--report-to tensorbored: not a tracker; choose among all, none, aim,"),
         (["none", "tensorboard"], "--report-to none excludes the other trackers"),
     ],
@@ -155,3 +156,24 @@ def test_evaluation_shows_its_progress(tracked_runs):
     _, stderr = tracked_runs
     assert "Encoding the videos of" in stderr
     assert "ITM re-ranking" in stderr
+
+
+@torch.no_grad()
+def test_itm_reranking_with_its_progress_bar_scores_exactly_as_before(capsys, monkeypatch):
+    from modeling_svitt import SViTTForVideoTextRetrieval
+    from modeling_svitt.retrieval_ranking import itm_pair_scores
+    from tiny_configs import FRAMES, captions, make_model, videos
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    model = make_model(SViTTForVideoTextRetrieval, seed=4)
+    video_gallery = model.encode_videos(videos(5, frames=2 * FRAMES, seed=5))  # 2 clips a video
+    text_gallery = model.encode_texts(*captions(7, seed=6))
+    text_indices, video_indices = torch.cartesian_prod(torch.arange(7), torch.arange(5)).unbind(1)
+    one_process = SimpleNamespace(process_index=0, num_processes=1, is_main_process=True)
+    for batch_size in (6, 128):  # 3 pairs a forward (12 forwards), or all 35 pairs in one
+        expected = itm_pair_scores(model, video_gallery, text_gallery, text_indices, video_indices,
+                                   clip_aggregation="lse", batch_size=batch_size)
+        scores = sharded_pair_scorer(one_process)(model, video_gallery, text_gallery, text_indices, video_indices,
+                                                  clip_aggregation="lse", batch_size=batch_size)
+        assert torch.equal(scores, expected)
+        assert "ITM re-ranking:   0%|          | 0/35 " in capsys.readouterr().err  # a bar over every pair
