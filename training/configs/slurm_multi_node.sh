@@ -26,7 +26,7 @@ if [ $# -eq 0 ]; then
 fi
 
 export CONFIG=${CONFIG:-training/configs/multi_node.yaml}
-export GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+export GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 # The processes of every machine meet the main process (machine 0: the first host of the job) on one port.
 export MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MAIN_PORT=${MAIN_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
