@@ -13,14 +13,15 @@ import json
 import math
 import os
 import shutil
+import socket
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedType
-from accelerate.tracking import GeneralTracker
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, gather_object
 from torch.utils.data import Dataset
 
 from modeling_svitt import (
@@ -55,6 +56,13 @@ from training.recipe import (
     check_data_paths,
     resolve_path,
 )
+from training.tracking import (
+    TRACKER_LOGS,
+    flatten_hyperparameters,
+    resolve_report_to,
+    tracker_loggers,
+    tracker_names,
+)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator and launch checks
@@ -65,6 +73,8 @@ CORRECT_LAUNCHES = (
     "  accelerate launch --config_file training/configs/ddp.yaml SCRIPT ...         (DDP; CPU or GPUs)\n"
     "  accelerate launch --config_file training/configs/deepspeed_zero2.yaml SCRIPT ...\n"
     "  torchrun --nproc_per_node N SCRIPT ...                                          (DDP)\n"
+    "  accelerate launch --config_file training/configs/multi_node.yaml --machine_rank R \\\n"
+    "      --main_process_ip HOST0 --main_process_port PORT SCRIPT ...       (on machine R = 0, 1, ... of several)\n"
     "  python SCRIPT ...                                                               (one process)"
 )
 
@@ -118,35 +128,17 @@ def _check_launch(accelerator: Accelerator, model_wrapped: bool | None = None) -
         raise LaunchError(f"Refusing to train: {problem}\n{CORRECT_LAUNCHES}")
 
 
-class JSONLinesTracker(GeneralTracker):
-    """An accelerate tracker that appends every logged dictionary, with its step, as one line of `metrics.jsonl`."""
-
-    name = "jsonl"
-    requires_logging_directory = True
-
-    def __init__(self, path: str | os.PathLike):
-        super().__init__()
-        self.path = Path(path)
-
-    @property
-    def tracker(self):
-        return self.path
-
-    def store_init_configuration(self, values: dict) -> None:
-        pass
-
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
-
-
 def make_accelerator(
-    output_dir: str | os.PathLike | None = None, log: bool = True, mixed_precision: str = "auto"
+    output_dir: str | os.PathLike | None = None,
+    log: bool = True,
+    mixed_precision: str = "auto",
+    report_to: Sequence[str] = (),
 ) -> Accelerator:
-    """An `Accelerator` for the current launch: gloo for several CPU processes, trackers writing `metrics.jsonl` (and
-    TensorBoard when it is installed), and `mixed_precision` ("no", "fp16", "bf16", or "auto": the launch's fp16 or
-    bf16 when it asks for one, else bf16 on a GPU that supports it and fp32 on the CPU; `accelerate launch` says "no"
-    when nobody chose, so "no" from the launch does not count as a choice).
+    """An `Accelerator` for the current launch: gloo for several CPU processes, trackers writing `metrics.jsonl` and
+    the trackers of `report_to` (names resolved by `tracking.resolve_report_to`; their files go to `logs/` in the
+    output folder), and `mixed_precision` ("no", "fp16", "bf16", or "auto": the launch's fp16 or bf16 when it asks
+    for one, else bf16 on a GPU that supports it and fp32 on the CPU; `accelerate launch` says "no" when nobody
+    chose, so "no" from the launch does not count as a choice).
 
     Refuses ([`LaunchError`]) launches that would train unsynchronised copies: several processes that each believe
     they are alone, DeepSpeed requested but switched off by a CPU flag, processes without a distributed backend.
@@ -167,14 +159,10 @@ def make_accelerator(
             mixed_precision = "bf16" if bf16 else "no"
     kwargs["mixed_precision"] = mixed_precision
     if log and output_dir is not None:
-        trackers: list[Any] = [JSONLinesTracker(Path(output_dir) / "metrics.jsonl")]
-        try:
-            import tensorboard  # noqa: F401
-
-            trackers.append("tensorboard")
-        except ImportError:
-            pass
-        kwargs.update(log_with=trackers, project_dir=str(output_dir))
+        output_dir = Path(output_dir)
+        kwargs["log_with"] = tracker_loggers(output_dir, report_to)
+        logs = output_dir / TRACKER_LOGS
+        kwargs["project_config"] = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(logs))
     accelerator = Accelerator(**kwargs)
     _check_launch(accelerator)
     return accelerator
@@ -257,7 +245,8 @@ def check_prepared_model(accelerator: Accelerator, model: torch.nn.Module) -> No
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
-    """`--output-dir`, `--max-steps`, `--set`, `--seed`, `--resume` (check them with `check_run_arguments`)."""
+    """`--output-dir`, `--max-steps`, `--set`, `--seed`, `--resume`, `--report-to` (check them with
+    `check_run_arguments`)."""
     parser.add_argument("--output-dir", help="where everything is written (default: outputs/<recipe name>)")
     parser.add_argument("--max-steps", type=int, help="cap every stage at this many optimiser steps (smoke runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -265,16 +254,28 @@ def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None
     parser.add_argument("--seed", type=int, help="the run's seed (same as --set seed=N)")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                         help="continue from the state saved in the output folder (default: when there is one)")
+    parser.add_argument("--report-to", nargs="+", default=["none"], metavar="TRACKER",
+                        help="experiment trackers besides metrics.jsonl: all (every installed one), none (default), "
+                             f"or some of {', '.join(tracker_names())}")
 
 
 def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad run options before anything runs; `args.report_to` becomes the list of trackers to start."""
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be >= 1")
+    try:
+        args.report_to = resolve_report_to(args.report_to)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def start_over(output_dir: Path, records: Sequence[str]) -> None:
-    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records` and saved training states."""
-    for name in (*records, "metrics.jsonl", "checkpoints"):
+    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records`, logs and saved training
+    states. Called before the accelerator starts; the global main process alone removes (the launcher's `RANK`): the
+    others, on every machine, would race it over the same shared folder, and none writes there before it joins them."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for name in (*records, "metrics.jsonl", TRACKER_LOGS, "checkpoints"):
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
@@ -499,17 +500,74 @@ def recipe_field_name(recipe_name: str, where: str) -> FieldName:
     return lambda field: f"recipe '{recipe_name}', {where}.{field}"
 
 
-def start_run(recipe: Recipe, output_dir: Path) -> tuple[Accelerator, Path | None, SViTTProcessor]:
-    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl`), the recipe as
-    it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder), every file and folder the recipe
-    names checked, and the processor. Returns `(accelerator, synthetic_root, processor)`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
+def check_one_run(accelerator: Accelerator, output_dir: Path, settings: dict[str, Any]) -> None:
+    """Every process, on every machine, must write into the same output folder and run the same `settings` (the
+    recipe as it runs and the script's options): each machine runs its own command, and a folder that another
+    machine does not see, or another seed or recipe there, trains and saves silently wrong. Raises a [`LaunchError`]
+    on every process naming the first process that differs from the main process."""
+    if accelerator.num_processes == 1:
+        return
+    marker = [f".shared-folder-check-{uuid.uuid4().hex}" if accelerator.is_main_process else None]
+    broadcast_object_list(marker)
+    marker_file = output_dir / marker[0]
+    if accelerator.is_main_process:
+        marker_file.write_text(socket.gethostname(), encoding="utf-8")
+    accelerator.wait_for_everyone()
+    view = {"host": socket.gethostname(), "output_dir": str(output_dir), "sees_main_folder": marker_file.is_file(),
+            "settings": flatten_hyperparameters(settings)}
+    views = gather_object([view])
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker_file.unlink()
+    main = views[0]
+    for rank, other in enumerate(views):
+        where = f"process {rank} (on {other['host']}, --output-dir {other['output_dir']})"
+        if not other["sees_main_folder"]:
+            raise LaunchError(
+                f"Refusing to train: {where} does not see the output folder that process 0 writes ({main['output_dir']}"
+                f" on {main['host']}). Put the output folder on a file system every machine mounts (NFS, Lustre, ...) "
+                "and pass that path as --output-dir on every machine: the main process alone writes the run folder, "
+                "and every process writes its part of each saved training state there."
+            )
+        differing = {key for key, _ in set(main["settings"].items()) ^ set(other["settings"].items())}
+        if differing:
+            key = min(differing, key=lambda name: (not name.startswith("recipe."), name))  # the recipe's first
+            values = (main["settings"].get(key, "(not set)"), other["settings"].get(key, "(not set)"))
+            raise LaunchError(
+                f"Refusing to train: {where} runs other settings than process 0: {key} is {values[1]!r} there and "
+                f"{values[0]!r} on process 0. Launch the same command on every machine (only the machine rank differs)."
+            )
+
+
+def start_run(
+    recipe: Recipe, output_dir: Path, report_to: Sequence[str] = (), options: dict[str, Any] | None = None
+) -> tuple[Accelerator, Path | None, SViTTProcessor]:
+    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl` and the trackers
+    of `report_to`), every process checked to run the same recipe and `options` into the same folder
+    (`check_one_run`), the recipe as it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder),
+    every file and folder the recipe names checked, and the processor. Returns `(accelerator, synthetic_root,
+    processor)`."""
+    accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision, report_to=report_to)
+    if accelerator.is_main_process:  # the main process alone writes the run folder, on every machine's behalf
+        output_dir.mkdir(parents=True, exist_ok=True)
+    # the same folder may be mounted at other paths on other machines: `check_one_run` compares what they see
+    options = {key: value for key, value in (options or {}).items() if key != "output_dir"}
+    check_one_run(accelerator, output_dir, {"recipe": recipe_values(recipe), "options": options})
     if accelerator.is_main_process:
         record_recipe(output_dir, recipe)
     synthetic_root = prepare_synthetic_data(recipe, accelerator)
     check_data_paths(recipe, synthetic_root)
     return accelerator, synthetic_root, build_processor(recipe)
+
+
+def start_trackers(accelerator: Accelerator, project: str, recipe: Recipe, **extra: Any) -> None:
+    """Start the accelerator's trackers (`project`: the script, e.g. "pretrain"), with the recipe as it runs, flattened
+    to dotted keys (`stages.1.optimizer.lr`), and `extra` values as the run's hyper-parameters; runs are named after
+    the output folder."""
+    hyperparameters = flatten_hyperparameters({**recipe_values(recipe), **extra})
+    run_name = Path(accelerator.project_dir or project).name
+    init_kwargs = {"wandb": {"name": run_name}, "mlflow": {"run_name": run_name}, "trackio": {"name": run_name}}
+    accelerator.init_trackers(project, config=hyperparameters, init_kwargs=init_kwargs)
 
 
 def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int):
@@ -654,9 +712,9 @@ def save_state_atomically(accelerator: Accelerator, checkpoint_dir: Path, name: 
     `progress.json` inside; older states are then removed. Every process must call it."""
     temporary = checkpoint_dir / f".tmp-{name}"
     final = checkpoint_dir / name
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # the other processes (machines) only add their parts to the folder
         shutil.rmtree(temporary, ignore_errors=True)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary), safe_serialization=False)
     accelerator.wait_for_everyone()
@@ -687,12 +745,16 @@ def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
     return folder, progress
 
 
+def recipe_values(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as it runs, with every override and default, as plain values (what `recipe.yaml` holds)."""
+    return {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
+
+
 def record_recipe(output_dir: Path, recipe: Recipe) -> None:
     """`recipe.yaml`: the recipe as it ran, with every override and default."""
     import yaml
 
-    values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_values(recipe), sort_keys=False))
 
 
 def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from modeling_svitt import (
@@ -179,7 +180,7 @@ class DecodedOnce(Dataset):
     def fill(self, accelerator: Accelerator, batch_size: int, num_workers: int) -> None:
         """Decode the items this process evaluates (the same shards as `sharded_loader`), `num_workers` at a time."""
         loader = sharded_loader(accelerator, self.dataset, batch_size, _IndexedItems(), num_workers)
-        for items in loader:
+        for items in _with_progress(accelerator, loader, f"Decoding {self.dataset.name}"):
             self.items.update(items)
 
 
@@ -228,23 +229,51 @@ def _gather_evaluated(accelerator: Accelerator, dataset, indices: list, *columns
     return gathered
 
 
-def sharded_pair_scorer(accelerator: Accelerator) -> Callable[..., torch.Tensor]:
-    """An `itm_pair_scores` replacement that scores every `num_processes`-th pair on each process and gathers the
-    scores back into the original order (every process must call it with the same pairs)."""
+def progress_bar(accelerator: Accelerator, total: int, description: str, unit: str = "batch") -> tqdm:
+    """A progress bar shown by the main process only, and by none when `TQDM_DISABLE` is set (tqdm's own switch, read
+    here at every bar rather than once at import)."""
+    hidden = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True,
+                disable=hidden or not accelerator.is_main_process)
 
-    def score(model, videos, texts, text_indices, video_indices, **kwargs) -> torch.Tensor:
-        if accelerator.num_processes == 1:
-            return itm_pair_scores(model, videos, texts, text_indices, video_indices, **kwargs)
+
+def sharded_pair_scorer(accelerator: Accelerator, description: str = "ITM re-ranking") -> Callable[..., torch.Tensor]:
+    """An `itm_pair_scores` replacement that scores every `num_processes`-th pair on each process and gathers the
+    scores back into the original order (every process must call it with the same pairs). Shows its progress
+    (`progress_bar`): re-ranking a large gallery takes minutes."""
+
+    def score(model, videos, texts, text_indices, video_indices, batch_size: int = 128, **kwargs) -> torch.Tensor:
         rank, world = accelerator.process_index, accelerator.num_processes
         positions = torch.arange(text_indices.numel())[rank::world]
-        local = itm_pair_scores(model, videos, texts, text_indices[positions], video_indices[positions], **kwargs)
+        # the chunks are the batches `itm_pair_scores` would form, so the scores do not change
+        chunk = max(1, batch_size // videos.tokens.shape[1])
+        local = []
+        with progress_bar(accelerator, positions.numel(), description, unit="pair") as bar:
+            for start in range(0, positions.numel(), chunk):
+                mine = positions[start : start + chunk]
+                local.append(
+                    itm_pair_scores(model, videos, texts, text_indices[mine], video_indices[mine],
+                                    batch_size=batch_size, **kwargs).reshape(-1).float()
+                )
+                bar.update(mine.numel())
+        local = torch.cat(local) if local else torch.empty(0)
+        if world == 1:
+            return local
         gathered_positions = _gather_rows(accelerator, positions)
-        gathered_scores = _gather_rows(accelerator, local.reshape(-1).float())
+        gathered_scores = _gather_rows(accelerator, local)
         scores = torch.empty(text_indices.numel())
         scores[gathered_positions] = gathered_scores
         return scores
 
     return score
+
+
+def _with_progress(accelerator: Accelerator, loader: DataLoader, description: str):
+    """The batches of `loader`, counted on a `progress_bar`."""
+    with progress_bar(accelerator, len(loader), description) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(1)
 
 
 def _clips_in_a_row(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -274,7 +303,7 @@ def evaluate_retrieval(
     model.eval()
     loader = sharded_loader(accelerator, dataset, spec.batch_size, VideoCollator(), spec.num_workers)
     embeds, tokens, masks, indices = [], [], [], []
-    for batch in loader:
+    for batch in _with_progress(accelerator, loader, f"Encoding the videos of {dataset.name}"):
         if batch is None:
             continue
         gallery = model.encode_videos(_clips_in_a_row(batch["pixel_values"]), batch_size=spec.batch_size)
@@ -320,7 +349,7 @@ def evaluate_retrieval(
         itc_true, itc_false = itc[true_texts, videos_probed], itc[distractor_texts, videos_probed]
         metrics["temporal_probe_itc_accuracy"] = float((itc_true > itc_false).float().mean())
         if spec.use_itm:
-            pairs = scorer(
+            pairs = sharded_pair_scorer(accelerator, "Temporal probe")(
                 model, videos, all_texts, torch.cat([true_texts, distractor_texts]), torch.cat([videos_probed] * 2),
                 clip_aggregation=spec.clip_aggregation,
             )
@@ -344,7 +373,7 @@ def evaluate_qa(
     answers = collator.encode_answers(dataset.answer_list)
     loader = sharded_loader(accelerator, dataset, spec.batch_size, collator, spec.num_workers)
     predictions, indices = [], []
-    for batch in loader:
+    for batch in _with_progress(accelerator, loader, f"Answering the questions of {dataset.name}"):
         if batch is None:
             continue
         ranking = model.rank_answers(
@@ -382,7 +411,7 @@ def evaluate_egomcq(
     collator = MultipleChoiceCollator(processor, return_index=True, return_types=True)
     loader = sharded_loader(accelerator, dataset, spec.batch_size, collator, spec.num_workers)
     logits, labels, types, indices = [], [], [], []
-    for batch in loader:
+    for batch in _with_progress(accelerator, loader, f"Scoring the choices of {dataset.name}"):
         if batch is None:
             continue
         output = model(
@@ -504,6 +533,7 @@ __all__ = [
     "evaluate_retrieval",
     "evaluation_results",
     "load_checkpoint_config",
+    "progress_bar",
     "sharded_loader",
     "sharded_pair_scorer",
     "video_gmacs_per_sample",

@@ -47,6 +47,7 @@ from training.common import (
     save_pretrained_atomically,
     start_over,
     start_run,
+    start_trackers,
     trim_metrics_log,
     write_json_atomically,
 )
@@ -133,7 +134,7 @@ def main(argv=None) -> dict | None:
         if problem:
             raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
     started = time.perf_counter()
-    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
+    accelerator, synthetic_root, processor = start_run(recipe, output_dir, args.report_to, vars(args))
     dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
     test_field = recipe_field_name(recipe.name, "evaluation.0")
     test_set = build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
@@ -141,7 +142,7 @@ def main(argv=None) -> dict | None:
     saved = latest_state(checkpoint_dir) if args.resume is not False else None
     if accelerator.is_main_process:
         trim_metrics_log(output_dir / "metrics.jsonl", saved[1]["global_step"] if saved else 0, 0)
-    accelerator.init_trackers("finetune", config={"recipe": recipe.name, "task": args.task, "seed": recipe.seed})
+    start_trackers(accelerator, "finetune", recipe, num_processes=accelerator.num_processes)
     with plain_loading():
         set_seed(recipe.seed)  # what the checkpoint lacks (a new head) starts from the seed alone
         model = build_initial_model(recipe, HEADS[args.task])

@@ -45,6 +45,7 @@ from training.common import (
     save_pretrained_atomically,
     start_over,
     start_run,
+    start_trackers,
     trim_metrics_log,
     write_json_atomically,
 )
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
         start_over(output_dir, ["run_state.json", "summary.json"])
 
     started = time.perf_counter()
-    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
+    accelerator, synthetic_root, processor = start_run(recipe, output_dir, args.report_to, vars(args))
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
     train_sets = [
@@ -106,7 +107,7 @@ def main(argv=None) -> None:
     if accelerator.is_main_process:
         resumed_step = saved[1]["global_step"] if saved else sum(stage["steps"] for stage in run_state["stages"])
         trim_metrics_log(output_dir / "metrics.jsonl", resumed_step, len(run_state["stages"]))
-    accelerator.init_trackers("pretrain", config={"recipe": recipe.name, "seed": recipe.seed})
+    start_trackers(accelerator, "pretrain", recipe, num_processes=accelerator.num_processes)
 
     global_step = sum(stage["steps"] for stage in run_state["stages"])
     for index, stage in enumerate(recipe.stages):
