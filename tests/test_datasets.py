@@ -181,20 +181,20 @@ def test_egomcq_items(corpus, processor):
         "query": _clip("v1", 1.0, 2.0, "#C C moves"),
         "choices": {str(k): _clip(f"v{k}", 1.0, 2.0) for k in range(5)},
         "answer": 1,
-        "types": 2,
+        "types": 1,  # inter-video
     }
     intra = {
         "query": _clip("v2", 0.0, 0.5),
         "choices": {str(k): _clip("v2", k * 0.6, k * 0.6 + 0.5) for k in range(5)},
         "answer": 0,
-        "types": 1,
+        "types": 2,  # intra-video
     }
     broken = dict(intra, choices={**intra["choices"], "4": _clip("missing_a", 0.0, 1.0)})
     rows = {"0": inter, "1": intra, "2": broken}.values()
     dataset = EgoMCQDataset(rows, processor, media_root=corpus, max_bad_fraction=0.5)
-    assert dataset.types == [2, 1, 1]
+    assert dataset.types == [1, 2, 2]
     item = dataset[0]
-    assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 2
+    assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 1
     assert [decoded_identity(pixels_to_uint8(clip)) for clip in item["pixel_values"]] == [0, 1, 2, 3, 4]
     intra_item = dataset[1]
     for k, clip in enumerate(intra_item["pixel_values"]):
@@ -202,10 +202,10 @@ def test_egomcq_items(corpus, processor):
     assert dataset[2] is None and dataset.num_bad_samples == 1  # one unreadable choice skips the whole item
     # the loaded JSON object itself (keyed by stringified index, as egomcq.json) is accepted as well
     keyed = {"10": broken, "2": intra, "1": inter}
-    assert EgoMCQDataset(keyed, processor, media_root=corpus).types == [2, 1, 1]
+    assert EgoMCQDataset(keyed, processor, media_root=corpus).types == [1, 2, 2]
     batch = MultipleChoiceCollator(processor, return_types=True)([dataset[0], dataset[1], dataset[2]])
     assert batch["pixel_values"].shape == (2, 5, 4, 3, 16, 16)
-    assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [2, 1]
+    assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [1, 2]
 
 
 def test_retrieval_eval_multi_clip(corpus, processor):

@@ -15,8 +15,8 @@ Formats:
 * EgoClip metadata: tab-separated, columns `clip_idx, video_uid, video_dur, narration_source, narration_ind,
   narration_time, clip_start, clip_end, clip_text, tag_verb, tag_noun` (tags are stringified lists of ints);
 * EgoMCQ: `{"0": {"query": clip, "choices": {"0": clip, ..., "4": clip}, "answer": int, "types": 1 | 2}, ...}`
-  with clip records `{video_uid, clip_start, clip_end, clip_text, tag_verb, tag_noun}`. Type 1 is intra-video and
-  type 2 inter-video (the mapping of the official metric, not the comment in EgoVLP's loader).
+  with clip records `{video_uid, clip_start, clip_end, clip_text, tag_verb, tag_noun}`. Type 1 is inter-video and
+  type 2 intra-video, as EgoVLP's loader says (its metric prints them under each other's names).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from modeling_svitt.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
+
 AnnotationSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]
 
-EGOMCQ_INTRA_VIDEO = 1
-EGOMCQ_INTER_VIDEO = 2
-EGOMCQ_TYPE_NAMES = {EGOMCQ_INTRA_VIDEO: "intra-video", EGOMCQ_INTER_VIDEO: "inter-video"}
+EGOMCQ_TYPE_NAMES = {EGOMCQ_INTER_VIDEO: "inter-video", EGOMCQ_INTRA_VIDEO: "intra-video"}
 EGOCLIP_COLUMNS = (
     "clip_idx",
     "video_uid",
@@ -414,7 +414,7 @@ def load_egomcq_annotations(
 
     Returns:
         `list[dict]` with `index`, `query` (text), `choices` (five `{"video", "start", "end"}`), `answer` (0-4) and
-        `type` (1 intra-video, 2 inter-video).
+        `type` (1 inter-video, 2 intra-video).
     """
     name, base_dir = _source_name(source), _base_dir(source, media_root)
     records = []
@@ -440,7 +440,7 @@ def load_egomcq_annotations(
             raise AnnotationError(f"Entry {position} of '{name}' is not an EgoMCQ item: {error!r}") from error
         if item_type not in EGOMCQ_TYPE_NAMES:
             raise AnnotationError(
-                f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter)."
+                f"Entry {position} of '{name}' has types={item_type}; expected 1 (inter-video) or 2 (intra-video)."
             )
         answer = int(row["answer"])
         if not 0 <= answer < len(choices):
