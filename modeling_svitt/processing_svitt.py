@@ -31,7 +31,7 @@ from transformers.processing_utils import ImagesKwargs, ProcessorMixin
 from transformers.utils import logging
 
 from .tokenization_svitt import SViTTTokenizer
-from .video_io import CLIP_LAYOUTS, DecodedVideo, read_video
+from .video_io import CLIP_LAYOUTS, SAMPLING_STRATEGIES, DecodedVideo, is_sampling_strategy, read_video
 
 logger = logging.get_logger(__name__)
 
@@ -251,6 +251,10 @@ class SViTTVideoProcessor(BaseImageProcessor):
     def _check(options: dict[str, Any]) -> None:
         if options["interpolation"] not in INTERPOLATION_MODES:
             raise ValueError(f"`interpolation` must be one of {INTERPOLATION_MODES}, got {options['interpolation']!r}.")
+        if not is_sampling_strategy(options["frame_sampling"]):
+            raise ValueError(
+                f"`frame_sampling` must be one of {SAMPLING_STRATEGIES}, got {options['frame_sampling']!r}."
+            )
         if options["clip_layout"] not in CLIP_LAYOUTS:
             raise ValueError(f"`clip_layout` must be one of {CLIP_LAYOUTS}, got {options['clip_layout']!r}.")
         if not 0.0 <= options["flip_probability"] <= 1.0:

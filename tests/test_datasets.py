@@ -398,6 +398,7 @@ def test_annotation_files_not_in_utf8_are_named(tmp_path):
     with pytest.raises(AnnotationError, match=rf"'{latin1}' is not UTF-8 text \(byte 0xe9"):
         load_caption_annotations(latin1)
     tsv = tmp_path / "egoclip.tsv"
-    tsv.write_bytes(("\t".join(EGOCLIP_COLUMNS) + "\n0\tv1\t3\tn\t0\t1\t1\t2\t#C C caf\u00e9\t[0]\t[0]\n").encode("latin-1"))
+    row = "0\tv1\t3\tn\t0\t1\t1\t2\t#C C caf\u00e9\t[0]\t[0]\n"
+    tsv.write_bytes(("\t".join(EGOCLIP_COLUMNS) + "\n" + row).encode("latin-1"))
     with pytest.raises(AnnotationError, match=rf"'{tsv}' is not UTF-8 text"):
         load_egoclip_annotations(tsv)

@@ -282,6 +282,7 @@ def test_grayscale_clips_are_read_as_frames_not_as_one_rgba_image(noise_video):
         ({"image_std": [0.5, float("nan"), 0.5]}, "`image_std` must be positive finite numbers"),
         ({"image_std": -0.5}, "`image_std` must be positive finite numbers"),
         ({"image_mean": [float("nan")] * 3}, "`image_mean` must be finite numbers"),
+        ({"frame_sampling": "bogus"}, "`frame_sampling` must be one of"),
     ],
 )
 def test_impossible_transform_settings_name_the_field(noise_video, kwargs, field):
