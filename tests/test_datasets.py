@@ -357,6 +357,7 @@ def _mcq_item(**choice_2):
         ("retrieval", {"video": "b.mp4", "caption": "a", "distractor_caption": 3}, "distractor_caption", "int"),
         ("qa", {"video": "b.mp4", "question": None, "answer": "yes"}, "question", "got null"),
         ("qa", {"video": ["b.mp4"], "question": "why?", "answer": "yes"}, "video", "must be a string"),
+        ("qa", {"video": "b.mp4", "question": "why?", "answer": {"yes": 2}}, "answer", "got dict"),
         ("egoclip", dict(GOOD_CLIP, clip_start="abc"), "clip_start", "number of seconds, got str 'abc'"),
         ("egoclip", dict(GOOD_CLIP, clip_start=3.0), "clip_end", "2 is before clip_start 3"),
         ("egoclip", dict(GOOD_CLIP, clip_start=-1.0), "clip_start", "must be >= 0"),

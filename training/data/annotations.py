@@ -364,7 +364,8 @@ def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike 
     for position, row in enumerate(read_rows(source)):
         _require(row, ["question"], name, position)
         media = _text(_media_field(row, name, position), name, position, "video")
-        answers, weights = answer_weights(row.get("answer", []))
+        answer = row.get("answer", [])
+        answers, weights = answer_weights(_texts(answer, name, position, "answer") if answer != [] else answer)
         records.append(
             {
                 "index": position,
