@@ -7,6 +7,11 @@ tower with 3 fusion layers).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Iterable
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -374,6 +379,33 @@ class SViTTConfig(PreTrainedConfig):
             )
 
 
+def config_field_names(config_class: type[PreTrainedConfig]) -> list[str]:
+    """The settings `config_class(...)` keeps: its fields and settable properties (e.g. `answer_decoder_num_layers`),
+    plus `attn_implementation`, which the base config takes as a keyword."""
+    names = {field.name for field in dataclasses.fields(config_class)} | {"attn_implementation"}
+    names |= {
+        name
+        for name, member in inspect.getmembers(config_class)
+        if isinstance(member, property) and member.fset is not None and not name.startswith("_")
+    }
+    return sorted(names)
+
+
+def unknown_config_fields(config_class: type[PreTrainedConfig], keys: Iterable[str]) -> list[str]:
+    """One message per key that `config_class` does not have (`PreTrainedConfig` would store it and use it nowhere),
+    each naming the closest valid field."""
+    valid = config_field_names(config_class)
+    own = [name for name in valid if name not in config_field_names(PreTrainedConfig)]
+    problems = []
+    for key in keys:
+        if key in valid:
+            continue
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"its own fields are {', '.join(own)}"
+        problems.append(f"`{key}` is not a field of {config_class.__name__}; {hint}")
+    return problems
+
+
 def answer_decoder_config_from_text(
     text_config: SViTTTextConfig, num_layers: int | None = None, **overrides
 ) -> SViTTTextConfig:
@@ -395,4 +427,4 @@ def answer_decoder_config_from_text(
     return SViTTTextConfig(**values)
 
 
-__all__ = ["SViTTConfig", "SViTTTextConfig", "SViTTVisionConfig"]
+__all__ = ["SViTTConfig", "SViTTTextConfig", "SViTTVisionConfig", "config_field_names", "unknown_config_fields"]

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig, answer_decoder_config_from_text
+from .configuration_svitt import (
+    SViTTConfig,
+    SViTTTextConfig,
+    SViTTVisionConfig,
+    answer_decoder_config_from_text,
+    unknown_config_fields,
+)
 
 PRETRAINING, RETRIEVAL, QUESTION_ANSWERING = "pretraining", "retrieval", "question_answering"
 
@@ -366,6 +372,19 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _parse_overrides(parser: argparse.ArgumentParser, option: str, items: list[str], config_class) -> dict[str, Any]:
+    """`KEY=VALUE` items of one option (values as JSON, else strings); keys `config_class` lacks are refused with
+    the closest valid field (the config would store them and use them nowhere)."""
+    malformed = [item for item in items if "=" not in item]
+    if malformed:
+        parser.error(f"{option} {malformed[0]!r}: expected KEY=VALUE, e.g. {option} num_frames=8")
+    overrides = {key: _parse_value(value) for key, value in (item.split("=", 1) for item in items)}
+    problems = unknown_config_fields(config_class, overrides)
+    if problems:
+        parser.error(f"{option}: " + "; ".join(problems))
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="release checkpoint (.pth / .pt / .safetensors)")
@@ -404,10 +423,9 @@ def main(argv: list[str] | None = None) -> None:
             original_config = yaml.safe_load(text)
         else:
             original_config = json.loads(text)
-    overrides = [dict(item.split("=", 1) for item in items) for items in (args.vision, args.text, args.decoder)]
-    vision_overrides, text_overrides, decoder_overrides = (
-        {key: _parse_value(value) for key, value in group.items()} for group in overrides
-    )
+    vision_overrides = _parse_overrides(parser, "--vision", args.vision, SViTTVisionConfig)
+    text_overrides = _parse_overrides(parser, "--text", args.text, SViTTTextConfig)
+    decoder_overrides = _parse_overrides(parser, "--decoder", args.decoder, SViTTTextConfig)
     model = convert_checkpoint(
         args.checkpoint,
         args.output,

@@ -22,10 +22,10 @@ from .losses import all_gather_no_grad
 
 TIE_BREAKS = ("pessimistic", "optimistic")
 
-EGOMCQ_INTRA_VIDEO = 1
-"""EgoMCQ `types` value of the intra-video setting (candidates from the same video)."""
-EGOMCQ_INTER_VIDEO = 2
+EGOMCQ_INTER_VIDEO = 1
 """EgoMCQ `types` value of the inter-video setting (candidates from different videos)."""
+EGOMCQ_INTRA_VIDEO = 2
+"""EgoMCQ `types` value of the intra-video setting (candidates from the same video)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -247,19 +247,21 @@ def egomcq_accuracy(
     """EgoMCQ accuracy (percent) per setting, following the official EgoVLP / LaViLa scoring.
 
     The prediction is the argmax over the candidates (the first maximum on ties, as `torch.argmax` in the
-    official code). `types` uses the dataset's codes, mapped explicitly: 1 = intra-video, 2 = inter-video
-    (the mapping that reproduces the published numbers; the official function pairs sorted unique types
-    with names positionally, which mislabels a subset holding only one type; this does not).
+    official code). `types` uses the dataset's codes, mapped explicitly: 1 = inter-video, 2 = intra-video, as
+    `egomcq.json` and EgoVLP's loader define them. EgoVLP's metric pairs the sorted unique types with the names
+    `["Intra-video", "Inter-video"]` by position, so its "Intra-video" value is the inter-video accuracy (and a
+    subset holding one type is named by position); the papers' tables (inter ~90%, intra ~57-66%) use the
+    dataset's meaning, which this function follows.
 
     Args:
         logits: `(N, num_candidates)` scores.
         labels: `(N,)` index of the correct candidate.
-        types: `(N,)` 1 (intra-video) or 2 (inter-video).
+        types: `(N,)` 1 (inter-video) or 2 (intra-video).
         ids: question ids, to drop duplicates left by gathering.
 
     Returns:
-        `intra_video_accuracy` and/or `inter_video_accuracy` for the settings present, plus
-        `num_intra_video` / `num_inter_video` (question counts).
+        `inter_video_accuracy` and/or `intra_video_accuracy` for the settings present, plus
+        `num_inter_video` / `num_intra_video` (question counts).
     """
     labels, types = _as_long_tensor(labels), _as_long_tensor(types)
     if logits.dim() != 2 or logits.shape[0] != labels.numel() or labels.numel() != types.numel():
@@ -275,12 +277,12 @@ def egomcq_accuracy(
         logits, labels, types = logits[keep.to(logits.device)], labels[keep], types[keep]
     if bool(logits.isnan().any()):
         raise ValueError("`logits` contains NaN (`argmax` would pick it as the maximum).")
-    unknown = set(types.unique().tolist()) - {EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO}
+    unknown = set(types.unique().tolist()) - {EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO}
     if unknown:
-        raise ValueError(f"Unknown EgoMCQ types {sorted(unknown)}; expected 1 (intra-video) or 2 (inter-video).")
+        raise ValueError(f"Unknown EgoMCQ types {sorted(unknown)}; expected 1 (inter-video) or 2 (intra-video).")
     correct = logits.argmax(dim=1).cpu() == labels
     metrics: dict[str, float] = {}
-    for code, name in ((EGOMCQ_INTRA_VIDEO, "intra_video"), (EGOMCQ_INTER_VIDEO, "inter_video")):
+    for code, name in ((EGOMCQ_INTER_VIDEO, "inter_video"), (EGOMCQ_INTRA_VIDEO, "intra_video")):
         selected = types == code
         count = int(selected.sum())
         if count:

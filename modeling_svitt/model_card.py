@@ -81,7 +81,9 @@ FAMILY_SUMMARY = {
         "sparse video-text transformer (BEiT video tower with edge and node sparsity, BERT text tower with "
         "cross-attention fusion layers), which the paper pretrains on EgoClip narrations with the EgoNCE contrastive "
         "loss (action-aware positives, scene-aware negatives) in place of InfoNCE, on 4-frame clips keeping 70% of "
-        "the tokens."
+        "the tokens. Its EgoMCQ accuracies follow the dataset's `types`: 1 is inter-video (candidates from five "
+        "videos), 2 is intra-video (five moments of one video); EgoVLP's evaluation logs print these two numbers "
+        "under each other's names."
     ),
 }
 _AUTO_CLASSES = (

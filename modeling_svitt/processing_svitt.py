@@ -28,11 +28,15 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+from transformers.utils import logging
 
 from .tokenization_svitt import SViTTTokenizer
-from .video_io import CLIP_LAYOUTS, DecodedVideo, read_video
+from .video_io import CLIP_LAYOUTS, SAMPLING_STRATEGIES, DecodedVideo, is_sampling_strategy, read_video
+
+logger = logging.get_logger(__name__)
 
 INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest")
+CHANNEL_COUNTS = (1, 3, 4)
 
 
 def _as_pair(value, name: str) -> tuple[float, float]:
@@ -44,12 +48,48 @@ def _as_pair(value, name: str) -> tuple[float, float]:
 
 def _as_size(size) -> dict[str, int]:
     if isinstance(size, int):
-        return {"height": size, "width": size}
-    if isinstance(size, dict) and {"height", "width"} <= set(size):
-        return {"height": int(size["height"]), "width": int(size["width"])}
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return {"height": int(size[0]), "width": int(size[1])}
-    raise ValueError(f"`size` must be an int, (height, width) or {{'height': h, 'width': w}}, got {size!r}.")
+        pair = {"height": size, "width": size}
+    elif isinstance(size, dict) and {"height", "width"} <= set(size):
+        pair = {"height": int(size["height"]), "width": int(size["width"])}
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        pair = {"height": int(size[0]), "width": int(size[1])}
+    else:
+        raise ValueError(f"`size` must be an int, (height, width) or {{'height': h, 'width': w}}, got {size!r}.")
+    if min(pair.values()) < 1:
+        raise ValueError(f"`size` must be positive (the output frame size in pixels), got {size!r}.")
+    return pair
+
+
+def _check_channel_values(name: str, values, positive: bool = False) -> None:
+    array = np.atleast_1d(np.asarray(values, dtype=float))
+    if not np.isfinite(array).all() or (positive and not (array > 0).all()):
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"`{name}` must be {kind} (one per RGB channel, or one for all), got {values!r}.")
+
+
+def _image_or_grayscale_clip(video: torch.Tensor) -> torch.Tensor:
+    """A 3-D input as `(T, ..., H, W)` frames: one image `(H, W, C)` or `(C, H, W)` (C = 3, as torchvision stores an
+    image; a one-frame video), else a grayscale clip `(T, H, W)`."""
+    first, last = video.shape[0], video.shape[-1]
+    if last in CHANNEL_COUNTS or first in (1, 3):
+        return video[None]
+    if first == 4:
+        raise ValueError(
+            f"A video of shape {tuple(video.shape)} is ambiguous: one RGBA image with its channels first, or a "
+            "grayscale clip of 4 frames. Give grayscale frames a channel axis, (T, H, W, 1) or (T, 1, H, W), and an "
+            "RGBA image as (H, W, 4)."
+        )
+    return video[:, None]
+
+
+def _warn_if_already_rescaled(video: torch.Tensor) -> None:
+    # The heuristic of transformers' image processors: float pixels within [0, 1] were most likely scaled already.
+    if video.is_floating_point() and video.numel() and video.min() >= 0 and video.max() <= 1:
+        logger.warning_once(
+            "It looks like you are trying to rescale already rescaled frames: float pixel values in [0, 1] are "
+            "multiplied by `rescale_factor` (1/255) again. Pass `do_rescale=False` if they are already in [0, 1], "
+            "or give uint8 frames in [0, 255]."
+        )
 
 
 def random_resized_crop_box(
@@ -111,9 +151,12 @@ class SViTTVideoProcessor(BaseImageProcessor):
     Turns videos into `pixel_values (batch, frames, 3, height, width)` the way the SViTT release did, with torch only.
 
     Videos can be given as files (decoded with [`read_video`], sampling `num_frames` frames with `frame_sampling`),
-    as [`DecodedVideo`] objects, or as frames: a `(T, H, W, C)` / `(T, C, H, W)` array or tensor, a list of
-    `(H, W, C)` frames, or a single image (a one-frame video). A batch is a list of those, or a 5-D array.
-    `uint8` input is expected in [0, 255]; float input is rescaled by `rescale_factor` too unless `do_rescale=False`.
+    as [`DecodedVideo`] objects, or as frames: a `(T, H, W, C)` / `(T, C, H, W)` array or tensor (C = 1, 3 or 4;
+    alpha is dropped), a grayscale `(T, H, W)` clip, a list of `(H, W, C)` or `(H, W)` frames, or a single image
+    `(H, W, C)`, `(3, H, W)` or `(H, W)` (a one-frame video). A `(4, H, W)` input is refused as ambiguous (an RGBA
+    image or four grayscale frames). A batch is a list of those, or a 5-D array.
+    `uint8` input is expected in [0, 255]; float input is rescaled by `rescale_factor` too unless `do_rescale=False`
+    (float input already in [0, 1] gets a warning, as `transformers` image processors give).
     A video holding several clips `(K, T, C, H, W)` (test-time ensembling) gives `pixel_values (B, K, T, 3, H, W)`.
 
     Every random choice (crop box, flip) is drawn once per video and applied to all its frames and clips.
@@ -208,12 +251,17 @@ class SViTTVideoProcessor(BaseImageProcessor):
     def _check(options: dict[str, Any]) -> None:
         if options["interpolation"] not in INTERPOLATION_MODES:
             raise ValueError(f"`interpolation` must be one of {INTERPOLATION_MODES}, got {options['interpolation']!r}.")
+        if not is_sampling_strategy(options["frame_sampling"]):
+            raise ValueError(
+                f"`frame_sampling` must be one of {SAMPLING_STRATEGIES}, got {options['frame_sampling']!r}."
+            )
         if options["clip_layout"] not in CLIP_LAYOUTS:
             raise ValueError(f"`clip_layout` must be one of {CLIP_LAYOUTS}, got {options['clip_layout']!r}.")
         if not 0.0 <= options["flip_probability"] <= 1.0:
             raise ValueError(f"`flip_probability` must be in [0, 1], got {options['flip_probability']}.")
-        if any(std == 0 for std in np.atleast_1d(options["image_std"])):
-            raise ValueError("`image_std` must not contain zeros.")
+        _check_channel_values("image_mean", options["image_mean"])
+        _check_channel_values("image_std", options["image_std"], positive=True)
+        _check_channel_values("rescale_factor", options["rescale_factor"], positive=True)
 
     def to_dict(self) -> dict[str, Any]:
         output = {key: getattr(self, key) for key in self._call_kwargs}
@@ -242,7 +290,8 @@ class SViTTVideoProcessor(BaseImageProcessor):
             frames = [torch.as_tensor(np.asarray(frame)) if not torch.is_tensor(frame) else frame for frame in video]
             if not frames:
                 raise ValueError("Got an empty list of frames.")
-            return self._channels_first(torch.stack(frames))
+            stacked = torch.stack(frames)
+            return self._channels_first(stacked[:, None] if stacked.ndim == 3 else stacked)  # (H, W) frames: gray
         if isinstance(video, np.ndarray):
             video = torch.from_numpy(np.ascontiguousarray(video))
         if not torch.is_tensor(video):
@@ -250,15 +299,17 @@ class SViTTVideoProcessor(BaseImageProcessor):
                 f"Cannot read a video from {type(video).__name__}; expected a file path, a DecodedVideo, "
                 "frames as a numpy array / torch tensor, or a list of frames."
             )
-        if video.ndim == 3:  # a single image: a one-frame video
-            video = video[None]
+        if video.ndim == 2:  # one grayscale image
+            video = video[None, None]
+        elif video.ndim == 3:
+            video = _image_or_grayscale_clip(video)
         if video.ndim < 4:
-            raise ValueError(f"A video must have at least 3 dimensions (H, W, C), got shape {tuple(video.shape)}.")
+            raise ValueError(f"A video must have at least 2 dimensions (H, W), got shape {tuple(video.shape)}.")
         return self._channels_first(video)
 
     @staticmethod
     def _channels_first(video: torch.Tensor) -> torch.Tensor:
-        channels = (1, 3, 4)
+        channels = CHANNEL_COUNTS
         if video.shape[-3] in channels and video.shape[-1] not in channels:
             pass
         elif video.shape[-1] in channels:
@@ -309,6 +360,8 @@ class SViTTVideoProcessor(BaseImageProcessor):
         )
 
     def _transform(self, video: torch.Tensor, options: dict[str, Any], generator: torch.Generator | None):
+        if options["do_rescale"]:
+            _warn_if_already_rescaled(video)
         leading = video.shape[:-3]
         is_uint8 = video.dtype == torch.uint8
         frames = video.reshape(-1, *video.shape[-3:])

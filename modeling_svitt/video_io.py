@@ -47,6 +47,16 @@ _FPS_PATTERN = re.compile(r"^fps(\d+(?:\.\d*)?|\.\d+)$")
 _IMAGE_FORMATS = ("image2", "image2pipe")
 
 
+def is_sampling_strategy(sample: str) -> bool:
+    """Whether `sample` names a frame sampling strategy of [`sample_frame_indices`] (`fps<X>` with X > 0)."""
+    if not isinstance(sample, str):
+        return False
+    fps_match = _FPS_PATTERN.match(sample)
+    if fps_match:
+        return float(fps_match.group(1)) > 0
+    return sample in SAMPLING_STRATEGIES[:-1]
+
+
 class VideoDecodingError(OSError):
     """A video (or image) file could not be opened or decoded. The message and `path` name the file."""
 
@@ -656,6 +666,7 @@ __all__ = [
     "VideoMetadata",
     "VideoNotFoundError",
     "VideoSegmentError",
+    "is_sampling_strategy",
     "probe_video",
     "read_video",
     "sample_frame_indices",

@@ -68,6 +68,28 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
         load_original_checkpoint(broken)
 
 
+@pytest.mark.parametrize(
+    ("option", "item", "message"),
+    [
+        ("--vision", "num_hidden_layer=2", "--vision: `num_hidden_layer` is not a field of SViTTVisionConfig; did you "
+                                           "mean `num_hidden_layers`?"),
+        ("--text", "fusion_layr=9", "--text: `fusion_layr` is not a field of SViTTTextConfig; did you mean "
+                                    "`fusion_layer`?"),
+        ("--decoder", "num_hiden_layers=2", "did you mean `num_hidden_layers`?"),
+        ("--vision", "num_frames", "--vision 'num_frames': expected KEY=VALUE"),
+    ],
+)
+def test_override_keys_that_configure_nothing_are_refused(tmp_path, capsys, option, item, message):
+    from modeling_svitt.convert_original_svitt import main
+
+    # refused before the checkpoint is read: it does not even exist
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "absent.pth"), "--output", str(tmp_path / "out"), option, item])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_model_card_makes_a_push_ready_folder_that_loads_by_name(release_checkpoint, tmp_path, monkeypatch):
     import hashlib
 

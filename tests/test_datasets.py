@@ -181,20 +181,20 @@ def test_egomcq_items(corpus, processor):
         "query": _clip("v1", 1.0, 2.0, "#C C moves"),
         "choices": {str(k): _clip(f"v{k}", 1.0, 2.0) for k in range(5)},
         "answer": 1,
-        "types": 2,
+        "types": 1,  # inter-video
     }
     intra = {
         "query": _clip("v2", 0.0, 0.5),
         "choices": {str(k): _clip("v2", k * 0.6, k * 0.6 + 0.5) for k in range(5)},
         "answer": 0,
-        "types": 1,
+        "types": 2,  # intra-video
     }
     broken = dict(intra, choices={**intra["choices"], "4": _clip("missing_a", 0.0, 1.0)})
     rows = {"0": inter, "1": intra, "2": broken}.values()
     dataset = EgoMCQDataset(rows, processor, media_root=corpus, max_bad_fraction=0.5)
-    assert dataset.types == [2, 1, 1]
+    assert dataset.types == [1, 2, 2]
     item = dataset[0]
-    assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 2
+    assert item["pixel_values"].shape == (5, 4, 3, 16, 16) and item["label"] == 1 and item["type"] == 1
     assert [decoded_identity(pixels_to_uint8(clip)) for clip in item["pixel_values"]] == [0, 1, 2, 3, 4]
     intra_item = dataset[1]
     for k, clip in enumerate(intra_item["pixel_values"]):
@@ -202,10 +202,10 @@ def test_egomcq_items(corpus, processor):
     assert dataset[2] is None and dataset.num_bad_samples == 1  # one unreadable choice skips the whole item
     # the loaded JSON object itself (keyed by stringified index, as egomcq.json) is accepted as well
     keyed = {"10": broken, "2": intra, "1": inter}
-    assert EgoMCQDataset(keyed, processor, media_root=corpus).types == [2, 1, 1]
+    assert EgoMCQDataset(keyed, processor, media_root=corpus).types == [1, 2, 2]
     batch = MultipleChoiceCollator(processor, return_types=True)([dataset[0], dataset[1], dataset[2]])
     assert batch["pixel_values"].shape == (2, 5, 4, 3, 16, 16)
-    assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [2, 1]
+    assert batch["labels"].tolist() == [1, 0] and batch["question_types"].tolist() == [1, 2]
 
 
 def test_retrieval_eval_multi_clip(corpus, processor):
@@ -335,3 +335,71 @@ def test_datasets_interop(corpus, processor):
     raw = datasets.Dataset.from_list(json.loads((corpus / "captions.json").read_text()))
     from_rows = VideoCaptionDataset(raw, processor, media_root=corpus)
     assert from_rows.records == dataset.records
+
+
+GOOD_CLIP = {"video_uid": "v1", "clip_start": 1.0, "clip_end": 2.0, "clip_text": "#C C waves"}
+
+
+def _mcq_item(**choice_2):
+    choices = {str(k): dict(GOOD_CLIP, **(choice_2 if k == 2 else {})) for k in range(5)}
+    return {"query": GOOD_CLIP, "choices": choices, "answer": 0, "types": 1}
+
+
+@pytest.mark.parametrize(
+    ("loader", "entry", "field", "problem"),
+    [
+        ("captions", {"video": "b.mp4", "caption": None}, "caption", "got null"),
+        ("captions", {"video": "b.mp4", "caption": 7}, "caption", "got int 7"),
+        ("captions", {"video": "b.mp4", "caption": {"a dog": 1}}, "caption", "got dict"),  # its keys were captions
+        ("captions", {"video": "b.mp4", "caption": []}, "caption", "non-empty list"),
+        ("captions", {"video": None, "caption": "a dog"}, "video", "got null"),
+        ("retrieval", {"video": "b.mp4", "caption": {"a dog": 1}}, "caption", "got dict"),
+        ("retrieval", {"video": "b.mp4", "caption": "a", "distractor_caption": 3}, "distractor_caption", "int"),
+        ("qa", {"video": "b.mp4", "question": None, "answer": "yes"}, "question", "got null"),
+        ("qa", {"video": ["b.mp4"], "question": "why?", "answer": "yes"}, "video", "must be a string"),
+        ("qa", {"video": "b.mp4", "question": "why?", "answer": {"yes": 2}}, "answer", "got dict"),
+        ("egoclip", dict(GOOD_CLIP, clip_start="abc"), "clip_start", "number of seconds, got str 'abc'"),
+        ("egoclip", dict(GOOD_CLIP, clip_start=3.0), "clip_end", "2 is before clip_start 3"),
+        ("egoclip", dict(GOOD_CLIP, clip_start=-1.0), "clip_start", "must be >= 0"),
+        ("egoclip", dict(GOOD_CLIP, clip_text=None), "clip_text", "got null"),
+        ("egomcq", _mcq_item(clip_end=0.5), "choices.2.clip_end", "before clip_start"),
+        ("egomcq", _mcq_item(clip_start="nan"), "choices.2.clip_start", "number of seconds"),
+    ],
+)
+def test_malformed_entries_fail_when_read_naming_file_entry_and_field(tmp_path, loader, entry, field, problem):
+    from training.data.annotations import (
+        AnnotationError,
+        load_egoclip_annotations,
+        load_egomcq_annotations,
+        load_qa_annotations,
+    )
+
+    loaders = {
+        "captions": load_caption_annotations, "retrieval": load_retrieval_test_annotations,
+        "qa": load_qa_annotations, "egoclip": load_egoclip_annotations, "egomcq": load_egomcq_annotations,
+    }
+    good = {"captions": {"video": "a.mp4", "caption": "a cat"}, "retrieval": {"video": "a.mp4", "caption": "a cat"},
+            "qa": {"video": "a.mp4", "question": "what?", "answer": "cat"}, "egoclip": GOOD_CLIP,
+            "egomcq": _mcq_item()}[loader]
+    path = tmp_path / f"{loader}.json"
+    rows = [good, entry]
+    path.write_text(json.dumps({str(k): row for k, row in enumerate(rows)} if loader == "egomcq" else rows))
+    with pytest.raises(AnnotationError) as error:
+        loaders[loader](path)
+    message = str(error.value)
+    assert f"Entry 1 of '{path}', field '{field}'" in message and problem in message
+    loaders[loader]([good])  # the good entry alone reads
+
+
+def test_annotation_files_not_in_utf8_are_named(tmp_path):
+    from training.data.annotations import AnnotationError, load_egoclip_annotations
+
+    latin1 = tmp_path / "captions.json"
+    latin1.write_bytes('[{"video": "a.mp4", "caption": "un caf\u00e9"}]'.encode("latin-1"))
+    with pytest.raises(AnnotationError, match=rf"'{latin1}' is not UTF-8 text \(byte 0xe9"):
+        load_caption_annotations(latin1)
+    tsv = tmp_path / "egoclip.tsv"
+    row = "0\tv1\t3\tn\t0\t1\t1\t2\t#C C caf\u00e9\t[0]\t[0]\n"
+    tsv.write_bytes(("\t".join(EGOCLIP_COLUMNS) + "\n" + row).encode("latin-1"))
+    with pytest.raises(AnnotationError, match=rf"'{tsv}' is not UTF-8 text"):
+        load_egoclip_annotations(tsv)

@@ -275,6 +275,8 @@ def test_evaluation_refuses_wrong_inputs_before_work(workspace, pretrained, head
          r"stages\.0\.data\.annotations: expected QA JSON, .*ret_train.json' lacks \['question'\]"),
         ("retrieval", ["--recipe", "{retrieval}", "--media-root", "{synthetic}/ego"],
          r"stages\.0\.data\.media_root: none of the .* videos of the annotations exists"),
+        ("retrieval", ["--recipe", "{retrieval}", "--set", "stages.0.optimizer.lr_multipliers={nowhere: 2.0}"],
+         r"stages\.0\.optimizer\.lr_multipliers: no parameter name holds 'nowhere'"),
     ],
 )
 def test_fine_tuning_refuses_wrong_inputs_before_work(workspace, pretrained, task, extra, message):

@@ -116,7 +116,7 @@ def test_qa_accuracy_by_hand():
         qa_accuracy(["a"], ["a", "b"])
 
 
-def test_egomcq_accuracy_follows_the_official_convention():
+def test_egomcq_accuracy_by_hand():
     logits = torch.tensor(
         [
             [0.1, 0.9, 0.0, 0.0, 0.0],  # correct
@@ -127,22 +127,50 @@ def test_egomcq_accuracy_follows_the_official_convention():
         ]
     )
     labels = [1, 1, 4, 2, 0]
-    types = [2, 2, 1, 1, 1]  # 1 = intra-video, 2 = inter-video
+    types = [2, 2, 1, 1, 1]  # the dataset's codes: 1 = inter-video, 2 = intra-video
     metrics = egomcq_accuracy(logits, labels, types)
-    assert metrics["inter_video_accuracy"] == 50.0 and metrics["num_inter_video"] == 2
-    assert metrics["intra_video_accuracy"] == pytest.approx(200 / 3) and metrics["num_intra_video"] == 3
+    assert metrics["intra_video_accuracy"] == 50.0 and metrics["num_intra_video"] == 2
+    assert metrics["inter_video_accuracy"] == pytest.approx(200 / 3) and metrics["num_inter_video"] == 3
+
+
+def egovlp_egomcq_metrics(preds: torch.Tensor, labels: torch.Tensor, types: torch.Tensor) -> dict[str, float]:
+    """EgoVLP's EgoMCQ metric (showlab/EgoVLP, `model/metric.py`), restated: for each distinct type in sorted order,
+    paired by position with the names "Intra-video" then "Inter-video", the percentage of that type's questions whose
+    argmax candidate is the label."""
+    names_in_order = ("Intra-video", "Inter-video")
+    result = {}
+    for type_value, name in zip(torch.unique(types).tolist(), names_in_order):
+        hits = [int(torch.argmax(pred)) == int(label) for pred, label, kind in zip(preds, labels, types)
+                if int(kind) == type_value]
+        result[name] = 100 * sum(hits) / len(hits)
+    return result
+
+
+def test_egomcq_types_follow_the_dataset_not_egovlps_printed_names():
+    # egomcq.json and EgoVLP's loader: 1 = inter-video, 2 = intra-video. EgoVLP's metric prints type 1's accuracy
+    # as "Intra-video", so its "Intra-video" number is our inter-video accuracy and the reverse.
+    logits = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    labels = torch.tensor([1, 0, 2, 0, 2])
+    types = torch.tensor([1, 1, 1, 2, 2])  # inter: 3 of 3 right; intra: 0 of 2
+    ours = egomcq_accuracy(logits, labels, types)
+    egovlp = egovlp_egomcq_metrics(logits, labels, types)
+    assert ours["inter_video_accuracy"] == egovlp["Intra-video"] == 100.0
+    assert ours["intra_video_accuracy"] == egovlp["Inter-video"] == 0.0
+    assert (ours["num_inter_video"], ours["num_intra_video"]) == (3, 2)
 
 
 def test_egomcq_subset_with_one_setting_is_not_mislabelled():
-    metrics = egomcq_accuracy(torch.tensor([[0.0, 1.0]]), [1], [2])
+    metrics = egomcq_accuracy(torch.tensor([[0.0, 1.0]]), [1], [1])
     assert metrics == {"inter_video_accuracy": 100.0, "num_inter_video": 1}
+    metrics = egomcq_accuracy(torch.tensor([[0.0, 1.0]]), [1], [2])
+    assert metrics == {"intra_video_accuracy": 100.0, "num_intra_video": 1}
     with pytest.raises(ValueError, match="Unknown EgoMCQ types"):
         egomcq_accuracy(torch.tensor([[0.0, 1.0]]), [1], [0])
 
 
 def test_egomcq_duplicates_removed():
     logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
-    metrics = egomcq_accuracy(logits, [1, 1, 1], [2, 2, 2], ids=[10, 11, 10])
+    metrics = egomcq_accuracy(logits, [1, 1, 1], [1, 1, 1], ids=[10, 11, 10])
     assert metrics["inter_video_accuracy"] == 50.0 and metrics["num_inter_video"] == 2
 
 

@@ -145,6 +145,11 @@ def test_no_resume_starts_over(workspace, uninterrupted):
          r"stages\.0\.data\.media_root: media folder '/nonexistent/videos' does not exist"),
         ({"evaluation": [{"kind": "retrieval", "annotations": "{synthetic}/missing.json"}]},
          r"evaluation\.0\.annotations: annotation file '.*missing.json' does not exist"),
+        # checked on the built model, every stage before the first one's first step
+        ({"stages": [{"num_frames": 2, "token_keep_rate": 0.75, "freeze": ["svitt.txt_model."]},
+                     {"num_frames": 4, "token_keep_rate": 0.5, "optimizer": {"lr_multipliers": {"nowhere": 2.0}}}]},
+         r"(?s)stages\.0\.freeze: no parameter name starts 'svitt\.txt_model\.'.*"
+         r"stages\.1\.optimizer\.lr_multipliers: no parameter name holds 'nowhere'"),
     ],
 )
 def test_bad_input_fails_before_the_first_step_naming_the_field(tmp_path, monkeypatch, overrides, message):

@@ -234,3 +234,59 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines[-2] == "SViTTProcessor SViTTTokenizer SViTTVideoProcessor"
     assert lines[-1] == "[[101, 1037, 2417, 2675, 0, 0, 0, 0]] (1, 4, 3, 16, 16)"
+
+
+def test_float_frames_already_in_zero_one_warn_and_do_rescale_false_is_honoured(noise_video):
+    import logging as std_logging
+
+    from transformers.testing_utils import CaptureLogger
+
+    from modeling_svitt.processing_svitt import logger
+
+    std_logging.Logger.warning_once.cache_clear()  # the warning is given once per process
+    processor = SViTTVideoProcessor(size=(40, 48))  # the frames' own size: no resize
+    scaled = noise_video.float() / 255
+    with CaptureLogger(logger) as captured:
+        twice = processor(scaled).pixel_values
+    assert "already rescaled" in captured.out and "do_rescale=False" in captured.out
+    reference = processor(noise_video).pixel_values
+    assert twice.max() < -0.99  # rescaled again: every pixel near -1, the silent wrong answer the warning names
+    once = processor(scaled, do_rescale=False).pixel_values
+    torch.testing.assert_close(once, reference, rtol=0, atol=1e-5)
+    std_logging.Logger.warning_once.cache_clear()
+    with CaptureLogger(logger) as captured:
+        processor(noise_video.float())  # floats in [0, 255]: nothing to say
+        processor(scaled, do_rescale=False)
+    assert captured.out == ""
+
+
+def test_grayscale_clips_are_read_as_frames_not_as_one_rgba_image(noise_video):
+    processor = SViTTVideoProcessor(size=16)
+    gray = noise_video[:, 0]  # (T, H, W)
+    as_rgb = processor(gray[:, None].expand(-1, 3, -1, -1)).pixel_values
+    five = torch.cat([gray, gray[:1]])  # 5 frames: unambiguous
+    assert processor(five).pixel_values.shape == (1, 5, 3, 16, 16)
+    torch.testing.assert_close(processor(five).pixel_values[:, :4], as_rgb, rtol=0, atol=0)
+    torch.testing.assert_close(processor([frame.numpy() for frame in gray]).pixel_values, as_rgb, rtol=0, atol=0)
+    assert processor(gray[0]).pixel_values.shape == (1, 1, 3, 16, 16)  # one (H, W) image
+    with pytest.raises(ValueError, match=r"ambiguous.*\(T, H, W, 1\)"):
+        processor(gray)  # (4, H, W): an RGBA image, or four grayscale frames
+    torch.testing.assert_close(processor(gray[..., None]).pixel_values, as_rgb, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"size": 0}, "`size` must be positive"),
+        ({"size": {"height": -1, "width": 8}}, "`size` must be positive"),
+        ({"image_std": [0.5, float("nan"), 0.5]}, "`image_std` must be positive finite numbers"),
+        ({"image_std": -0.5}, "`image_std` must be positive finite numbers"),
+        ({"image_mean": [float("nan")] * 3}, "`image_mean` must be finite numbers"),
+        ({"frame_sampling": "bogus"}, "`frame_sampling` must be one of"),
+    ],
+)
+def test_impossible_transform_settings_name_the_field(noise_video, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SViTTVideoProcessor(**kwargs)
+    with pytest.raises(ValueError, match=field):  # also as a call-time override
+        SViTTVideoProcessor(size=8)(noise_video, **kwargs)

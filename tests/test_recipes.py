@@ -134,12 +134,93 @@ def test_set_overrides_reach_nested_fields_lists_and_every_stage():
         ("model.beit=some/beit", "model.temporal_bias_init", "fresh video tower"),
         ("evaluation.0.kind=qa", "evaluation.0.kind", "for a pretraining recipe"),
         ("processor.image_std=[0.5, 0, 0.5]", "processor.image_std", "positive"),
+        # values that used to fail only after set-up (in a data-loader worker, at seeding, in the middle of the run)
+        ("stages.0.data.frame_sampling=bogus", "stages.0.data.frame_sampling", "must be one of"),
+        ("stages.0.steps=.inf", "stages.0.steps", "integer"),
+        ("seed=4294967296", "seed", r"\[0, 2\*\*32 - 1\]"),
+        ("seed=-1", "seed", r"\[0, 2\*\*32 - 1\]"),
+        ("stages.0.token_drop_layers=[-5, 99]", "stages.0.token_drop_layers", "distinct layer indices >= 0"),
+        ("stages.1.token_drop_layers=[1, 99]", "stages.1.token_drop_layers", "contains 99.*layers 0..3"),
+        ("processor.image_size=32", "processor.image_size", "model takes 64x64"),
+        # model fields that configure nothing
+        ("model.vision.num_hidden_layer=2", "model.vision", "did you mean `num_hidden_layers`"),
+        ("model.text.fusion_layr=1", "model.text", "did you mean `fusion_layer`"),
+        ("model.config.embed_dims=8", "model.config", "did you mean `embed_dim`"),
+        ("model.config.vision_config={}", "model.config.vision_config", "under model.vision"),
+        ("model.vision.num_attention_heads=5", "model.vision", "divisible"),
     ],
 )
 def test_impossible_values_fail_naming_the_field(override, field, message):
     with pytest.raises(RecipeError, match=message) as error:
         load_recipe("synthetic", [override])
     assert f"recipe 'synthetic', {field}:" in str(error.value)
+
+
+def test_infinite_epochs_fail_when_the_recipe_loads(tmp_path):
+    path = write_tiny_recipe(tmp_path, stage_defaults={"steps": None, "epochs": float("inf")})
+    with pytest.raises(RecipeError, match=r"recipe 'tiny', stages\.0\.epochs: must be a finite number"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"stages\.0\.epochs: must be a finite number"):
+        load_recipe("svitt", ["stages.0.epochs=.inf"])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "field", "message"),
+    [
+        ("svitt-ego", "stages.0.data.chunk_seconds=-600", "stages.0.data.chunk_seconds", "must be positive"),
+        ("svitt-ego", "evaluation.0.chunk_seconds=-1", "evaluation.0.chunk_seconds", "must be positive"),
+        ("svitt-ego", "stages.*.data.chunk_seconds=null", "stages.0.data.chunk_seconds", "names chunk files"),
+        ("svitt-ego", "stages.0.data.path_template={video_id}.mp4", "stages.0.data.path_template", "video_id"),
+        ("svitt", "stages.0.token_drop_layers=[3, 3]", "stages.0.token_drop_layers", "distinct"),
+        ("ret-msrvtt", "model.vision.num_frames=8", "model.vision", "init: checkpoint keeps"),
+    ],
+)
+def test_impossible_values_of_other_recipes_fail_naming_the_field(recipe, override, field, message):
+    with pytest.raises(RecipeError, match=message) as error:
+        load_recipe(recipe, [override])
+    assert f"recipe '{recipe}', {field}:" in str(error.value)
+
+
+def test_set_takes_string_fields_as_written():
+    # the documented Ego4D layout: braces are not YAML here
+    recipe = load_recipe("svitt-ego", ["stages.*.data.path_template={video_uid}/{chunk}.mp4",
+                                       "evaluation.0.path_template={video_uid}.mp4",
+                                       'stages.0.data.annotations="data/a b.csv"', "stages.0.data.media_root=null",
+                                       "stages.0.name=123"])
+    assert recipe.stages[0].data.path_template == "{video_uid}/{chunk}.mp4"
+    assert recipe.evaluation[0].path_template == "{video_uid}.mp4"
+    assert recipe.stages[0].data.annotations == "data/a b.csv" and recipe.stages[0].data.media_root is None
+    assert recipe.stages[0].name == "123"
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe("svitt-ego", ["stages.0.token_drop_layers=[3, 6"])
+
+
+def test_patterns_matching_no_parameter_and_a_deeper_stage_than_the_model_fail_once_it_is_built(tmp_path):
+    from modeling_svitt import SViTTForPreTraining, SViTTProcessor, SViTTVideoProcessor
+
+    from training.recipe import check_recipe_against_model
+
+    model = SViTTForPreTraining(tiny_config())
+    depth = model.config.vision_config.num_hidden_layers
+    recipe = load_recipe("ret-msrvtt", [
+        "stages.0.freeze=[svitt.text_model.embeddings., svitt.txt_model.]",
+        "stages.0.optimizer.lr_multipliers={svitt.text_projection: 2.0, relative_bias_table: 10.0}",
+        f"stages.0.token_drop_layers=[{depth}]",
+    ])
+    with pytest.raises(RecipeError) as error:
+        check_recipe_against_model(recipe, model)
+    message = str(error.value)
+    assert "stages.0.freeze: no parameter name starts 'svitt.txt_model.'" in message
+    assert "stages.0.optimizer.lr_multipliers: no parameter name holds 'relative_bias_table'" in message
+    assert "svitt.text_model.embeddings." not in message.split("freeze:")[1].split("\n")[0].split(";")[0]
+    assert f"stages.0.token_drop_layers: `token_drop_layers` contains {depth}" in message
+    good = load_recipe("ret-msrvtt", ["stages.0.freeze=[svitt.text_model.embeddings.]",
+                                      "stages.0.optimizer.lr_multipliers={relative_position_bias_table: 10.0}",
+                                      "stages.0.token_drop_layers=[0]"])
+    size = model.config.vision_config.image_size
+    check_recipe_against_model(good, model, SViTTProcessor(SViTTVideoProcessor(size=size), _tokenizer()))
+    with pytest.raises(RecipeError, match=f"processor.image_size: .*model takes {size}x{size}"):
+        check_recipe_against_model(good, model, SViTTProcessor(SViTTVideoProcessor(size=224), _tokenizer()))
 
 
 def test_unknown_recipes_and_broken_files_are_explained(tmp_path):
@@ -252,3 +333,11 @@ def test_motion_bias_init_points_heads_at_the_previous_next_and_same_frame():
 def test_tiny_recipe_is_valid(tmp_path):
     recipe = load_recipe(write_tiny_recipe(tmp_path))
     assert recipe.name == "tiny" and len(recipe.stages) == len(TINY_RECIPE["stages"])
+
+
+def _tokenizer():
+    from test_tokenization import bert_vocab_dir
+
+    from modeling_svitt import SViTTTokenizer
+
+    return SViTTTokenizer.from_pretrained(bert_vocab_dir())

@@ -143,11 +143,11 @@ def test_egomcq_items_are_well_formed(tiny):
         choices = [item["choices"][str(k)] for k in range(5)]
         assert choices[item["answer"]] == item["query"]
         uids = [choice["video_uid"] for choice in choices]
-        if item["types"] == 1:  # intra-video: five different moments of one video
+        if item["types"] == 2:  # intra-video (the dataset's code 2): five different moments of one video
             assert len(set(uids)) == 1 and len({c["clip_start"] for c in choices}) == 5
             assert len({c["clip_text"] for c in choices}) == 5  # one right answer
-        else:  # inter-video: five videos
-            assert len(set(uids)) == 5
+        else:  # inter-video (code 1): five videos
+            assert item["types"] == 1 and len(set(uids)) == 5
 
 
 def test_inter_video_egomcq_items_have_one_right_answer(tmp_path):

@@ -59,7 +59,7 @@ from training.evaluation import (
     load_checkpoint_config,
 )
 from training.loop import prepare_stage, train_stage
-from training.recipe import RecipeError, builtin_recipes, load_recipe, resolve_path
+from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe, resolve_path
 from training.report import results_table
 
 EVALUATIONS = {"retrieval": "retrieval", "qa": "qa", "multiple_choice": "egomcq"}  # task -> how its recipes test
@@ -146,6 +146,7 @@ def main(argv=None) -> dict | None:
     with plain_loading():
         set_seed(recipe.seed)  # what the checkpoint lacks (a new head) starts from the seed alone
         model = build_initial_model(recipe, HEADS[args.task])
+    check_recipe_against_model(recipe, model, processor)
     prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed,
                              f"recipe '{recipe.name}', stages.0", args.max_steps, contrastive=args.task == "retrieval")
     run = train_stage(

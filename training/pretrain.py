@@ -51,7 +51,7 @@ from training.common import (
 )
 from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
 from training.loop import prepare_stage, train_stage
-from training.recipe import RecipeError, builtin_recipes, load_recipe
+from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe
 from training.report import plot_curriculum, summary_record, summary_table
 
 
@@ -123,6 +123,7 @@ def main(argv=None) -> None:
                 model = build_initial_model(recipe, SViTTForPreTraining)
             else:
                 model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
+        check_recipe_against_model(recipe, model, processor)
         dataset = train_sets[index]
         prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed + index,
                                  f"recipe '{recipe.name}', stages.{index}", args.max_steps)

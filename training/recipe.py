@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 import os
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +30,14 @@ import yaml
 
 from modeling_svitt.answer_ranking import ANSWER_SCORINGS
 from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
+from modeling_svitt.video_io import SAMPLING_STRATEGIES, is_sampling_strategy
+from training.model_rules import (
+    built_model_problems,
+    model_section_problems,
+    processor_size_problem,
+    stage_sparsity_problem,
+    vision_config_from_recipe,
+)
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 SYNTHETIC_PLACEHOLDER = "{synthetic}"
@@ -283,6 +294,8 @@ def _convert(value: Any, hint, recipe: str, where: str):
             value = float(value)  # YAML 1.1 reads `2e-4` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(recipe, where, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise _fail(recipe, where, f"must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -299,7 +312,9 @@ def _build(cls, values: Any, recipe: str, where: str):
     unknown = sorted(set(values) - set(names))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise _fail(recipe, f"{prefix}{unknown[0]}", f"unknown key; {cls.__name__} has {', '.join(names)}")
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise _fail(recipe, f"{prefix}{unknown[0]}", f"unknown key; {hint}{cls.__name__} has {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name in values:
@@ -320,16 +335,61 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _field_hint(keys: list[str]):
+    """The type hint of the recipe field at a `--set` path (`None` when the path leaves the typed fields)."""
+    hint: Any = Recipe
+    for key in keys:
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(options) == 1:
+            hint = options[0]
+        if hint is Recipe and key == "stage_defaults":
+            hint = StageSpec
+        elif dataclasses.is_dataclass(hint):
+            hint = typing.get_type_hints(hint).get(key)
+        elif typing.get_origin(hint) in (list, dict):
+            hint = typing.get_args(hint)[-1]
+        else:
+            return None
+        if hint is None:
+            return None
+    return hint
+
+
+def _takes_strings(hint) -> bool:
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return hint is str or (is_union and str in typing.get_args(hint))
+
+
+def _override_value(keys: list[str], text: str, assignment: str) -> Any:
+    """The value of `--set KEY=TEXT`: YAML, except that a string field takes the text as written when YAML reads
+    something else (`{video_uid}/{chunk}.mp4` is not valid YAML, `{video_uid}.mp4` would be a mapping), and so does
+    an untyped field (`model.vision.*`, `synthetic.*`) whose text is not valid YAML."""
+    hint = _field_hint(keys)
+    if not text.strip():
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        if hint is not None and hint is not Any and not _takes_strings(hint):
+            reason = getattr(error, "problem", None) or error
+            raise RecipeError(f"--set {assignment!r}: the value is not valid YAML ({reason})") from None
+        return text.strip()
+    if hint is not None and _takes_strings(hint) and value is not None and not isinstance(value, str):
+        return text.strip()
+    return value
+
+
 def apply_override(raw: dict, assignment: str, recipe: str = "?") -> None:
     """Apply one `--set KEY=VALUE` to the raw recipe: a dotted path (`stages.1.token_keep_rate`, `*` for every list
-    entry) and a YAML value (`0.5`, `true`, `[3, 6]`, `null`). Missing mappings on the path are created."""
+    entry) and a YAML value (`0.5`, `true`, `[3, 6]`, `null`; a string field takes its text as written, braces
+    included). Missing mappings on the path are created."""
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.1.token_keep_rate=0.5")
     path, text = assignment.split("=", 1)
-    value = yaml.safe_load(text) if text.strip() else ""
     keys = [key for key in path.strip().split(".") if key]
     if not keys:
         raise RecipeError(f"--set {assignment!r}: the key is empty")
+    value = _override_value(keys, text, assignment)
 
     def assign(node, position: int, trail: str) -> None:
         key = keys[position]
@@ -499,7 +559,7 @@ def validate_recipe(recipe: Recipe) -> None:
           f"must be two fractions 0 < low <= high <= 1, got {scale}")
     check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
     check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
-    check(recipe.seed >= 0, "seed", f"must be >= 0, got {recipe.seed}")
+    check(0 <= recipe.seed < 2**32, "seed", f"must be in [0, 2**32 - 1] (NumPy takes 32-bit seeds), got {recipe.seed}")
     check(recipe.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision",
           f"must be one of auto, no, fp16, bf16, got {recipe.mixed_precision!r}")
 
@@ -572,12 +632,74 @@ def validate_recipe(recipe: Recipe) -> None:
         if stage.contrastive_loss == "egonce":
             check(data.format == "egoclip", f"{where}.contrastive_loss",
                   "egonce needs verb and noun tags: use data.format: egoclip")
+        _validate_stage_inputs(stage, where, check)
 
     for index, evaluation in enumerate(recipe.evaluation):
         where = f"evaluation.{index}"
         check(evaluation.kind in evaluation_kinds, f"{where}.kind",
               f"must be one of {evaluation_kinds} for a {recipe.task} recipe, got {evaluation.kind!r}")
         validate_evaluation(evaluation, check, where)
+    validate_model_rules(recipe)
+
+
+def _validate_stage_inputs(stage: StageSpec, where: str, check) -> None:
+    """A stage's frame sampling, video file layout and drop layers (what would otherwise fail inside a data-loader
+    worker, or in the middle of the run)."""
+    data = stage.data
+    check(is_sampling_strategy(data.frame_sampling), f"{where}.data.frame_sampling",
+          f"must be one of {SAMPLING_STRATEGIES} (fps<X> with X > 0, e.g. fps2), got {data.frame_sampling!r}")
+    if data.format in ("egoclip", "egomcq"):
+        _validate_ego_layout(data.path_template, data.chunk_seconds, f"{where}.data", check)
+    layers = stage.token_drop_layers or []
+    check(all(layer >= 0 for layer in layers) and len(set(layers)) == len(layers), f"{where}.token_drop_layers",
+          f"must list distinct layer indices >= 0 (0-based layers of the video tower), got {layers}")
+
+
+def _validate_ego_layout(path_template: str, chunk_seconds: float | None, where: str, check) -> None:
+    """`path_template` may use `{video_uid}` and `{chunk}`; `{chunk}` needs `chunk_seconds` (> 0)."""
+    check(chunk_seconds is None or chunk_seconds > 0, f"{where}.chunk_seconds",
+          f"must be positive (the length of one video file, 600 for Ego4D's chunks) or null, got {chunk_seconds}")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(path_template) if name is not None}
+    except ValueError as error:
+        fields = {f"<{error}>"}
+    unknown = sorted(fields - {"video_uid", "chunk"})
+    check(not unknown, f"{where}.path_template",
+          f"may use {{video_uid}} and {{chunk}} only, got {unknown} in {path_template!r}")
+    check("chunk" not in fields or chunk_seconds, f"{where}.chunk_seconds",
+          f"path_template {path_template!r} names chunk files: set chunk_seconds (600 for Ego4D's chunks)")
+
+
+def validate_model_rules(recipe: Recipe) -> None:
+    """`model.*` keys that configure nothing, and, when the recipe alone determines the video tower (a fresh one),
+    every stage's sparsity and the processor's frame size under that tower's own rules."""
+    problems = model_section_problems(recipe)
+    vision_config, problem = vision_config_from_recipe(recipe) if not problems else (None, None)
+    problems += [problem] if problem else []
+    if vision_config is not None:
+        problem = stage_sparsity_problem(recipe.stages, vision_config)
+        problems += [problem] if problem else []
+        size = recipe.processor.image_size
+        problem = size and processor_size_problem((size, size), vision_config.image_size, "model.vision.image_size")
+        problems += [problem] if problem else []
+    _raise_problems(recipe.name, problems)
+
+
+def check_recipe_against_model(recipe: Recipe, model, processor=None) -> None:
+    """Checks that need the built model, to run right after it is built and before the first step: `freeze`
+    prefixes and `lr_multipliers` keys that match no parameter (listed), every stage's clip length and sparsity under
+    the model's own config validation (a checkpoint's or BEiT's tower has its own depth), and the processor's frame
+    size against the model's. Raises [`RecipeError`] naming each field."""
+    frame_size = None
+    if processor is not None:
+        size = processor.image_processor.size
+        frame_size = (size["height"], size["width"])
+    _raise_problems(recipe.name, built_model_problems(recipe, model, frame_size))
+
+
+def _raise_problems(name: str, problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise RecipeError("\n".join(str(_fail(name, where, message)) for where, message in problems))
 
 
 def validate_evaluation(evaluation: EvaluationSpec, check, where: str) -> None:
@@ -596,6 +718,8 @@ def validate_evaluation(evaluation: EvaluationSpec, check, where: str) -> None:
     check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
     check(evaluation.num_clips > 0, f"{where}.num_clips", "must be positive")
     check(evaluation.k >= 0, f"{where}.k", "must be >= 0")
+    if evaluation.kind == "egomcq":
+        _validate_ego_layout(evaluation.path_template, evaluation.chunk_seconds, where, check)
     check(evaluation.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
 
 
@@ -647,9 +771,11 @@ __all__ = [
     "apply_override",
     "builtin_recipes",
     "check_data_paths",
+    "check_recipe_against_model",
     "load_recipe",
     "recipe_path",
     "resolve_path",
     "validate_evaluation",
+    "validate_model_rules",
     "validate_recipe",
 ]

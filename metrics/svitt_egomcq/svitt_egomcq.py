@@ -13,25 +13,26 @@ import modeling_svitt.metrics  # From: svitt
 
 _DESCRIPTION = """
 EgoMCQ (EgoVLP): one narration and five candidate clips per question; the prediction is the argmax of the
-candidates' scores (first maximum on ties). Accuracy is reported separately for the intra-video setting
-(`types` = 1, candidates from the same video) and the inter-video setting (`types` = 2), as in the official
-EgoVLP / LaViLa evaluation.
+candidates' scores (first maximum on ties). Accuracy is reported separately for the inter-video setting
+(`types` = 1, candidates from different videos) and the intra-video setting (`types` = 2, candidates from the
+same video), the codes of `egomcq.json` and EgoVLP's loader. EgoVLP's own metric prints these two numbers under
+each other's names (it pairs the sorted types with "Intra-video", "Inter-video"); this module does not.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[list[float]]`): the score of every candidate clip, per question.
     references (`list[int]`): the index of the correct candidate.
-    types (`list[int]`): 1 for intra-video questions, 2 for inter-video questions.
+    types (`list[int]`): 1 for inter-video questions, 2 for intra-video questions.
     ids (`list[int]`, only with `config_name="with_ids"`): question ids; repeated ids (padding of a distributed
         sampler) are dropped, keeping the first.
 Returns:
-    `intra_video_accuracy` / `inter_video_accuracy` (percent) and `num_intra_video` / `num_inter_video`, for the
+    `inter_video_accuracy` / `intra_video_accuracy` (percent) and `num_inter_video` / `num_intra_video`, for the
     settings present.
 Examples:
     >>> metric = evaluate.load("metrics/svitt_egomcq")
     >>> metric.compute(predictions=[[0.1, 0.9], [0.8, 0.2]], references=[1, 1], types=[2, 1])
-    {'intra_video_accuracy': 0.0, 'num_intra_video': 1, 'inter_video_accuracy': 100.0, 'num_inter_video': 1}
+    {'inter_video_accuracy': 0.0, 'num_inter_video': 1, 'intra_video_accuracy': 100.0, 'num_intra_video': 1}
 """
 
 _CITATION = """

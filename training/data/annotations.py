@@ -15,8 +15,8 @@ Formats:
 * EgoClip metadata: tab-separated, columns `clip_idx, video_uid, video_dur, narration_source, narration_ind,
   narration_time, clip_start, clip_end, clip_text, tag_verb, tag_noun` (tags are stringified lists of ints);
 * EgoMCQ: `{"0": {"query": clip, "choices": {"0": clip, ..., "4": clip}, "answer": int, "types": 1 | 2}, ...}`
-  with clip records `{video_uid, clip_start, clip_end, clip_text, tag_verb, tag_noun}`. Type 1 is intra-video and
-  type 2 inter-video (the mapping of the official metric, not the comment in EgoVLP's loader).
+  with clip records `{video_uid, clip_start, clip_end, clip_text, tag_verb, tag_noun}`. Type 1 is inter-video and
+  type 2 intra-video, as EgoVLP's loader says (its metric prints them under each other's names).
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from modeling_svitt.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
+
 AnnotationSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]
 
-EGOMCQ_INTRA_VIDEO = 1
-EGOMCQ_INTER_VIDEO = 2
-EGOMCQ_TYPE_NAMES = {EGOMCQ_INTRA_VIDEO: "intra-video", EGOMCQ_INTER_VIDEO: "inter-video"}
+EGOMCQ_TYPE_NAMES = {EGOMCQ_INTER_VIDEO: "inter-video", EGOMCQ_INTRA_VIDEO: "intra-video"}
 EGOCLIP_COLUMNS = (
     "clip_idx",
     "video_uid",
@@ -106,6 +107,8 @@ def read_rows(source: AnnotationSource) -> list[dict[str, Any]]:
             data = json.load(handle)
     except json.JSONDecodeError as error:
         raise AnnotationError(f"Annotation file '{path}' is not valid JSON: {error}") from error
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, error) from error
     if isinstance(data, dict):
         return _rows_of_keyed_object(data)
     if not isinstance(data, list):
@@ -133,8 +136,66 @@ def _require(row: Mapping[str, Any], keys: Sequence[str], source: str, position:
 def _media_field(row: Mapping[str, Any], source: str, position: int) -> str | list[str]:
     for key in ("video", "image"):
         if key in row:
-            return row[key]
+            return _texts(row[key], source, position, key) if isinstance(row[key], list) else _text(
+                row[key], source, position, key
+            )
     raise AnnotationError(f"Entry {position} of '{source}' has neither a 'video' nor an 'image' field.")
+
+
+# Type checks of one entry's fields, so that a malformed entry fails when the file is read, naming the file, the
+# entry and the field, instead of when (and if) a training step first samples it.
+
+
+def _not_utf8(path: str, error: UnicodeDecodeError) -> AnnotationError:
+    return AnnotationError(
+        f"Annotation file '{path}' is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+        "save it as UTF-8."
+    )
+
+
+def _field_error(source: str, position: int, field: str, problem: str) -> AnnotationError:
+    return AnnotationError(f"Entry {position} of '{source}', field '{field}': {problem}")
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r:.60}"
+
+
+def _text(value: Any, source: str, position: int, field: str) -> str:
+    """A field holding one string (a video path, a question, a narration)."""
+    if not isinstance(value, str):
+        raise _field_error(source, position, field, f"must be a string, got {_shown(value)}")
+    return value
+
+
+def _texts(value: Any, source: str, position: int, field: str) -> list[str]:
+    """A field holding a string or a non-empty list of strings (the captions of a video, the videos of a caption)."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not values or not all(isinstance(item, str) for item in values):
+        raise _field_error(
+            source, position, field, f"must be a string or a non-empty list of strings, got {_shown(value)}"
+        )
+    return list(values)
+
+
+def _segment(clip: Mapping[str, Any], source: str, position: int, prefix: str = "") -> tuple[float, float]:
+    """`clip_start` / `clip_end` in seconds (numbers, or numeric text as in EgoClip's TSV): start >= 0, end >= start."""
+    bounds = []
+    for key in ("clip_start", "clip_end"):
+        value = clip[key]
+        try:
+            seconds = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise _field_error(source, position, prefix + key, f"must be a number of seconds, got {_shown(value)}")
+        bounds.append(seconds)
+    start, end = bounds
+    if start < 0:
+        raise _field_error(source, position, prefix + "clip_start", f"must be >= 0, got {start:g}")
+    if end < start:
+        raise _field_error(source, position, prefix + "clip_end", f"{end:g} is before clip_start {start:g}")
+    return start, end
 
 
 def _basename_id(path: str) -> str:
@@ -179,7 +240,7 @@ def load_caption_annotations(
     for position, row in enumerate(read_rows(source)):
         _require(row, ["caption"], name, position)
         media = _media_field(row, name, position)
-        captions = [row["caption"]] if isinstance(row["caption"], str) else list(row["caption"])
+        captions = _texts(row["caption"], name, position, "caption")
         if paragraphs:
             captions = [" ".join(captions)]
         videos = [media] if isinstance(media, str) else list(media)
@@ -250,8 +311,8 @@ def load_retrieval_test_annotations(
             raise AnnotationError(f"Entry {position} of '{name}': 'video' must be one path (one entry per video).")
         video = add_video(media)
         if row.get("distractor_caption") is not None:
-            distractors[video] = row["distractor_caption"]
-        captions = [row["caption"]] if isinstance(row["caption"], str) else list(row["caption"])
+            distractors[video] = _text(row["distractor_caption"], name, position, "distractor_caption")
+        captions = _texts(row["caption"], name, position, "caption")
         if is_paragraph_retrieval:
             captions = [" ".join(captions)]
         for caption in captions:
@@ -302,13 +363,14 @@ def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike 
     records = []
     for position, row in enumerate(read_rows(source)):
         _require(row, ["question"], name, position)
-        media = _media_field(row, name, position)
-        answers, weights = answer_weights(row.get("answer", []))
+        media = _text(_media_field(row, name, position), name, position, "video")
+        answer = row.get("answer", [])
+        answers, weights = answer_weights(_texts(answer, name, position, "answer") if answer != [] else answer)
         records.append(
             {
                 "index": position,
                 "video": _media_path(base_dir, media),
-                "question": row["question"],
+                "question": _text(row["question"], name, position, "question"),
                 "question_id": row.get("question_id", position),
                 "answers": answers,
                 "answer_weights": weights,
@@ -372,16 +434,21 @@ def load_egoclip_annotations(
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"EgoClip metadata file '{path}' does not exist.")
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t"))
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t"))
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, error) from error
     else:
         rows = read_rows(source)
     video_ids = _IdAssigner()
     records = []
     for position, row in enumerate(rows):
         _require(row, ["video_uid", "clip_start", "clip_end", "clip_text"], name, position)
-        start, end = float(row["clip_start"]), float(row["clip_end"])
-        video, start, end = ego_video_path(base_dir, row["video_uid"], start, end, path_template, chunk_seconds)
+        start, end = _segment(row, name, position)
+        video_uid = _text(row["video_uid"], name, position, "video_uid")
+        _text(row["clip_text"], name, position, "clip_text")
+        video, start, end = ego_video_path(base_dir, video_uid, start, end, path_template, chunk_seconds)
         try:
             verbs, nouns = parse_tags(row.get("tag_verb")), parse_tags(row.get("tag_noun"))
         except (ValueError, SyntaxError) as error:
@@ -414,7 +481,7 @@ def load_egomcq_annotations(
 
     Returns:
         `list[dict]` with `index`, `query` (text), `choices` (five `{"video", "start", "end"}`), `answer` (0-4) and
-        `type` (1 intra-video, 2 inter-video).
+        `type` (1 inter-video, 2 intra-video).
     """
     name, base_dir = _source_name(source), _base_dir(source, media_root)
     records = []
@@ -428,19 +495,20 @@ def load_egomcq_annotations(
                 else list(choices_field)
             )
             choices = []
-            for clip in choice_rows:
-                video, start, end = ego_video_path(
-                    base_dir, clip["video_uid"], float(clip["clip_start"]), float(clip["clip_end"]), path_template,
-                    chunk_seconds,
-                )
+            for number, clip in enumerate(choice_rows):
+                start, end = _segment(clip, name, position, f"choices.{number}.")
+                video_uid = _text(clip["video_uid"], name, position, f"choices.{number}.video_uid")
+                video, start, end = ego_video_path(base_dir, video_uid, start, end, path_template, chunk_seconds)
                 choices.append({"video": video, "start": start, "end": end})
-            query = row["query"]["clip_text"]
+            query = _text(row["query"]["clip_text"], name, position, "query.clip_text")
             item_type = int(row["types"])
+        except AnnotationError:
+            raise
         except (KeyError, TypeError, ValueError) as error:
             raise AnnotationError(f"Entry {position} of '{name}' is not an EgoMCQ item: {error!r}") from error
         if item_type not in EGOMCQ_TYPE_NAMES:
             raise AnnotationError(
-                f"Entry {position} of '{name}' has types={item_type}; expected 1 (intra) or 2 (inter)."
+                f"Entry {position} of '{name}' has types={item_type}; expected 1 (inter-video) or 2 (intra-video)."
             )
         answer = int(row["answer"])
         if not 0 <= answer < len(choices):

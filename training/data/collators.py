@@ -138,7 +138,7 @@ class VideoQACollator(_CollatorBase):
 class MultipleChoiceCollator(_CollatorBase):
     """
     EgoMCQ batches: `pixel_values (B, N, T, 3, H, W)`, `input_ids`, `attention_mask (B, L)`, `labels (B,)`;
-    `question_types (B,)` (1 intra-video, 2 inter-video) when `return_types=True`, for per-type accuracy.
+    `question_types (B,)` (1 inter-video, 2 intra-video) when `return_types=True`, for per-type accuracy.
     """
 
     def __init__(

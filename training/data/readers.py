@@ -488,7 +488,7 @@ class EgoMCQDataset(VideoDatasetBase):
     """
     EgoMCQ: one narration and five candidate clips; the label is the matching clip.
 
-    Items: `pixel_values (5, T, 3, H, W)`, `text`, `label` (0-4), `type` (1 intra-video, 2 inter-video), `index`.
+    Items: `pixel_values (5, T, 3, H, W)`, `text`, `label` (0-4), `type` (1 inter-video, 2 intra-video), `index`.
     If any of the five clips cannot be read the whole item is skipped (scoring four choices would change the task).
 
     Args:

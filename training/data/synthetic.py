@@ -16,9 +16,10 @@ Splits, all real mp4 files plus annotation files in the release's formats (`anno
   `question_type`);
 * `ego/egoclip.tsv`: EgoClip-style metadata over longer "egocentric" videos made of consecutive 2 s segments, each with
   one narrated move (`#C C moves the red square left`), verb tags (directions) and noun tags (objects);
-* `ego/egomcq.json`: EgoMCQ items over held-out long videos, type 1 (intra-video: five segments of one video) and
-  type 2 (inter-video: segments of five videos), five choices each; `ego/egomcq_train.json`: items of the same kind
-  over the EgoClip videos (inter-video ones when there are at least five), for multiple-choice fine-tuning;
+* `ego/egomcq.json`: EgoMCQ items over held-out long videos, coded as the real file: type 2 (intra-video: five
+  segments of one video) and type 1 (inter-video: segments of five videos), five choices each;
+  `ego/egomcq_train.json`: items of the same kind over the EgoClip videos (inter-video ones when there are at least
+  five), for multiple-choice fine-tuning;
   `taxonomy.json` names the tag classes.
 
 Everything is a deterministic function of the seed. The set is generated on first use into
@@ -43,10 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from modeling_svitt.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
 from modeling_svitt.video_io import write_video
 
-SYNTHETIC_VERSION = "v3"  # v2: inter-video EgoMCQ distractors never repeat the query's narration; v3: question
-# types, EgoMCQ training items (the clips, captions and test items of v2 are unchanged)
+SYNTHETIC_VERSION = "v4"  # v2: inter-video EgoMCQ distractors never repeat the query's narration; v3: question
+# types, EgoMCQ training items (the clips, captions and test items of v2 are unchanged); v4: EgoMCQ `types` coded as
+# the real file (1 inter-video, 2 intra-video; the items themselves are those of v3)
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 190, 70),
@@ -476,12 +479,12 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
 
     def mcq_items(videos: list[EgoVideoSpec], item_types: tuple[int, ...]) -> dict[str, Any]:
         mcq: dict[str, Any] = {}
-        for item_type in item_types:  # 1 intra-video, 2 inter-video (the official metric's mapping)
+        for item_type in item_types:
             for _ in range(config.mcq_items_per_type):
                 video = int(rng.integers(len(videos)))
                 segment = int(rng.integers(config.segments_per_ego_video))
                 query = clip_record(videos[video], segment)
-                if item_type == 1:
+                if item_type == EGOMCQ_INTRA_VIDEO:
                     others = [s for s in range(config.segments_per_ego_video) if s != segment]
                     picks = rng.choice(others, size=4, replace=False)
                     candidates = [clip_record(videos[video], int(s)) for s in picks]
@@ -508,9 +511,12 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
                 }
         return mcq
 
-    mcq = mcq_items(ego_specs["ego_test"], (1, 2))
+    # intra-video items are drawn first, so the items are those of v3 under the dataset's codes
+    mcq = mcq_items(ego_specs["ego_test"], (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO))
     # drawn after everything else, so the other splits stay what they were before this split existed
-    train_types = (1, 2) if len(ego_specs["ego_train"]) >= 5 else (1,)
+    train_types = (
+        (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO) if len(ego_specs["ego_train"]) >= 5 else (EGOMCQ_INTRA_VIDEO,)
+    )
     _write_json(root / "ego" / "egomcq_train.json", mcq_items(ego_specs["ego_train"], train_types))
     _write_json(root / "ego" / "egomcq.json", mcq)
     _write_json(root / "taxonomy.json", {"verbs": VERBS, "nouns": OBJECTS})
