@@ -1,7 +1,7 @@
 """What the training scripts share: the accelerator (and the launches it refuses), their common options, models,
-processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe, and files
-written atomically (training states, models, records). The training loop of a stage is in `loop.py`, the evaluation
-loops are in `evaluation.py`.
+processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe. The training
+loop of a stage is in `loop.py`, the evaluation loops are in `evaluation.py`, the output folder (who owns it, files
+written atomically, saved states) in `run_folder.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from training.recipe import (
     check_data_paths,
     resolve_path,
 )
+from training.run_folder import RunFolder, record_recipe
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator and launch checks
@@ -270,13 +270,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, set_example: str) -> None
 def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be >= 1")
-
-
-def start_over(output_dir: Path, records: Sequence[str]) -> None:
-    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records` and saved training states."""
-    for name in (*records, "metrics.jsonl", "checkpoints"):
-        path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -499,17 +492,23 @@ def recipe_field_name(recipe_name: str, where: str) -> FieldName:
     return lambda field: f"recipe '{recipe_name}', {where}.{field}"
 
 
-def start_run(recipe: Recipe, output_dir: Path) -> tuple[Accelerator, Path | None, SViTTProcessor]:
-    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl`), the recipe as
-    it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder), every file and folder the recipe
-    names checked, and the processor. Returns `(accelerator, synthetic_root, processor)`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
+def start_run(
+    recipe: Recipe, output_dir: Path, claim: Callable[[Accelerator], RunFolder]
+) -> tuple[Accelerator, RunFolder, Path | None, SViTTProcessor]:
+    """What every training run starts with: the accelerator (with `metrics.jsonl`), the output folder claimed for the
+    run (`claim`, see `run_folder.claim_output_folder`), the recipe as it ran (`recipe.yaml`), the synthetic set when
+    the recipe has one (its folder), every file and folder the recipe names checked, and the processor. Returns
+    `(accelerator, run_folder, synthetic_root, processor)`; a run already finished returns right after the claim
+    (`run_folder.finished`, no processor)."""
     accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision)
+    run_folder = claim(accelerator)
+    if run_folder.finished:
+        return accelerator, run_folder, None, None
     if accelerator.is_main_process:
         record_recipe(output_dir, recipe)
     synthetic_root = prepare_synthetic_data(recipe, accelerator)
     check_data_paths(recipe, synthetic_root)
-    return accelerator, synthetic_root, build_processor(recipe)
+    return accelerator, run_folder, synthetic_root, build_processor(recipe)
 
 
 def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int):
@@ -634,94 +633,3 @@ def step_seed(seed: int, stage: int, step: int, process: int) -> int:
     """Seed of one training step: its randomness (random attention blocks, ITM negatives, masks, dropout) depends
     on nothing else, so a resumed run draws exactly what the uninterrupted run drew."""
     return (((seed * 1_000_003 + stage) * 1_000_033 + step) * 257 + process) % (2**31 - 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Files written atomically
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def write_json_atomically(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file and rename it into place (a kill never leaves half a file)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def save_state_atomically(accelerator: Accelerator, checkpoint_dir: Path, name: str, progress: dict) -> Path:
-    """`accelerator.save_state` into a temporary folder that is renamed to `checkpoint_dir/name` when complete, with
-    `progress.json` inside; older states are then removed. Every process must call it."""
-    temporary = checkpoint_dir / f".tmp-{name}"
-    final = checkpoint_dir / name
-    if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomically(temporary / "progress.json", progress)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
-        for old in checkpoint_dir.iterdir():
-            if old != final and not old.name.startswith("."):
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
-    """The newest complete saved state (a renamed folder with `progress.json`) and its progress, or `None`."""
-    if not checkpoint_dir.is_dir():
-        return None
-    states = []
-    for folder in checkpoint_dir.iterdir():
-        progress_file = folder / "progress.json"
-        if not folder.name.startswith(".") and progress_file.is_file():
-            progress = json.loads(progress_file.read_text(encoding="utf-8"))
-            states.append(((progress["stage"], progress["stage_step"]), folder, progress))
-    if not states:
-        return None
-    _, folder, progress = max(states, key=lambda item: item[0])
-    return folder, progress
-
-
-def record_recipe(output_dir: Path, recipe: Recipe) -> None:
-    """`recipe.yaml`: the recipe as it ran, with every override and default."""
-    import yaml
-
-    values = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
-
-
-def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> None:
-    """Drop what a stopped run logged after the point it resumes from (it is logged again)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        evaluation = any(key.startswith("eval/") for key in entry)
-        if (entry.get("stage", 0) < completed_stages) if evaluation else (entry.get("step") or 0) <= resumed_step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def publish_model_files(source: Path, target: Path) -> None:
-    """Copy the files of a `save_pretrained` folder into `target` (a run's output folder, which then loads by its
-    name), replacing older copies."""
-    for item in source.iterdir():
-        destination = target / item.name
-        shutil.rmtree(destination) if destination.is_dir() else destination.unlink(missing_ok=True)
-        shutil.copytree(item, destination) if item.is_dir() else shutil.copy2(item, destination)
-
-
-def save_pretrained_atomically(model, processor: SViTTProcessor, folder: Path, state_dict=None) -> None:
-    """`save_pretrained` of the model and processor into a temporary folder renamed to `folder` (main process)."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary, state_dict=state_dict)
-    processor.save_pretrained(temporary)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temporary, folder)

@@ -18,8 +18,6 @@ every stage and a generated model card at the end (`training/push_to_hub.py`).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,22 +34,29 @@ from training.common import (
     add_run_arguments,
     build_initial_model,
     check_run_arguments,
-    latest_state,
     open_train_dataset,
     plain_loading,
-    publish_model_files,
     recipe_field_name,
     restore_scalar_shapes,
-    save_pretrained_atomically,
-    start_over,
     start_run,
-    trim_metrics_log,
-    write_json_atomically,
 )
 from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
 from training.loop import prepare_stage, train_stage
 from training.recipe import RecipeError, builtin_recipes, load_recipe
 from training.report import plot_curriculum, summary_record, summary_table
+from training.run_folder import (
+    RunFolderError,
+    claim_output_folder,
+    latest_state,
+    output_folder,
+    publish_model_files,
+    read_json_record,
+    remove_states,
+    run_fingerprint,
+    save_pretrained_atomically,
+    trim_metrics_log,
+    write_json_atomically,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# What a pretraining run writes into its folder besides its model and training states (`--no-resume` removes them).
+OWNED_NAMES = ("run_state.json", "summary.json", "curriculum.png", "token_selection", "stage-*-*f", ".stage-*-*f.tmp",
+               "pretrain")
+
+
 def stage_name(index: int, num_frames: int) -> str:
     return f"stage-{index + 1}-{num_frames}f"
 
@@ -80,14 +90,19 @@ def main(argv=None) -> None:
     if recipe.task != "pretraining":
         raise RecipeError(f"recipe '{recipe.name}' fine-tunes ({recipe.task}): run it with training/finetune.py "
                           f"--task {recipe.task} --recipe {args.recipe}")
-    output_dir = Path(args.output_dir or Path("outputs") / recipe.name).resolve()
+    output_dir = output_folder(args.output_dir, recipe.name)
     run_state_file = output_dir / "run_state.json"
     checkpoint_dir = output_dir / "checkpoints"
-    if args.resume is False and output_dir.exists():
-        start_over(output_dir, ["run_state.json", "summary.json"])
+    fingerprint = run_fingerprint("pretrain", recipe, model=recipe.model.checkpoint, max_steps=args.max_steps)
 
     started = time.perf_counter()
-    accelerator, synthetic_root, processor = start_run(recipe, output_dir)
+    accelerator, run_folder, synthetic_root, processor = start_run(
+        recipe, output_dir, lambda accelerator: claim_output_folder(accelerator, output_dir, fingerprint, args.resume,
+                                                                    OWNED_NAMES)
+    )
+    if run_folder.finished:
+        accelerator.print(run_folder.finished_note("summary.json"))
+        return
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
     train_sets = [
@@ -98,11 +113,8 @@ def main(argv=None) -> None:
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
         build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
 
-    run_state = {"recipe": recipe.name, "stages": []}
-    resume = args.resume is not False and run_state_file.is_file()
-    if resume:
-        run_state = json.loads(run_state_file.read_text(encoding="utf-8"))
-    saved = latest_state(checkpoint_dir) if args.resume is not False else None
+    run_state = read_json_record(run_state_file) or {"recipe": recipe.name, "stages": []}
+    saved = latest_state(checkpoint_dir)
     if accelerator.is_main_process:
         resumed_step = saved[1]["global_step"] if saved else sum(stage["steps"] for stage in run_state["stages"])
         trim_metrics_log(output_dir / "metrics.jsonl", resumed_step, len(run_state["stages"]))
@@ -163,7 +175,7 @@ def main(argv=None) -> None:
         if num_test_videos is not None:
             run_state["num_test_videos"] = num_test_videos
         if accelerator.is_main_process:
-            write_json_atomically(run_state_file, run_state)
+            write_json_atomically(run_state_file, run_state, keep_previous=True)
             write_summary(output_dir, recipe, run_state)
         accelerator.wait_for_everyone()
         accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
@@ -174,7 +186,8 @@ def main(argv=None) -> None:
         publish_model_files(output_dir / run_state["stages"][-1]["checkpoint"], output_dir)
         write_summary(output_dir, recipe, run_state)
         plot_curriculum(output_dir / "metrics.jsonl", run_state, output_dir / "curriculum.png")
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_states(checkpoint_dir)
+        run_folder.mark_finished("summary.json")
         print(summary_table(run_state))
         print(f"\nFinished in {time.perf_counter() - started:.0f} s. Everything is in {output_dir}:")
         print(f"  model + processor   {output_dir}  (AutoModel.from_pretrained('{output_dir}'))")
@@ -198,5 +211,5 @@ def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except RecipeError as error:
+    except (RecipeError, RunFolderError) as error:
         sys.exit(f"error: {error}")
