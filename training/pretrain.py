@@ -102,6 +102,8 @@ def main(argv=None) -> None:
     )
     if run_folder.finished:
         accelerator.print(run_folder.finished_note("summary.json"))
+        if args.push_to_hub and accelerator.is_main_process:
+            push(output_dir, args.push_to_hub)
         return
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
@@ -197,11 +199,15 @@ def main(argv=None) -> None:
         print(f"  curves              {output_dir / 'metrics.jsonl'}, {output_dir / 'curriculum.png'}")
         print(f"  token selection     {output_dir / 'token_selection'}")
         if args.push_to_hub:
-            from training.push_to_hub import push_run_to_hub
-
-            commit = push_run_to_hub(output_dir, args.push_to_hub, stages=True)
-            print(f"Pushed the run to {commit.commit_url}")
+            push(output_dir, args.push_to_hub)
     accelerator.end_training()
+
+
+def push(output_dir: Path, repo_id: str) -> None:
+    from training.push_to_hub import push_run_to_hub
+
+    commit = push_run_to_hub(output_dir, repo_id, stages=True)
+    print(f"Pushed the run to {commit.commit_url}")
 
 
 def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
