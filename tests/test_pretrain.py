@@ -108,8 +108,11 @@ def test_sigkill_mid_stage_then_relaunch_continues_and_ends_with_the_same_losses
     kill_when(process, lambda: checkpoints.is_dir() and any(p.name.startswith("stage-1") for p in checkpoints.iterdir()),
               "the first saved state")
     assert not (output / "stage-1-2f").exists()
+    with open(output / "metrics.jsonl", "a") as log:
+        log.write('{"step": 99, "lo')  # the kill cut the last line
     resumed = run(command, workspace["env"])
     assert "Resuming stage-1-2f at step" in resumed.stdout + resumed.stderr
+    assert "the last line is cut (the run was stopped while writing it): dropped" in resumed.stderr
     expected = final_losses(uninterrupted[0])
     assert final_losses(output) == pytest.approx(expected, abs=1e-6)
     lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]

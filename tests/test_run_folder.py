@@ -82,6 +82,9 @@ def test_a_new_folder_is_marked_and_the_same_run_continues(tmp_path):
     again.mark_finished("summary.json")
     finished = claim(folder)
     assert finished.finished and "finished: its model is there, its results in" in finished.finished_note("summary.json")
+    with pytest.raises(RunFolderError, match=r"holds a different finished run(.|\n)*It is finished \(its results: .*"
+                                             r"summary.json\); pass --no-resume"):
+        claim(folder, fingerprint(lr=0.5))
 
 
 def test_a_different_run_is_refused_naming_each_field_with_both_values(tmp_path):
@@ -120,6 +123,20 @@ def test_no_resume_removes_only_what_the_run_owns(tmp_path):
         [LOCK, MARKER, "checkpoints", "notes.txt", "release-weights"]
     )
     assert [path.name for path in (folder / "checkpoints").iterdir()] == ["best"]
+
+
+def test_an_unreadable_mark_is_refused_unless_no_resume(tmp_path):
+    folder = tmp_path / "run"
+    claim(folder)
+    save(folder, 0, 2)
+    (folder / MARKER).write_text("")
+    with pytest.raises(RunFolderError, match=r"\.svitt-run\.json is unreadable.*pass --no-resume"):
+        with pytest.warns(UserWarning, match="is unreadable"):
+            claim(folder)
+    with pytest.warns(UserWarning, match="is unreadable"):
+        claim(folder, resume=False)
+    assert latest_state(folder / "checkpoints") is None
+    assert json.loads((folder / MARKER).read_text())["fingerprint"] == fingerprint()
 
 
 def test_a_second_run_is_refused_naming_the_host_and_pid_of_the_first(tmp_path):

@@ -400,22 +400,25 @@ def _claim(folder: Path, fingerprint: dict, resume: bool | None, owned: Sequence
     folder.mkdir(parents=True, exist_ok=True)
     run = RunFolder(folder, fingerprint, _lock=_take_lock(folder))
     record = read_json_record(marker) if marker.is_file() else None
-    if marker.is_file() and not isinstance(record, dict):
+    if marker.is_file() and not isinstance(record, dict) and resume is not False:
         raise RunFolderError(f"{marker} is unreadable, so whose run {folder} holds is unknown: pass --no-resume to "
                              "start over in it, or choose another --output-dir.")
-    if record is not None and (resume is False or not record.get("finished") and not _holds_work(folder, owned)):
+    if marker.is_file() and (resume is False or not isinstance(record, dict)
+                             or not record.get("finished") and not _holds_work(folder, owned)):
         _clear(folder, owned)
         record = None
     if record is None:
         write_json_atomically(marker, {"fingerprint": fingerprint, "finished": False})
         return run
     differences = fingerprint_differences(record.get("fingerprint", {}), fingerprint)
-    state = "finished" if record.get("finished") else "unfinished"
     if differences:
+        earlier = (f"It is finished (its results: {folder / record['results']}); "
+                   if record.get("finished") and record.get("results") else "Run the same command as before to "
+                   "continue it, ")
         raise RunFolderError(
-            f"{folder} holds a different {state} run; this one differs in:\n" + "\n".join(differences) +
-            "\nRun the same command as before to continue it, pass --no-resume to discard it and start over there, "
-            "or choose another --output-dir."
+            f"{folder} holds a different {'finished' if record.get('finished') else 'unfinished'} run; this one "
+            "differs in:\n" + "\n".join(differences) + f"\n{earlier}pass --no-resume to discard it and start over "
+            "there, or choose another --output-dir."
         )
     run.finished = bool(record.get("finished"))
     run.resumed = not run.finished
