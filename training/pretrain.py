@@ -7,7 +7,8 @@
 Every stage starts from the previous stage's saved weights, with the relative position bias resampled to the
 stage's clip length and the stage's sparsity, and trains with its own optimiser and schedule. After each stage the
 model and processor are saved (`stage-<i>-<T>f/`) and evaluated zero-shot; the training state is saved every
-`save_every_steps` steps, and a run started again with the same output folder continues where it stopped.
+`save_every_steps` steps, and the same run started again with the same output folder continues where it stopped (a
+different run is refused there, and a folder this package did not create is never written into: `run_folder.py`).
 
 Writes into the output folder: the stage folders, the last stage's files at the root (the folder loads with
 `AutoModel.from_pretrained`), `metrics.jsonl`, `summary.json`, `curriculum.png`, `token_selection/<stage>.png` (what

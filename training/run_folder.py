@@ -10,6 +10,7 @@ fingerprint is the same; a non-empty folder without the mark is never written in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fcntl
 import fnmatch
@@ -30,7 +31,7 @@ LOCK = ".svitt-run.lock"
 STATES_MARKER = ".svitt-states"
 STATE_NAME = re.compile(r"^(?:\.tmp-)?.+-step-\d{7}$")
 KEEP_STATES = 2  # the newest state and the one before it, in case the newest cannot be read
-# What every run writes into its folder, besides its script's own records (`OwnedNames` of `claim_output_folder`).
+# What every run writes into its folder, besides the records its script names (`owned` of `claim_output_folder`).
 MODEL_FILES = (
     "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
     "*processor_config.json", "tokenizer*.json", "vocab.txt", "special_tokens_map.json", "added_tokens.json",
@@ -115,8 +116,8 @@ def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> No
                 warnings.warn(f"{path}: the last line is cut (the run was stopped while writing it): dropped",
                               stacklevel=2)
                 break
-            raise RunFolderError(f"{path}, line {number}: not a JSON record; the log was edited or corrupted. Move "
-                                 "the file away (it is written again from the resumed step on) and run again.") from None
+            raise RunFolderError(f"{path}, line {number}: not a JSON record (the log was edited or corrupted): fix "
+                                 "or delete that line, then run again.") from None
         evaluation = any(key.startswith("eval/") for key in entry)
         if (entry.get("stage", 0) < completed_stages) if evaluation else (entry.get("step") or 0) <= resumed_step:
             kept.append(line)
@@ -128,8 +129,6 @@ def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> No
 def save_pretrained_atomically(model, processor, folder: Path, state_dict=None) -> None:
     """`save_pretrained` of the model and its processor into a temporary folder renamed to `folder` (main process).
     The processor saved decodes the model's clip length, whatever the processor used for training read."""
-    import copy
-
     processor = copy.deepcopy(processor)
     processor.image_processor.num_frames = model.config.vision_config.num_frames
     temporary = folder.with_name(f".{folder.name}.tmp")
