@@ -138,7 +138,8 @@ def test_retrieval_fine_tuning_from_the_smoke_pretrained_checkpoint(workspace, p
     assert entries["R@1 (text-to-video)"]["metric_value"] == pytest.approx(100 * results["metrics"]["t2v_r1"], abs=1e-3)
     model = SViTTForVideoTextRetrieval.from_pretrained(output)
     assert model.config.vision_config.num_frames == 2 and model.config.architectures == ["SViTTForVideoTextRetrieval"]
-    assert SViTTProcessor.from_pretrained(output).max_text_length == 12
+    processor = SViTTProcessor.from_pretrained(output)
+    assert processor.max_text_length == 12 and processor.image_processor.num_frames == 2  # the model's clip length
     assert not (output / "checkpoints").exists()
     assert finetune.main(arguments) is None  # a finished run is not trained again
 
