@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
 import fnmatch
 import json
 import os
@@ -25,6 +24,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, the run goes without one
+    fcntl = None
 
 MARKER = ".svitt-run.json"
 LOCK = ".svitt-run.lock"
@@ -54,7 +58,10 @@ class RunFolderError(RuntimeError):
 
 def fsync_path(path: Path) -> None:
     """Flush a file or a folder's entries to disk (a rename is durable only once both are)."""
-    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except PermissionError:  # Windows opens no folders; its renames need no folder flush
+        return
     try:
         os.fsync(descriptor)
     finally:
@@ -346,7 +353,10 @@ def _take_lock(folder: Path) -> IO:
         earlier.close()
     handle = open(folder / LOCK, "a+", encoding="utf-8")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fcntl is None:
+            warnings.warn(f"no file locks on this system: nothing stops a second run into {folder}", stacklevel=2)
+        else:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
