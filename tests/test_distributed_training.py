@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -34,6 +35,12 @@ def test_every_head_trains_under_ddp_without_unused_parameters(tmp_path):
         assert not control["ok"] and "were not used in producing loss" in control["error"], control
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(tmp_path, config: str, *extra, env_extra=None, check=True):
     probe = tmp_path / "probe"
     recipe = write_tiny_recipe(tmp_path, stages=[{"num_frames": 2, "token_keep_rate": 0.75, "steps": 2}])
@@ -41,7 +48,7 @@ def launch(tmp_path, config: str, *extra, env_extra=None, check=True):
     env.update(env_extra or {})
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "training" / "configs" / config),
-        str(ROOT / "tests" / "launch_probe.py"), str(probe),
+        "--main_process_port", str(free_port()), str(ROOT / "tests" / "launch_probe.py"), str(probe),
         "--recipe", str(recipe), "--output-dir", str(tmp_path / "run"), *extra,
     ]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
@@ -95,3 +102,13 @@ def test_deepspeed_switched_off_by_a_cpu_flag_is_refused(tmp_path):
     assert result.returncode != 0
     assert "Refusing to train" in result.stderr and "DeepSpeed was requested" in result.stderr
     assert not (tmp_path / "run" / "stage-1-2f").exists()
+
+
+def test_two_processes_refuse_a_folder_that_is_not_the_runs_together(tmp_path):
+    user_folder = tmp_path / "run"
+    user_folder.mkdir()
+    (user_folder / "notes.txt").write_text("mine")
+    _, result = launch(tmp_path, "ddp.yaml", check=False)  # the main process refuses; the other must not wait forever
+    assert result.returncode != 0
+    assert result.stderr.count("is not empty and was not created by a training run") >= 2  # both processes say why
+    assert [path.name for path in user_folder.iterdir()] == ["notes.txt"]

@@ -40,7 +40,8 @@ from modeling_svitt.compute_cost import video_tower_gmacs
 from modeling_svitt.visualize import greyed, token_selection_picture
 from training import evaluate, finetune, pretrain
 from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
-from training.recipe import RecipeError
+from training.recipe import EvaluationSpec, RecipeError
+from training.run_folder import RunFolderError
 
 TIMEOUT = 300
 REPO = "someone/svitt-pushed"
@@ -137,7 +138,8 @@ def test_retrieval_fine_tuning_from_the_smoke_pretrained_checkpoint(workspace, p
     assert entries["R@1 (text-to-video)"]["metric_value"] == pytest.approx(100 * results["metrics"]["t2v_r1"], abs=1e-3)
     model = SViTTForVideoTextRetrieval.from_pretrained(output)
     assert model.config.vision_config.num_frames == 2 and model.config.architectures == ["SViTTForVideoTextRetrieval"]
-    assert SViTTProcessor.from_pretrained(output).max_text_length == 12
+    processor = SViTTProcessor.from_pretrained(output)
+    assert processor.max_text_length == 12 and processor.image_processor.num_frames == 2  # the model's clip length
     assert not (output / "checkpoints").exists()
     assert finetune.main(arguments) is None  # a finished run is not trained again
 
@@ -332,3 +334,61 @@ def test_two_gloo_processes_give_the_results_of_one(workspace, heads, monkeypatc
             torch.testing.assert_close(gathered, expected, rtol=1e-5, atol=1e-5)
     predictions = alone["qa"]["gathered"][1]
     assert predictions.unique().numel() > 1  # the answers differ by question: equal results are not a tie
+
+
+def test_fine_tuning_another_model_into_an_interrupted_run_is_refused(workspace, pretrained, heads, monkeypatch):
+    output = workspace["folder"] / "ft-interrupted"
+    recipe = str(workspace["recipes"]["retrieval"])
+    first = ["--task", "retrieval", "--recipe", recipe, "--model", str(pretrained["folder"]), "--output-dir", str(output)]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # stopped after training, before the evaluation
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune, "evaluation_results", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            finetune.main(first)
+    assert (output / "checkpoints").is_dir() and not (output / "results.json").exists()
+    weights = (output / "model.safetensors").read_bytes()
+    other = ["--model", str(heads["retrieval"])]
+    with pytest.raises(RunFolderError) as refused:
+        finetune.main(first[:4] + other + first[6:])
+    message = str(refused.value)
+    assert "holds a different unfinished run" in message
+    assert f'model: "{pretrained["folder"].resolve()}" in the folder\'s run, "{heads["retrieval"].resolve()}" now' in message
+    assert (output / "model.safetensors").read_bytes() == weights and (output / "checkpoints").is_dir()
+
+
+def test_the_output_folder_may_not_be_the_model_folder(workspace, heads):
+    model = heads["retrieval"]
+    files = {path.name: path.read_bytes() for path in model.iterdir()}
+    with pytest.raises(RunFolderError, match="is the folder of --model"):
+        finetune.main(["--task", "retrieval", "--recipe", str(workspace["recipes"]["retrieval"]), "--model", str(model),
+                       "--output-dir", str(model)])
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == files
+
+
+def test_an_earlier_evaluation_is_kept_unless_overwrite(workspace, heads):
+    output = workspace["folder"] / "eval-kept"
+    arguments = ["--task", "retrieval", "--model", str(heads["retrieval"]), "--recipe",
+                 str(workspace["recipes"]["retrieval"]), "--output-dir", str(output)]
+    evaluate.main(arguments)
+    earlier = (output / "results.json").read_bytes()
+    with pytest.raises(RunFolderError, match=r"results.json holds an earlier evaluation and is kept: pass --overwrite"):
+        evaluate.main(arguments)
+    assert (output / "results.json").read_bytes() == earlier
+    evaluate.main(arguments + ["--overwrite"])
+    assert json.loads((output / "results.json").read_text())["model"] == str(heads["retrieval"])
+
+
+def test_the_default_evaluation_folder_tells_data_and_models_apart(tmp_path):
+    spec = EvaluationSpec(kind="retrieval", annotations="data/msrvtt/test_1k.json")
+    folders = {
+        evaluate.default_output_dir("outputs/a/svitt", spec),
+        evaluate.default_output_dir("outputs/b/svitt", spec),  # another model of the same name
+        evaluate.default_output_dir("outputs/a/svitt", EvaluationSpec(kind="retrieval", annotations="didemo/test.json")),
+        evaluate.default_output_dir("outputs/a/svitt", EvaluationSpec(kind="qa", annotations="data/msrvtt/test_1k.json")),
+    }
+    assert len(folders) == 4
+    assert evaluate.default_output_dir("outputs/a/svitt", spec).name.startswith("eval-svitt-retrieval-test_1k-")
+    assert all(folder.parent == Path("outputs").resolve() for folder in folders)

@@ -174,16 +174,24 @@ def test_slurm_example_refuses_to_start_without_a_training_script(tmp_path):
 
 
 def test_starting_over_is_left_to_the_global_main_process(tmp_path, monkeypatch):
-    from training.common import start_over
+    from types import SimpleNamespace
 
+    import accelerate.utils
+
+    from training.run_folder import LOCK, MARKER, claim_output_folder
+
+    (tmp_path / MARKER).write_text(json.dumps({"fingerprint": {"seed": 0}, "finished": False}))
     for name in ("summary.json", "metrics.jsonl", "notes.txt"):
         (tmp_path / name).write_text("{}")
-    for name in ("checkpoints/step-2", "logs/pretrain"):
+    for name in ("checkpoints/stage-1-step-0000002", "logs/pretrain"):
         (tmp_path / name).mkdir(parents=True)
-    monkeypatch.setenv("RANK", "1")  # another process, on this machine or another: it would race the main one
-    start_over(tmp_path, ["summary.json"])
-    assert {path.name for path in tmp_path.iterdir()} == {"summary.json", "metrics.jsonl", "notes.txt", "checkpoints",
-                                                         "logs"}
-    monkeypatch.setenv("RANK", "0")
-    start_over(tmp_path, ["summary.json"])
-    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]  # what the run did not write stays
+    before = {path.name for path in tmp_path.iterdir()}
+    # another process, on this machine or another: it would race the main one over the shared folder
+    # the main process's answer, as the broadcast brings it: a new run, not finished
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects: objects.__setitem__(0, (False, False)))
+    claim_output_folder(SimpleNamespace(is_main_process=False, num_processes=2), tmp_path, {"seed": 1}, False,
+                        ["summary.json"])
+    assert {path.name for path in tmp_path.iterdir()} == before
+    claim_output_folder(SimpleNamespace(is_main_process=True, num_processes=1), tmp_path, {"seed": 1}, False,
+                        ["summary.json"])
+    assert {path.name for path in tmp_path.iterdir()} - {MARKER, LOCK} == {"notes.txt"}  # what the run did not write

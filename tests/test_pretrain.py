@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_svitt  # noqa: F401
+from modeling_svitt.model_card import _usage
 from tiny_recipe import TINY_EGO_STAGES, pretrain_command, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 300
@@ -107,8 +108,11 @@ def test_sigkill_mid_stage_then_relaunch_continues_and_ends_with_the_same_losses
     kill_when(process, lambda: checkpoints.is_dir() and any(p.name.startswith("stage-1") for p in checkpoints.iterdir()),
               "the first saved state")
     assert not (output / "stage-1-2f").exists()
+    with open(output / "metrics.jsonl", "a") as log:
+        log.write('{"step": 99, "lo')  # the kill cut the last line
     resumed = run(command, workspace["env"])
     assert "Resuming stage-1-2f at step" in resumed.stdout + resumed.stderr
+    assert "the last line is cut (the run was stopped while writing it): dropped" in resumed.stderr
     expected = final_losses(uninterrupted[0])
     assert final_losses(output) == pytest.approx(expected, abs=1e-6)
     lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
@@ -125,6 +129,32 @@ def test_sigkill_between_stages_then_relaunch_skips_the_finished_stage(workspace
     resumed = run(command, workspace["env"])
     assert "stage-1-2f (keep" not in resumed.stderr  # no progress bar: the stage was not trained again
     assert final_losses(output) == pytest.approx(final_losses(uninterrupted[0]), abs=1e-6)
+
+
+def test_a_finished_run_says_so_and_a_changed_recipe_is_refused_naming_the_field(workspace, uninterrupted):
+    output = uninterrupted[0]
+    before = {name: (output / name).read_bytes() for name in ("summary.json", "recipe.yaml", "metrics.jsonl")}
+    again = run(pretrain_command(workspace["recipe"], output), workspace["env"])
+    assert f"{output} holds this run, finished" in again.stdout and "stage-1-2f (keep" not in again.stderr
+    changed = run(pretrain_command(workspace["recipe"], output, "--set", "stages.*.optimizer.lr=1e-4"),
+                  workspace["env"], check=False)
+    assert changed.returncode != 0 and "stage-1-2f (keep" not in changed.stderr
+    assert "holds a different finished run" in changed.stderr
+    for stage in (0, 1):
+        assert f"recipe.stages.{stage}.optimizer.lr: 0.001 in the folder's run, 0.0001 now" in changed.stderr
+    assert "--no-resume" in changed.stderr
+    assert {name: (output / name).read_bytes() for name in before} == before  # nothing rewritten
+
+
+def test_every_saved_folder_runs_the_cards_usage_code_with_its_own_processor(workspace, uninterrupted):
+    output = uninterrupted[0]
+    video = next((workspace["folder"] / "cache").rglob("*.mp4"))  # a clip of the synthetic set
+    usage = _usage("LOAD_NAME").split("```python\n")[1].split("```")[0]
+    for folder, frames in ((output / "stage-1-2f", 2), (output / "stage-2-4f", 4), (output, 4)):
+        assert AutoProcessor.from_pretrained(folder).image_processor.num_frames == frames
+        scope = {}
+        exec(usage.replace("LOAD_NAME", str(folder)).replace("clip.mp4", str(video)), scope)
+        assert scope["similarity"].shape == (1, 2), folder
 
 
 def test_no_resume_starts_over(workspace, uninterrupted):

@@ -12,7 +12,7 @@ import yaml
 from fake_hub import FakeHub
 from huggingface_hub import EvalResult, ModelCard
 from python_subprocess import run_python
-from run_fixture import STAGES, write_results, write_run
+from run_fixture import STAGES, write_png, write_results, write_run
 from tiny_configs import tiny_config
 from transformers import (
     AutoModel,
@@ -68,9 +68,9 @@ def test_local_mode_writes_everything_the_repo_holds(run_dir, tmp_path):
         ):
             assert files[prefix + name] == (source / name).read_bytes(), prefix + name
         assert {name: files[prefix + name] for name in package_sources} == package_sources
+    assert json.loads(files["results.json"]) == {**json.loads((run_dir / "results.json").read_text()), "model": "."}
     for name in (
         "summary.json",
-        "results.json",
         "metrics.jsonl",
         "curriculum.png",
         "token_selection/stage-1-2f.png",
@@ -90,6 +90,33 @@ def test_local_mode_writes_everything_the_repo_holds(run_dir, tmp_path):
     assert [result.__dict__ for result in card.data.eval_results] == [
         EvalResult(**entry).__dict__ for entry in expected
     ]
+
+
+def test_only_the_runs_pictures_and_no_local_paths_are_uploaded(tmp_path):
+    run = write_run(tmp_path / "runs" / "svitt")
+    data = tmp_path / "data" / "msrvtt"
+    results = json.loads(write_results(run / "results.json", model=str(run)).read_text())
+    results["dataset"].update(annotations=[str(data / "test.json")], media_root=str(data / "videos"))
+    (run / "results.json").write_text(json.dumps(results))
+    recipe = {"name": "ret-msrvtt", "model": {"checkpoint": str(tmp_path / "models" / "svitt")},
+              "stages": [{"data": {"annotations": "{synthetic}/ret_train.json", "media_root": str(data / "videos")}}]}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    write_png(run / "holiday" / "beach.png")  # the user's, not the run's
+    write_png(run / "stage-1-2f" / "notes.png")
+    prepare_push_folder(run, tmp_path / "ready", REPO, stages=True)
+    files = _files(tmp_path / "ready")
+    assert {name for name in files if name.endswith(".png")} == {
+        "curriculum.png", "token_selection/stage-1-2f.png", "token_selection/stage-2-4f.png"
+    }
+    for name in ("results.json", "recipe.yaml", "README.md", "summary.json"):
+        assert str(tmp_path) not in files[name].decode(), name
+    uploaded = json.loads(files["results.json"])
+    assert uploaded["model"] == "." and uploaded["dataset"]["annotations"] == ["test.json"]
+    assert uploaded["dataset"]["media_root"] == "videos" and uploaded["metrics"] == results["metrics"]
+    assert yaml.safe_load(files["recipe.yaml"]) == {
+        "name": "ret-msrvtt", "model": {"checkpoint": "models/svitt"},
+        "stages": [{"data": {"annotations": "{synthetic}/ret_train.json", "media_root": "data/msrvtt/videos"}}],
+    }
 
 
 def test_card_shows_the_recipe_stages_measured_numbers_and_pictures(run_dir, tmp_path):

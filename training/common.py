@@ -1,7 +1,7 @@
 """What the training scripts share: the accelerator (and the launches it refuses), their common options, models,
-processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe, and files
-written atomically (training states, models, records). The training loop of a stage is in `loop.py`, the evaluation
-loops are in `evaluation.py`.
+processors, data sets (checked before any work) and loaders, optimisers and schedules built from a recipe. The training
+loop of a stage is in `loop.py`, the evaluation loops are in `evaluation.py`, the output folder (who owns it, files
+written atomically, saved states) in `run_folder.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -63,6 +62,7 @@ from training.tracking import (
     tracker_loggers,
     tracker_names,
 )
+from training.run_folder import RunFolder, recipe_values, record_recipe
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator and launch checks
@@ -267,17 +267,6 @@ def check_run_arguments(parser: argparse.ArgumentParser, args: argparse.Namespac
         args.report_to = resolve_report_to(args.report_to)
     except ValueError as error:
         parser.error(str(error))
-
-
-def start_over(output_dir: Path, records: Sequence[str]) -> None:
-    """Remove what an earlier run left in `output_dir` (`--no-resume`): its `records`, logs and saved training
-    states. Called before the accelerator starts; the global main process alone removes (the launcher's `RANK`): the
-    others, on every machine, would race it over the same shared folder, and none writes there before it joins them."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    for name in (*records, "metrics.jsonl", TRACKER_LOGS, "checkpoints"):
-        path = output_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -540,16 +529,22 @@ def check_one_run(accelerator: Accelerator, output_dir: Path, settings: dict[str
 
 
 def start_run(
-    recipe: Recipe, output_dir: Path, report_to: Sequence[str] = (), options: dict[str, Any] | None = None
-) -> tuple[Accelerator, Path | None, SViTTProcessor]:
-    """What every training run starts with: the output folder, the accelerator (with `metrics.jsonl` and the trackers
-    of `report_to`), every process checked to run the same recipe and `options` into the same folder
-    (`check_one_run`), the recipe as it ran (`recipe.yaml`), the synthetic set when the recipe has one (its folder),
-    every file and folder the recipe names checked, and the processor. Returns `(accelerator, synthetic_root,
-    processor)`."""
+    recipe: Recipe,
+    output_dir: Path,
+    claim: Callable[[Accelerator], RunFolder],
+    report_to: Sequence[str] = (),
+    options: dict[str, Any] | None = None,
+) -> tuple[Accelerator, RunFolder, Path | None, SViTTProcessor | None]:
+    """What every training run starts with: the accelerator (with `metrics.jsonl` and the trackers of `report_to`),
+    the output folder claimed for the run (`claim`, see `run_folder.claim_output_folder`), every process checked to
+    run the same recipe and `options` into the same folder (`check_one_run`), the recipe as it ran (`recipe.yaml`),
+    the synthetic set when the recipe has one (its folder), every file and folder the recipe names checked, and the
+    processor. Returns `(accelerator, run_folder, synthetic_root, processor)`; a run already finished returns right
+    after the claim (`run_folder.finished`, no processor)."""
     accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision, report_to=report_to)
-    if accelerator.is_main_process:  # the main process alone writes the run folder, on every machine's behalf
-        output_dir.mkdir(parents=True, exist_ok=True)
+    run_folder = claim(accelerator)  # the main process alone creates and writes the folder, for every machine
+    if run_folder.finished:
+        return accelerator, run_folder, None, None
     # the same folder may be mounted at other paths on other machines: `check_one_run` compares what they see
     options = {key: value for key, value in (options or {}).items() if key != "output_dir"}
     check_one_run(accelerator, output_dir, {"recipe": recipe_values(recipe), "options": options})
@@ -557,7 +552,7 @@ def start_run(
         record_recipe(output_dir, recipe)
     synthetic_root = prepare_synthetic_data(recipe, accelerator)
     check_data_paths(recipe, synthetic_root)
-    return accelerator, synthetic_root, build_processor(recipe)
+    return accelerator, run_folder, synthetic_root, build_processor(recipe)
 
 
 def start_trackers(accelerator: Accelerator, project: str, recipe: Recipe, **extra: Any) -> None:
@@ -692,98 +687,3 @@ def step_seed(seed: int, stage: int, step: int, process: int) -> int:
     """Seed of one training step: its randomness (random attention blocks, ITM negatives, masks, dropout) depends
     on nothing else, so a resumed run draws exactly what the uninterrupted run drew."""
     return (((seed * 1_000_003 + stage) * 1_000_033 + step) * 257 + process) % (2**31 - 1)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Files written atomically
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def write_json_atomically(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary file and rename it into place (a kill never leaves half a file)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def save_state_atomically(accelerator: Accelerator, checkpoint_dir: Path, name: str, progress: dict) -> Path:
-    """`accelerator.save_state` into a temporary folder that is renamed to `checkpoint_dir/name` when complete, with
-    `progress.json` inside; older states are then removed. Every process must call it."""
-    temporary = checkpoint_dir / f".tmp-{name}"
-    final = checkpoint_dir / name
-    if accelerator.is_main_process:  # the other processes (machines) only add their parts to the folder
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=False)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomically(temporary / "progress.json", progress)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
-        for old in checkpoint_dir.iterdir():
-            if old != final and not old.name.startswith("."):
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def latest_state(checkpoint_dir: Path) -> tuple[Path, dict] | None:
-    """The newest complete saved state (a renamed folder with `progress.json`) and its progress, or `None`."""
-    if not checkpoint_dir.is_dir():
-        return None
-    states = []
-    for folder in checkpoint_dir.iterdir():
-        progress_file = folder / "progress.json"
-        if not folder.name.startswith(".") and progress_file.is_file():
-            progress = json.loads(progress_file.read_text(encoding="utf-8"))
-            states.append(((progress["stage"], progress["stage_step"]), folder, progress))
-    if not states:
-        return None
-    _, folder, progress = max(states, key=lambda item: item[0])
-    return folder, progress
-
-
-def recipe_values(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as it runs, with every override and default, as plain values (what `recipe.yaml` holds)."""
-    return {key: value for key, value in dataclasses.asdict(recipe).items() if key != "source"}
-
-
-def record_recipe(output_dir: Path, recipe: Recipe) -> None:
-    """`recipe.yaml`: the recipe as it ran, with every override and default."""
-    import yaml
-
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_values(recipe), sort_keys=False))
-
-
-def trim_metrics_log(path: Path, resumed_step: int, completed_stages: int) -> None:
-    """Drop what a stopped run logged after the point it resumes from (it is logged again)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        evaluation = any(key.startswith("eval/") for key in entry)
-        if (entry.get("stage", 0) < completed_stages) if evaluation else (entry.get("step") or 0) <= resumed_step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def publish_model_files(source: Path, target: Path) -> None:
-    """Copy the files of a `save_pretrained` folder into `target` (a run's output folder, which then loads by its
-    name), replacing older copies."""
-    for item in source.iterdir():
-        destination = target / item.name
-        shutil.rmtree(destination) if destination.is_dir() else destination.unlink(missing_ok=True)
-        shutil.copytree(item, destination) if item.is_dir() else shutil.copy2(item, destination)
-
-
-def save_pretrained_atomically(model, processor: SViTTProcessor, folder: Path, state_dict=None) -> None:
-    """`save_pretrained` of the model and processor into a temporary folder renamed to `folder` (main process)."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary, state_dict=state_dict)
-    processor.save_pretrained(temporary)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temporary, folder)

@@ -17,13 +17,16 @@ recipe the release's defaults apply (12 / 24 test frames: 3 clips of the model's
 Writes `results.json` (metrics, model, data files, frames, sparsity, library versions, `model_index` entries for a
 model card) into the output folder and prints a table; a sweep writes `sweep.json`, `sweep.md` and `sweep.png` (every
 metric against measured seconds per video and the video tower's analytic GMACs) instead, from one loaded model and one
-decoded copy of the data.
+decoded copy of the data. An earlier evaluation's results in the output folder are kept unless `--overwrite`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTProcessor
 from modeling_svitt.answer_ranking import ANSWER_SCORINGS
 from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
-from training.common import make_accelerator, plain_loading, prepare_synthetic_data, write_json_atomically
+from training.common import make_accelerator, plain_loading, prepare_synthetic_data
 from training.evaluation import (
     EVALUATION_HEADS,
     build_evaluation_dataset,
@@ -44,6 +47,7 @@ from training.evaluation import (
 )
 from training.recipe import EvaluationSpec, RecipeError, load_recipe, validate_evaluation
 from training.report import plot_sweep, results_table, sweep_table
+from training.run_folder import RunFolderError, write_json_atomically
 from training.sweep import parse_settings, run_sweep, settings_applied, values_of
 
 TASKS = ("retrieval", "qa", "egomcq")
@@ -69,7 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--annotations", help="the test annotation file")
     parser.add_argument("--answer-list", help="QA: the JSON list of candidate answers")
     parser.add_argument("--media-root", help="the folder the annotations' video paths are relative to")
-    parser.add_argument("--output-dir", help="where results go (default: outputs/eval-<model>-<task>)")
+    parser.add_argument("--output-dir", help="where results go (default: outputs/eval-<model>-<task>-<annotation "
+                                             "file>-<digest of their paths>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results.json (sweep.json) of an earlier evaluation in the output folder")
     parser.add_argument("--num-clips", type=int, help="clips of the model's clip length per test video (default 3; 1 "
                                                       "for EgoMCQ and for the synthetic set)")
     parser.add_argument("--clip-aggregation", choices=CLIP_AGGREGATIONS, help="how clip scores combine")
@@ -135,6 +142,17 @@ def evaluation_spec(args: argparse.Namespace) -> tuple[EvaluationSpec, dict | No
     return spec, synthetic, recipe_name
 
 
+def default_output_dir(model: str, spec: EvaluationSpec) -> Path:
+    """`outputs/eval-<model>-<task>-<data>-<digest>`: the digest of the model's and the data's full paths tells apart
+    evaluations of models or annotation files of the same name."""
+    data = Path(spec.annotations).stem if spec.annotations else "data"
+    located = [str(Path(value).resolve()) if Path(value).exists() else value
+               for value in (model, spec.annotations, spec.answer_list, spec.media_root) if value]
+    digest = hashlib.sha256(json.dumps(located).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"eval-{Path(model).name}-{spec.kind}-{data}-{digest}")
+    return (Path("outputs") / name).resolve()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     settings = parse_settings(args.settings, "--set", several=False)
@@ -149,7 +167,11 @@ def main(argv=None) -> dict:
     problem = checkpoint_problem(config, args.task, training=False, use_itm=itm)
     if problem:
         raise RecipeError(f"--model {args.model} cannot be evaluated on --task {args.task}: {problem}")
-    output_dir = Path(args.output_dir or Path("outputs") / f"eval-{Path(args.model).name}-{args.task}").resolve()
+    output_dir = Path(args.output_dir).resolve() if args.output_dir else default_output_dir(args.model, spec)
+    written = output_dir / ("sweep.json" if grid else "results.json")
+    if written.is_file() and not args.overwrite:
+        raise RunFolderError(f"{written} holds an earlier evaluation and is kept: pass --overwrite to replace it, or "
+                             "--output-dir to write elsewhere.")
 
     accelerator = make_accelerator(log=False)
     synthetic_root = None
@@ -195,5 +217,5 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except RecipeError as error:
+    except (RecipeError, RunFolderError) as error:
         sys.exit(f"error: {error}")

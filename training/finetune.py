@@ -38,18 +38,12 @@ from training.common import (
     add_run_arguments,
     build_initial_model,
     check_run_arguments,
-    latest_state,
     open_train_dataset,
     plain_loading,
-    publish_model_files,
     recipe_field_name,
     restore_scalar_shapes,
-    save_pretrained_atomically,
-    start_over,
     start_run,
     start_trackers,
-    trim_metrics_log,
-    write_json_atomically,
 )
 from training.evaluation import (
     EVALUATION_HEADS,
@@ -61,9 +55,24 @@ from training.evaluation import (
 from training.loop import prepare_stage, train_stage
 from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe, resolve_path
 from training.report import results_table
+from training.run_folder import (
+    RunFolderError,
+    check_not_model_folder,
+    claim_output_folder,
+    latest_state,
+    output_folder,
+    publish_model_files,
+    remove_states,
+    run_fingerprint,
+    save_pretrained_atomically,
+    trim_metrics_log,
+    write_json_atomically,
+)
 
 EVALUATIONS = {"retrieval": "retrieval", "qa": "qa", "multiple_choice": "egomcq"}  # task -> how its recipes test
 HEADS = {task: EVALUATION_HEADS[kind] for task, kind in EVALUATIONS.items()}
+# What a fine-tuning run writes into its folder besides its model and training states (`--no-resume` removes them).
+OWNED_NAMES = ("results.json", "finetune")
 DEFAULT_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # option -> the recipe fields it sets
 PATH_OPTIONS = {
@@ -111,13 +120,11 @@ def main(argv=None) -> dict | None:
         raise RecipeError(f"recipe '{recipe.name}' is a {recipe.task} recipe, not {args.task}: pick one with "
                           f"task: {args.task} ({', '.join(builtin_recipes(args.task))}) or a file of your own")
     stage, spec = recipe.stages[0], recipe.evaluation[0]
-    output_dir = Path(args.output_dir or Path("outputs") / recipe.name).resolve()
+    output_dir = output_folder(args.output_dir, recipe.name)
     checkpoint_dir = output_dir / "checkpoints"
-    if args.resume is False and output_dir.exists():
-        start_over(output_dir, ["results.json"])
-    if (output_dir / "results.json").is_file():
-        print(f"{output_dir} holds a finished run (results.json); --no-resume starts over.")
-        return None
+    start_model = resolve_path(recipe.model.checkpoint) if recipe.model.checkpoint else None
+    check_not_model_folder(output_dir, start_model)
+    fingerprint = run_fingerprint(f"finetune --task {args.task}", recipe, model=start_model, max_steps=args.max_steps)
 
     # The starting checkpoint must serve the task; the data must be readable: checked before anything runs.
     if recipe.model.init == "checkpoint":
@@ -134,12 +141,19 @@ def main(argv=None) -> dict | None:
         if problem:
             raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
     started = time.perf_counter()
-    accelerator, synthetic_root, processor = start_run(recipe, output_dir, args.report_to, vars(args))
+    accelerator, run_folder, synthetic_root, processor = start_run(
+        recipe, output_dir, lambda accelerator: claim_output_folder(accelerator, output_dir, fingerprint, args.resume,
+                                                                    OWNED_NAMES),
+        args.report_to, vars(args),
+    )
+    if run_folder.finished:
+        accelerator.print(run_folder.finished_note("results.json"))
+        return None
     dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
     test_field = recipe_field_name(recipe.name, "evaluation.0")
     test_set = build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
 
-    saved = latest_state(checkpoint_dir) if args.resume is not False else None
+    saved = latest_state(checkpoint_dir)
     if accelerator.is_main_process:
         trim_metrics_log(output_dir / "metrics.jsonl", saved[1]["global_step"] if saved else 0, 0)
     start_trackers(accelerator, "finetune", recipe, num_processes=accelerator.num_processes)
@@ -176,7 +190,8 @@ def main(argv=None) -> dict | None:
     accelerator.log({f"eval/{key}": value for key, value in record["metrics"].items()}, step=run.steps)
     if accelerator.is_main_process:
         write_json_atomically(output_dir / "results.json", record)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_states(checkpoint_dir)
+        run_folder.mark_finished("results.json")
         print(results_table(record))
         print(f"\nFinished in {time.perf_counter() - started:.0f} s. Everything is in {output_dir}:")
         print(f"  {HEADS[args.task].__name__} + processor   {output_dir}")
@@ -189,5 +204,5 @@ def main(argv=None) -> dict | None:
 if __name__ == "__main__":
     try:
         main()
-    except RecipeError as error:
+    except (RecipeError, RunFolderError) as error:
         sys.exit(f"error: {error}")

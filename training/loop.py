@@ -23,12 +23,12 @@ from training.common import (
     freeze_unused_parameters,
     make_train_dataloader,
     prepare_for_deepspeed,
-    save_state_atomically,
     share_cpu_cores,
     step_seed,
 )
 from training.data import EpochShuffleSampler
 from training.recipe import RecipeError, StageSpec
+from training.run_folder import save_state_atomically
 
 
 LOSS_PARTS = ("loss_itc", "loss_itm", "loss_mlm")

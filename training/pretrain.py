@@ -7,7 +7,8 @@
 Every stage starts from the previous stage's saved weights, with the relative position bias resampled to the
 stage's clip length and the stage's sparsity, and trains with its own optimiser and schedule. After each stage the
 model and processor are saved (`stage-<i>-<T>f/`) and evaluated zero-shot; the training state is saved every
-`save_every_steps` steps, and a run started again with the same output folder continues where it stopped.
+`save_every_steps` steps, and the same run started again with the same output folder continues where it stopped (a
+different run is refused there, and a folder this package did not create is never written into: `run_folder.py`).
 
 Writes into the output folder: the stage folders, the last stage's files at the root (the folder loads with
 `AutoModel.from_pretrained`), `metrics.jsonl`, `summary.json`, `curriculum.png`, `token_selection/<stage>.png` (what
@@ -18,8 +19,6 @@ every stage and a generated model card at the end (`training/push_to_hub.py`).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,23 +35,30 @@ from training.common import (
     add_run_arguments,
     build_initial_model,
     check_run_arguments,
-    latest_state,
     open_train_dataset,
     plain_loading,
-    publish_model_files,
     recipe_field_name,
     restore_scalar_shapes,
-    save_pretrained_atomically,
-    start_over,
     start_run,
     start_trackers,
-    trim_metrics_log,
-    write_json_atomically,
 )
 from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
 from training.loop import prepare_stage, train_stage
 from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe
 from training.report import plot_curriculum, summary_record, summary_table
+from training.run_folder import (
+    RunFolderError,
+    claim_output_folder,
+    latest_state,
+    output_folder,
+    publish_model_files,
+    read_json_record,
+    remove_states,
+    run_fingerprint,
+    save_pretrained_atomically,
+    trim_metrics_log,
+    write_json_atomically,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# What a pretraining run writes into its folder besides its model and training states (`--no-resume` removes them).
+OWNED_NAMES = ("run_state.json", "summary.json", "curriculum.png", "token_selection", "stage-*-*f", ".stage-*-*f.tmp",
+               "pretrain")
+
+
 def stage_name(index: int, num_frames: int) -> str:
     return f"stage-{index + 1}-{num_frames}f"
 
@@ -81,14 +92,22 @@ def main(argv=None) -> None:
     if recipe.task != "pretraining":
         raise RecipeError(f"recipe '{recipe.name}' fine-tunes ({recipe.task}): run it with training/finetune.py "
                           f"--task {recipe.task} --recipe {args.recipe}")
-    output_dir = Path(args.output_dir or Path("outputs") / recipe.name).resolve()
+    output_dir = output_folder(args.output_dir, recipe.name)
     run_state_file = output_dir / "run_state.json"
     checkpoint_dir = output_dir / "checkpoints"
-    if args.resume is False and output_dir.exists():
-        start_over(output_dir, ["run_state.json", "summary.json"])
+    fingerprint = run_fingerprint("pretrain", recipe, model=recipe.model.checkpoint, max_steps=args.max_steps)
 
     started = time.perf_counter()
-    accelerator, synthetic_root, processor = start_run(recipe, output_dir, args.report_to, vars(args))
+    accelerator, run_folder, synthetic_root, processor = start_run(
+        recipe, output_dir, lambda accelerator: claim_output_folder(accelerator, output_dir, fingerprint, args.resume,
+                                                                    OWNED_NAMES),
+        args.report_to, vars(args),
+    )
+    if run_folder.finished:
+        accelerator.print(run_folder.finished_note("summary.json"))
+        if args.push_to_hub and accelerator.is_main_process:
+            push(output_dir, args.push_to_hub)
+        return
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
     train_sets = [
@@ -99,11 +118,8 @@ def main(argv=None) -> None:
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
         build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
 
-    run_state = {"recipe": recipe.name, "stages": []}
-    resume = args.resume is not False and run_state_file.is_file()
-    if resume:
-        run_state = json.loads(run_state_file.read_text(encoding="utf-8"))
-    saved = latest_state(checkpoint_dir) if args.resume is not False else None
+    run_state = read_json_record(run_state_file) or {"recipe": recipe.name, "stages": []}
+    saved = latest_state(checkpoint_dir)
     if accelerator.is_main_process:
         resumed_step = saved[1]["global_step"] if saved else sum(stage["steps"] for stage in run_state["stages"])
         trim_metrics_log(output_dir / "metrics.jsonl", resumed_step, len(run_state["stages"]))
@@ -165,7 +181,7 @@ def main(argv=None) -> None:
         if num_test_videos is not None:
             run_state["num_test_videos"] = num_test_videos
         if accelerator.is_main_process:
-            write_json_atomically(run_state_file, run_state)
+            write_json_atomically(run_state_file, run_state, keep_previous=True)
             write_summary(output_dir, recipe, run_state)
         accelerator.wait_for_everyone()
         accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
@@ -176,7 +192,8 @@ def main(argv=None) -> None:
         publish_model_files(output_dir / run_state["stages"][-1]["checkpoint"], output_dir)
         write_summary(output_dir, recipe, run_state)
         plot_curriculum(output_dir / "metrics.jsonl", run_state, output_dir / "curriculum.png")
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_states(checkpoint_dir)
+        run_folder.mark_finished("summary.json")
         print(summary_table(run_state))
         print(f"\nFinished in {time.perf_counter() - started:.0f} s. Everything is in {output_dir}:")
         print(f"  model + processor   {output_dir}  (AutoModel.from_pretrained('{output_dir}'))")
@@ -186,11 +203,15 @@ def main(argv=None) -> None:
         print(f"  curves              {output_dir / 'metrics.jsonl'}, {output_dir / 'curriculum.png'}")
         print(f"  token selection     {output_dir / 'token_selection'}")
         if args.push_to_hub:
-            from training.push_to_hub import push_run_to_hub
-
-            commit = push_run_to_hub(output_dir, args.push_to_hub, stages=True)
-            print(f"Pushed the run to {commit.commit_url}")
+            push(output_dir, args.push_to_hub)
     accelerator.end_training()
+
+
+def push(output_dir: Path, repo_id: str) -> None:
+    from training.push_to_hub import push_run_to_hub
+
+    commit = push_run_to_hub(output_dir, repo_id, stages=True)
+    print(f"Pushed the run to {commit.commit_url}")
 
 
 def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
@@ -200,5 +221,5 @@ def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except RecipeError as error:
+    except (RecipeError, RunFolderError) as error:
         sys.exit(f"error: {error}")

@@ -7,10 +7,11 @@ CHECKPOINT_DIR is a `save_pretrained` folder holding its processor: the output f
 (the last stage at its root, `summary.json`, `curriculum.png`, one folder per curriculum stage), a fine-tuned or
 evaluated model (`results.json`), or a converted checkpoint. The repository receives the weights (safetensors), the
 config (with the full `auto_map`), the processor and tokenizer files, the model source files (so the repo loads with
-`trust_remote_code=True`), every `*.png` picture of the run (the curriculum plot, token-selection pictures), the
-run's records (`summary.json`, `results.json`, `metrics.jsonl`, the recipe) and a model card written from them: the
-training recipe and stages, a `model-index` holding only the numbers the run measured, the pictures. `--stages`
-also uploads every curriculum stage into its own folder (`stage-1-4f/`, ...), loadable with `subfolder=`.
+`trust_remote_code=True`), the pictures the run drew (the curriculum plot, token-selection pictures), the run's
+records (`summary.json`, `results.json`, `metrics.jsonl`, the recipe; local paths in them made relative to the run or
+data folder) and a model card written from them: the training recipe and stages, a `model-index` holding only the
+numbers the run measured, the pictures. `--stages` also uploads every curriculum stage into its own folder
+(`stage-1-4f/`, ...), loadable with `subfolder=`.
 
 The token comes from huggingface_hub's usual sources (`HF_TOKEN`, `hf auth login`): this script never reads it into
 an argument, prints it, logs it or writes it anywhere.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -109,6 +111,76 @@ def _stage_folders(run_dir: Path, summary: dict | None) -> list[Path]:
             )
         check_checkpoint(folder)
     return folders
+
+
+def _run_pictures(run_dir: Path, summary: dict | None) -> list[str]:
+    """The pictures `pretrain.py` wrote (the curriculum plot, each stage's token selection), not any other picture a
+    user keeps in the folder."""
+    names = ["curriculum.png"] + [f"token_selection/{stage.get('name')}.png" for stage in (summary or {}).get("stages")
+                                  or []]
+    return [name for name in names if (run_dir / name).is_file()]
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _replace_strings(value: Any, replacements: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return replacements.get(value, value)
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, replacements) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(item, replacements) for item in value]
+    return value
+
+
+def portable_paths(record: Any, run_dir: Path) -> Any:
+    """`record` with every absolute local path made relative: to the run folder when inside it, else to the data
+    root (the deepest folder holding all the other paths the record names), so no local path reaches the Hub."""
+    run_root = Path(run_dir).resolve()
+    replacements, outside = {}, {}
+    for text in dict.fromkeys(text for text in _strings(record) if Path(text).is_absolute()):
+        resolved = Path(text).resolve()
+        if resolved == run_root or run_root in resolved.parents:
+            replacements[text] = resolved.relative_to(run_root).as_posix()
+        else:
+            outside[text] = resolved
+    if outside:
+        data_root = Path(os.path.commonpath([path.parent for path in outside.values()]))
+        for text, resolved in outside.items():
+            # paths with nothing in common but the file system's root keep their names only
+            replacements[text] = resolved.name if data_root == Path(data_root.anchor) else \
+                resolved.relative_to(data_root).as_posix()
+    return _replace_strings(record, replacements)
+
+
+def _copy_record(source: Path, target: Path, run_dir: Path) -> None:
+    """Copy a run record, with its local paths made relative (`portable_paths`); unchanged records keep their bytes."""
+    if source.suffix not in (".json", ".yaml", ".yml"):
+        shutil.copyfile(source, target)
+        return
+    import yaml
+
+    text = source.read_text(encoding="utf-8")
+    try:
+        record = json.loads(text) if source.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise CheckpointError(f"Cannot read {source}: {error}") from error
+    portable = portable_paths(record, run_dir)
+    if portable == record:
+        shutil.copyfile(source, target)
+    elif source.suffix == ".json":
+        target.write_text(json.dumps(portable, indent=1) + "\n", encoding="utf-8")
+    else:
+        target.write_text(yaml.safe_dump(portable, sort_keys=False), encoding="utf-8")
 
 
 def _model_index(records: list[tuple[Path, dict]]) -> list[dict]:
@@ -252,11 +324,11 @@ def prepare_push_folder(
     results = [(name, _read_json(path)) for name, path in records.items() if name.startswith("results")]
     measured = [(run_dir / "summary.json", summary)] if summary else []
     entries = _model_index(measured + [(records[name], record) for name, record in results])
-    pictures = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.rglob("*.png"))
+    pictures = _run_pictures(run_dir, summary)
 
     _copy_model_folder(run_dir, output)
     for name, path in records.items():
-        shutil.copyfile(path, output / name)
+        _copy_record(path, output / name, run_dir)
     for picture in pictures:
         (output / picture).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / picture, output / picture)
