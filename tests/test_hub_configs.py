@@ -10,7 +10,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from modeling_svitt.compute_cost import video_tower_gmacs
+from svitt_tools.compute_cost import video_tower_gmacs
 from modeling_svitt.remote_code import copy_model_sources, model_auto_map
 from training.hub_configs import VARIANTS, write_hub_config
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from modeling_svitt import SViTTConfig, SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor, SViTTVisionConfig
-from modeling_svitt.model_card import REPORTED_RESULTS, CardContent, render_model_card
+from svitt_tools.model_card import REPORTED_RESULTS, CardContent, render_model_card
 from modeling_svitt.remote_code import copy_model_sources, model_auto_map
 
 ROOT = Path(__file__).resolve().parents[1]
