@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_svitt import SViTTConfig
+from .configuration_svitt import SViTTConfig, SViTTVisionConfig
 from .remote_code import copy_model_sources, model_auto_map
 from .sparse_attention import softmax_in_float32
 
@@ -111,9 +111,15 @@ class SViTTPreTrainedModel(PreTrainedModel):
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        from .modeling_svitt_vision import SViTTVisionModel
-
-        video_tower = next((module for module in model.modules() if isinstance(module, SViTTVisionModel)), None)
+        # the video tower is the model of a vision config (named by its config: the towers sit above this module)
+        video_tower = next(
+            (
+                module
+                for module in model.modules()
+                if isinstance(module, SViTTPreTrainedModel) and isinstance(module.config, SViTTVisionConfig)
+            ),
+            None,
+        )
         if video_tower is None:
             raise ValueError(f"{cls.__name__} has no video tower, so `num_frames` does not apply to it.")
         if num_frames != video_tower.config.num_frames:

@@ -6,8 +6,8 @@ that says nothing about where an SViTT checkpoint comes from.
 
 `install_checkpoint_name_hint()` wraps the two functions through which `from_pretrained` (configs, models,
 processors, tokenizers, remote code) first reaches the Hub for a name: `transformers.utils.hub.cached_files` (every
-file lookup) and `list_repo_templates` (the chat-template listing processors do before their first file lookup). The wrappers
-only act on names that look like SViTT checkpoints (the repository name contains "svitt", e.g. `svitt-ego` or
+file lookup) and `list_repo_templates` (the chat-template listing processors do before their first file lookup).
+The wrappers only act on names that look like SViTT checkpoints (the repository name contains "svitt", e.g. `svitt-ego` or
 `user/svitt-msrvtt`): loading any other model in the same process is left exactly as transformers does it. They
 change nothing for local folders and for names whose revision transformers already resolved (the Hub answered, or
 the cache knows the repository). For another SViTT name they ask the Hub once, without retries, whether it can be
