@@ -156,8 +156,9 @@ class SViTTPreTrainedModel(PreTrainedModel):
             copy_model_sources(save_directory)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
-        # `save_pretrained(push_to_hub=True)` uploads from inside `PreTrainedModel.save_pretrained`, before the override
-        # above has copied the model source: copy it first, so that the upload carries it.
+        # Private hook, kept because `save_pretrained(..., push_to_hub=True)` must upload the remote code with the
+        # weights: transformers uploads from inside its `save_pretrained`, before the override above copies the
+        # sources (tests/test_push_to_hub.py::test_save_pretrained_push_uploads_the_model_source).
         copy_model_sources(working_dir)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
 
