@@ -18,7 +18,7 @@ the median of `--iterations` timed steps (training: forward + backward of the me
 exceeds `--time-cap` or `--memory-cap` is killed and reported as such; larger clips of that model are then skipped
 and reported with the reason. Results are appended to a JSON-lines file: a later run skips what is stored.
 The table gives the speed-up of svitt-sparse over every model and that speed-up as a share of the analytic FLOP
-ratio (`modeling_svitt.compute_cost`); the plot shows time and memory against clip length, log-log.
+ratio (`svitt_tools.compute_cost`); the plot shows time and memory against clip length, log-log.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def model_config(model: str, frames: int):
 
 
 def analytic_macs(model: str, frames: int) -> int:
-    from modeling_svitt.compute_cost import timesformer_macs, video_tower_macs, videomae_macs
+    from svitt_tools.compute_cost import timesformer_macs, video_tower_macs, videomae_macs
 
     config = model_config(model, frames)
     if model.startswith("svitt"):

@@ -82,7 +82,7 @@ def main() -> None:
 
     import torch
 
-    from modeling_svitt.compute_cost import video_tower_macs
+    from svitt_tools.compute_cost import video_tower_macs
 
     header = (
         f"SViTT video tower against its own dense path, base size, batch 1, fp32, forward+backward, CPU "

@@ -1,16 +1,12 @@
-"""SViTT and SViTT-Ego for transformers. Importing the package registers every class with the Auto classes."""
+"""SViTT and SViTT-Ego for transformers. Importing the package registers every class with the Auto classes, and
+changes nothing else in transformers."""
 
+import transformers
 from transformers import AutoConfig, AutoModel
 
-from .checkpoint_names import install_checkpoint_name_hint
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
-from .modeling_heads import (
-    SViTTForMultipleChoice,
-    SViTTForPreTraining,
-    SViTTForVideoTextRetrieval,
-    register_head_auto_classes,
-)
+from .modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
 from .modeling_svitt import SViTTModel, SViTTOutput, SViTTPreTrainedModel
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
 from .modeling_svitt_vision import SViTTVisionModel, SViTTVisionModelOutput
@@ -28,10 +24,27 @@ def _register_core_auto_classes() -> None:
     AutoModel.register(SViTTTextConfig, SViTTTextModel, exist_ok=True)
 
 
+def register_head_auto_classes() -> None:
+    """Register the heads with transformers' Auto classes (in-process) and for Hub remote code.
+
+    Retrieval has no Auto class: `AutoModelForZeroShotImageClassification` would promise its pipeline, which feeds
+    still images and reads `logits_per_image`, so a video model cannot serve it. Load the retrieval head by class
+    (`SViTTForVideoTextRetrieval.from_pretrained`), or from a remote-code folder with transformers'
+    `get_class_from_dynamic_module("modeling_heads.SViTTForVideoTextRetrieval", folder)`.
+    """
+    head_auto_classes = {
+        "AutoModelForPreTraining": SViTTForPreTraining,
+        "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
+        "AutoModelForMultipleChoice": SViTTForMultipleChoice,
+    }
+    for auto_class_name, model_class in head_auto_classes.items():
+        getattr(transformers, auto_class_name).register(SViTTConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class_name)
+
+
 _register_core_auto_classes()
 register_head_auto_classes()
 register_processing_auto_classes()
-install_checkpoint_name_hint()
 
 __all__ = [
     "SViTTAnswerRankingOutput",

@@ -30,9 +30,9 @@ from transformers.utils import ModelOutput
 from .clip_ensemble import CLIP_AGGREGATIONS, aggregate_clips, split_into_clips
 from .losses import answer_token_labels, sequence_negative_log_likelihood
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the QA head imports this module, so it names the head's base class, never the head
+    from .modeling_common import SViTTPreTrainedModel
     from .modeling_svitt_vision import RandomBlocks
-    from .modeling_video_qa import SViTTForVideoQuestionAnswering
 
 ANSWER_SCORINGS = ("likelihood", "release_ensemble", "release_concat")
 ANSWER_CLIP_AGGREGATIONS = (*CLIP_AGGREGATIONS, "concat")
@@ -57,7 +57,7 @@ class SViTTAnswerRankingOutput(ModelOutput):
 
 
 def first_token_logits(
-    model: "SViTTForVideoQuestionAnswering", question_states, question_mask, start_token_id
+    model: "SViTTPreTrainedModel", question_states, question_mask, start_token_id
 ) -> torch.Tensor:
     shape = (question_states.shape[0], 1)
     start = torch.full(shape, start_token_id, dtype=torch.long, device=question_states.device)
@@ -65,7 +65,7 @@ def first_token_logits(
 
 
 def candidate_log_likelihood(
-    model: "SViTTForVideoQuestionAnswering", question_states, question_mask, answer_ids, answer_mask, candidates
+    model: "SViTTPreTrainedModel", question_states, question_mask, answer_ids, answer_mask, candidates
 ):
     """`(B, k)` sequence log-likelihood of each question's candidates (first answer token included once)."""
     batch, k = candidates.shape
@@ -104,7 +104,7 @@ def candidate_scores(
 
 @torch.no_grad()
 def rank_answers(
-    model: "SViTTForVideoQuestionAnswering",
+    model: "SViTTPreTrainedModel",
     pixel_values: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_svitt import SViTTConfig
+from .configuration_svitt import SViTTConfig, SViTTVisionConfig
 from .remote_code import copy_model_sources, model_auto_map
 from .sparse_attention import softmax_in_float32
 
@@ -111,9 +111,15 @@ class SViTTPreTrainedModel(PreTrainedModel):
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        from .modeling_svitt_vision import SViTTVisionModel
-
-        video_tower = next((module for module in model.modules() if isinstance(module, SViTTVisionModel)), None)
+        # the video tower is the model of a vision config (named by its config: the towers sit above this module)
+        video_tower = next(
+            (
+                module
+                for module in model.modules()
+                if isinstance(module, SViTTPreTrainedModel) and isinstance(module.config, SViTTVisionConfig)
+            ),
+            None,
+        )
         if video_tower is None:
             raise ValueError(f"{cls.__name__} has no video tower, so `num_frames` does not apply to it.")
         if num_frames != video_tower.config.num_frames:
@@ -150,8 +156,9 @@ class SViTTPreTrainedModel(PreTrainedModel):
             copy_model_sources(save_directory)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
-        # `save_pretrained(push_to_hub=True)` uploads from inside `PreTrainedModel.save_pretrained`, before the override
-        # above has copied the model source: copy it first, so that the upload carries it.
+        # Private hook, kept because `save_pretrained(..., push_to_hub=True)` must upload the remote code with the
+        # weights: transformers uploads from inside its `save_pretrained`, before the override above copies the
+        # sources (tests/test_push_to_hub.py::test_save_pretrained_push_uploads_the_model_source).
         copy_model_sources(working_dir)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
 

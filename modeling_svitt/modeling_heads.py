@@ -720,33 +720,6 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# Registration
-# --------------------------------------------------------------------------------------------------
-
-
-def register_head_auto_classes() -> None:
-    """Register the heads with transformers' Auto classes (in-process) and for Hub remote code.
-
-    Retrieval has no Auto class: `AutoModelForZeroShotImageClassification` would promise its pipeline, which feeds
-    still images and reads `logits_per_image`, so a video model cannot serve it. Load the retrieval head by class
-    (`SViTTForVideoTextRetrieval.from_pretrained`), or from a remote-code folder with transformers'
-    `get_class_from_dynamic_module("modeling_heads.SViTTForVideoTextRetrieval", folder)`.
-    """
-    import transformers
-
-    from .modeling_video_qa import SViTTForVideoQuestionAnswering
-
-    head_auto_classes = {
-        "AutoModelForPreTraining": SViTTForPreTraining,
-        "AutoModelForVisualQuestionAnswering": SViTTForVideoQuestionAnswering,
-        "AutoModelForMultipleChoice": SViTTForMultipleChoice,
-    }
-    for auto_class_name, model_class in head_auto_classes.items():
-        getattr(transformers, auto_class_name).register(SViTTConfig, model_class, exist_ok=True)
-        model_class.register_for_auto_class(auto_class_name)
-
-
 __all__ = [
     "SViTTForMultipleChoice",
     "SViTTForPreTraining",
@@ -755,5 +728,4 @@ __all__ = [
     "SViTTForVideoTextRetrievalOutput",
     "SViTTHeadPreTrainedModel",
     "SViTTMultipleChoiceOutput",
-    "register_head_auto_classes",
 ]

@@ -237,6 +237,10 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         """transformers' loading step that settles which missing keys to report; it runs once the checkpoint's
         weights are in place and before the report is logged, so the decoder is initialised from the loaded fusion
         layers here, and what was filled that way is not reported as missing."""
+        # Private hook, kept because `SViTTForVideoQuestionAnswering.from_pretrained(<pretraining or retrieval
+        # checkpoint>)` must start its answer decoder from the fusion layers and report nothing missing; no public
+        # step runs between the weights arriving and the report (tests/test_video_qa.py::
+        # test_pretraining_checkpoint_initialises_the_answer_decoder).
         super()._adjust_missing_and_unexpected_keys(loading_info)
         if self._answer_decoder_can_start_from_fusion_layers(loading_info.missing_keys):
             copied = set(self.initialize_answer_decoder())

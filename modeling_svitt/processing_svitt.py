@@ -504,8 +504,9 @@ class SViTTProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def check_argument_for_proper_class(self, argument_name: str, argument: Any):
-        # Without Pillow, `transformers.ImageProcessingMixin` (what the base class checks against) is a placeholder
-        # that nothing is an instance of; check the video processor against the real base class instead.
+        # Private hook, kept because `SViTTProcessor(video_processor, tokenizer)` (and every `from_pretrained`) must
+        # work where Pillow is not installed: there the class the base checks against is a placeholder nothing is an
+        # instance of (tests/test_processing.py::test_the_processor_is_built_and_loaded_without_pillow).
         if argument_name == "image_processor":
             if not isinstance(argument, BaseImageProcessor):
                 raise TypeError(
@@ -519,15 +520,6 @@ class SViTTProcessor(ProcessorMixin):
     def video_processor(self) -> SViTTVideoProcessor:
         """The video processor (alias of `image_processor`)."""
         return self.image_processor
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        # Load both parts with this module's own classes: `AutoImageProcessor` refuses to run without Pillow, and the
-        # classes here are the right ones both for the installed package and for Hub remote code.
-        kwargs.pop("trust_remote_code", None)
-        image_processor = SViTTVideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        tokenizer = SViTTTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return [image_processor, tokenizer]
 
     def _tokenizer_arguments(self) -> set[str]:
         parameters = inspect.signature(self.tokenizer.__call__).parameters.values()

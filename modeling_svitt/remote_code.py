@@ -2,8 +2,8 @@
 
 transformers' own mechanism writes one `auto_map` entry (the saved class) and copies one module with its
 relative imports. A SViTT folder should answer every Auto class (a pretraining checkpoint is also a
-QA / multiple-choice starting point), so it carries the full map and the whole model source; a folder of one tower
-(`SViTTVisionModel`, `SViTTTextModel`) maps to that tower and its own config.
+QA / multiple-choice starting point), so it carries the full map and every file those classes need (`MODEL_SOURCES`);
+a folder of one tower (`SViTTVisionModel`, `SViTTTextModel`) maps to that tower and its own config.
 """
 
 from __future__ import annotations
@@ -12,14 +12,31 @@ import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# the package initialiser, the CLI converter, the Hub packaging helpers and the pictures are not model code
-_NOT_MODEL_SOURCE = {
-    "__init__.py",
-    "checkpoint_names.py",
-    "convert_original_svitt.py",
-    "model_card.py",
-    "visualize.py",
-}
+# What a saved folder ships for `trust_remote_code=True`: the modules of every class in the `auto_map`s below
+# (configuration, towers, heads, processor, tokenizer) and everything they import. `tests/test_package_imports.py`
+# checks that the list is closed under relative imports; the converters (`convert_original_svitt.py`,
+# `pretrained_init.py`) and the initialiser are not shipped.
+MODEL_SOURCES = (
+    "answer_ranking.py",
+    "clip_ensemble.py",
+    "configuration_svitt.py",
+    "losses.py",
+    "modeling_common.py",
+    "modeling_heads.py",
+    "modeling_svitt.py",
+    "modeling_svitt_text.py",
+    "modeling_svitt_vision.py",
+    "modeling_video_qa.py",
+    "processing_svitt.py",
+    "relative_position.py",
+    "remote_code.py",
+    "retrieval_ranking.py",
+    "scaled_linear.py",
+    "sparse_attention.py",
+    "token_selection.py",
+    "tokenization_svitt.py",
+    "video_io.py",
+)
 
 # A folder of the composite model or of a head answers every Auto class; a folder of one tower rebuilds that tower.
 _AUTO_MAPS = {
@@ -53,12 +70,17 @@ def model_auto_map(model_type: str = "svitt") -> dict[str, str]:
 
 
 def copy_model_sources(folder: str | Path) -> list[Path]:
-    """Copy the package's model modules (relative imports only) next to the weights."""
+    """Copy the files of `MODEL_SOURCES` (relative imports only) next to the weights.
+
+    Run from remote code, the module folder holds only what transformers fetched for the loaded class; the files it
+    has are copied, and `model_auto_map` names only the classes they define.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     copied = []
-    for source in sorted(PACKAGE_DIR.glob("*.py")):
-        if source.name in _NOT_MODEL_SOURCE:
+    for name in MODEL_SOURCES:
+        source = PACKAGE_DIR / name
+        if not source.is_file():
             continue
         target = folder / source.name
         if source.resolve() != target.resolve():
@@ -67,4 +89,4 @@ def copy_model_sources(folder: str | Path) -> list[Path]:
     return copied
 
 
-__all__ = ["copy_model_sources", "model_auto_map"]
+__all__ = ["MODEL_SOURCES", "copy_model_sources", "model_auto_map"]

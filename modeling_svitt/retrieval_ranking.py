@@ -20,8 +20,8 @@ from transformers.utils import ModelOutput
 from .clip_ensemble import CLIP_AGGREGATIONS, aggregate_clips, split_into_clips
 from .losses import similarity_logits
 
-if TYPE_CHECKING:
-    from .modeling_heads import SViTTForVideoTextRetrieval
+if TYPE_CHECKING:  # the heads import this module, so it names their base class, never a head
+    from .modeling_common import SViTTPreTrainedModel
     from .modeling_svitt import SViTTModel
 
 ITM_SCORES = ("positive_logit", "match_log_prob")
@@ -127,7 +127,7 @@ def itm_match_scores(itm_logits: torch.Tensor, itm_score: str) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_video_gallery(
-    model: "SViTTForVideoTextRetrieval",
+    model: "SViTTPreTrainedModel",
     videos,
     *,
     clip_sampling: str = "consecutive",
@@ -170,7 +170,7 @@ def encode_video_gallery(
 
 @torch.no_grad()
 def encode_text_gallery(
-    model: "SViTTForVideoTextRetrieval",
+    model: "SViTTPreTrainedModel",
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
@@ -199,7 +199,7 @@ def encode_text_gallery(
 
 @torch.no_grad()
 def itc_scores(
-    model: "SViTTForVideoTextRetrieval", videos: SViTTVideoGallery, texts: SViTTTextGallery, chunk_size: int = 1024
+    model: "SViTTPreTrainedModel", videos: SViTTVideoGallery, texts: SViTTTextGallery, chunk_size: int = 1024
 ) -> torch.Tensor:
     """`(num_texts, num_videos)` cosine similarities, averaged over each video's clips (no temperature)."""
     device = model.device
@@ -214,7 +214,7 @@ def itc_scores(
 
 @torch.no_grad()
 def itm_pair_scores(
-    model: "SViTTForVideoTextRetrieval",
+    model: "SViTTPreTrainedModel",
     videos: SViTTVideoGallery,
     texts: SViTTTextGallery,
     text_indices: torch.Tensor,
@@ -253,7 +253,7 @@ def itm_pair_scores(
 
 @torch.no_grad()
 def rank_galleries(
-    model: "SViTTForVideoTextRetrieval",
+    model: "SViTTPreTrainedModel",
     videos: SViTTVideoGallery,
     texts: SViTTTextGallery,
     *,
@@ -337,7 +337,7 @@ def _fill_non_candidates(
 
 @torch.no_grad()
 def retrieve(
-    model: "SViTTForVideoTextRetrieval",
+    model: "SViTTPreTrainedModel",
     pixel_values,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,

@@ -1,4 +1,5 @@
-"""Names that are neither a folder nor a usable Hub repo fail at once, saying how to get an SViTT checkpoint.
+"""Names that are neither a folder nor a usable Hub repo fail at once, saying how to get an SViTT checkpoint, once the
+hint is installed (an opt-in: importing the model package changes nothing in transformers).
 
 Runs offline (HF_HUB_OFFLINE=1, as the whole suite); the unreachable-Hub case (no retries) and the cached-repo case
 are in `test_push_to_hub.py`, which has a Hub to stop.
@@ -8,10 +9,32 @@ import time
 
 import pytest
 import transformers.utils.hub
+from python_subprocess import run_python
 from transformers import AutoModel, AutoModelForMultipleChoice, AutoProcessor
 
 from modeling_svitt import SViTTForPreTraining, SViTTProcessor
-from modeling_svitt.checkpoint_names import install_checkpoint_name_hint, names_an_svitt_checkpoint
+from svitt_tools.checkpoint_names import install_checkpoint_name_hint, names_an_svitt_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def hint_installed():
+    install_checkpoint_name_hint()
+
+
+def test_importing_the_model_package_changes_nothing_in_transformers(tmp_path):
+    script = """
+        import transformers.processing_utils, transformers.utils.hub
+        before = (transformers.utils.hub.cached_files, transformers.processing_utils.list_repo_templates)
+        import modeling_svitt
+        after = (transformers.utils.hub.cached_files, transformers.processing_utils.list_repo_templates)
+        print("unchanged" if before == after else "patched")
+        from svitt_tools.checkpoint_names import install_checkpoint_name_hint
+        install_checkpoint_name_hint()
+        print("opted in", transformers.utils.hub.cached_files._svitt_checkpoint_hint)
+    """
+    result = run_python(script, env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["unchanged", "opted in True"]
 
 
 @pytest.mark.parametrize(

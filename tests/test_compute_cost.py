@@ -3,7 +3,7 @@ import pytest
 from modeling_svitt import SViTTVisionConfig
 from transformers import TimesformerConfig, VideoMAEConfig
 
-from modeling_svitt.compute_cost import (
+from svitt_tools.compute_cost import (
     dense_to_sparse_ratio,
     timesformer_macs,
     video_tower_gmacs,

@@ -97,7 +97,7 @@ def test_model_card_makes_a_push_ready_folder_that_loads_by_name(release_checkpo
     from test_tokenization import bert_vocab_dir
     from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
 
-    from modeling_svitt.convert_original_svitt import main
+    from svitt_tools.convert import main
 
     path, text_overrides = release_checkpoint
     monkeypatch.chdir(tmp_path)

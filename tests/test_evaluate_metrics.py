@@ -6,7 +6,7 @@ import evaluate
 import pytest
 import torch
 
-from modeling_svitt.metrics import egomcq_accuracy, qa_accuracy, retrieval_metrics
+from svitt_tools.metrics import egomcq_accuracy, qa_accuracy, retrieval_metrics
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 

@@ -36,8 +36,8 @@ from modeling_svitt import (
     SViTTForVideoTextRetrieval,
     SViTTProcessor,
 )
-from modeling_svitt.compute_cost import video_tower_gmacs
-from modeling_svitt.visualize import greyed, token_selection_picture
+from svitt_tools.compute_cost import video_tower_gmacs
+from svitt_tools.visualize import greyed, token_selection_picture
 from training import evaluate, finetune, pretrain
 from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
 from training.recipe import EvaluationSpec, RecipeError
@@ -233,7 +233,7 @@ def test_token_selection_picture_greys_exactly_the_dropped_patches(workspace, he
 
 
 def test_visualize_command_writes_the_picture(workspace, heads):
-    from modeling_svitt import visualize
+    from svitt_tools import visualize
 
     output = workspace["folder"] / "picture" / "command.png"
     video = workspace["synthetic"] / "clips" / "test_00001.mp4"

@@ -10,17 +10,12 @@ import torch
 import torch.nn.functional as F
 from tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
 
-from modeling_svitt import losses
-from modeling_svitt.metrics import retrieval_metrics
+from modeling_svitt import losses, register_head_auto_classes
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
-from modeling_svitt.modeling_heads import (
-    SViTTForMultipleChoice,
-    SViTTForPreTraining,
-    SViTTForVideoTextRetrieval,
-    register_head_auto_classes,
-)
+from modeling_svitt.modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 from modeling_svitt.retrieval_ranking import text_guided_selection
+from svitt_tools.metrics import retrieval_metrics
 
 
 # Pretraining ---------------------------------------------------------------------------------------

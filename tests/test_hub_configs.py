@@ -1,6 +1,8 @@
-"""`hub_configs/`: what the Hub repos of the paper checkpoints hold, kept identical to what the package writes."""
+"""`hub_configs/`: what differs per paper checkpoint (config, processor files, card), kept identical to what the
+package writes; with the package's sources it makes a folder that loads as remote code."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +10,11 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard
-from transformers import AutoConfig, AutoModel, AutoProcessor
+from python_subprocess import run_python
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
 
-from modeling_svitt.compute_cost import video_tower_gmacs
-from modeling_svitt.remote_code import copy_model_sources, model_auto_map
+from modeling_svitt.remote_code import MODEL_SOURCES, copy_model_sources, model_auto_map
+from svitt_tools.compute_cost import video_tower_gmacs
 from training.hub_configs import VARIANTS, write_hub_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +41,50 @@ def test_committed_folder_is_what_the_package_writes(variant, tmp_path):
         )
 
 
+def test_no_source_is_copied_into_the_folders():
+    for variant in VARIANTS:
+        folder = ROOT / "hub_configs" / variant
+        assert sorted(path.name for path in folder.iterdir()) == [
+            "README.md",
+            "config.json",
+            "processor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
+
+
+LOAD_WITHOUT_THE_PACKAGE = """
+    import numpy as np, torch
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
+    folder = sys.argv[1]
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    with torch.device("meta"):  # the paper's size: build the architecture without allocating it
+        model = AutoModel.from_config(config, trust_remote_code=True)
+        head = AutoModelForPreTraining.from_config(config, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    frames = np.zeros((config.vision_config.num_frames, 40, 48, 3), np.uint8)
+    inputs = processor(text=["a person cuts an onion"], videos=[frames])
+    print(type(config).__name__, type(model).__name__, type(head).__name__, type(processor).__name__)
+    print(type(model).__module__.split(".")[0], head.num_parameters(), tuple(inputs["pixel_values"].shape))
+"""
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_model_source_files_are_the_packages(variant, tmp_path):
-    package_sources = {path.name: path.read_bytes() for path in copy_model_sources(tmp_path)}
-    folder = ROOT / "hub_configs" / variant
-    shipped = {path.name: path.read_bytes() for path in folder.glob("*.py")}
-    assert shipped.keys() == package_sources.keys(), f"refresh with `{REFRESH}`"
-    drifted = [name for name in shipped if shipped[name] != package_sources[name]]
-    assert not drifted, f"{drifted} in hub_configs/{variant} differ from modeling_svitt/; refresh with `{REFRESH}`"
+def test_the_folder_with_the_package_sources_loads_as_remote_code_without_the_package(variant, tmp_path):
+    """What a push of that checkpoint uploads, less the weights: the folder, plus the sources copied at upload time."""
+    assembled = tmp_path / "elsewhere" / variant
+    shutil.copytree(ROOT / "hub_configs" / variant, assembled)
+    assert sorted(path.name for path in copy_model_sources(assembled)) == sorted(MODEL_SOURCES)
+    env = dict(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    result = run_python(LOAD_WITHOUT_THE_PACKAGE, str(assembled), env=env, cwd=tmp_path, with_package=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names, details = result.stdout.strip().splitlines()[-2:]
+    assert names == "SViTTConfig SViTTModel SViTTForPreTraining SViTTProcessor"
+    config = AutoConfig.from_pretrained(ROOT / "hub_configs" / variant)
+    with torch.device("meta"):  # the same architecture as the package's own class
+        parameters = AutoModelForPreTraining.from_config(config).num_parameters()
+    frames = config.vision_config.num_frames
+    assert details == f"transformers_modules {parameters} (1, {frames}, 3, 224, 224)"
 
 
 def test_configs_hold_the_papers_settings():

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling_svitt.metrics import (
+from svitt_tools.metrics import (
     egomcq_accuracy,
     first_occurrence_indices,
     gather_for_metrics,

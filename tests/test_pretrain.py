@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_svitt  # noqa: F401
-from modeling_svitt.model_card import _usage
+from svitt_tools.model_card import _usage
 from tiny_recipe import TINY_EGO_STAGES, pretrain_command, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 300

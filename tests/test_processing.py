@@ -290,3 +290,26 @@ def test_impossible_transform_settings_name_the_field(noise_video, kwargs, field
         SViTTVideoProcessor(**kwargs)
     with pytest.raises(ValueError, match=field):  # also as a call-time override
         SViTTVideoProcessor(size=8)(noise_video, **kwargs)
+def test_the_processor_is_built_and_loaded_without_pillow(tmp_path):
+    """What `SViTTProcessor.check_argument_for_proper_class` and `_get_arguments_from_pretrained` are there for:
+    transformers' image-processor classes are placeholders that demand Pillow; a video model needs none."""
+    script = f"""
+        import sys
+        sys.modules["PIL"] = None  # importing Pillow fails, as where it is not installed
+        from transformers import AutoProcessor
+        from modeling_svitt import SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
+        tokenizer = SViTTTokenizer.from_pretrained({bert_vocab_dir()!r})
+        SViTTProcessor(SViTTVideoProcessor(size=16), tokenizer).save_pretrained(sys.argv[1])
+        for load in (SViTTProcessor.from_pretrained, AutoProcessor.from_pretrained):
+            processor = load(sys.argv[1])
+            print(type(processor.image_processor).__name__, processor.image_processor.size["height"])
+        try:
+            SViTTProcessor(tokenizer, tokenizer)
+        except TypeError as error:
+            print("refused:", error)
+        """
+    result = run_python(script, str(tmp_path / "saved"), env=dict(HF_HUB_OFFLINE="1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[:2] == ["SViTTVideoProcessor 16", "SViTTVideoProcessor 16"]
+    assert lines[2].startswith("refused: Received a SViTTTokenizer for argument image_processor")

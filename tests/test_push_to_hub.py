@@ -211,7 +211,7 @@ PUSH_SCRIPT = """
     sys.path.insert(0, sys.argv[3])
     from tiny_configs import tiny_config
     from modeling_svitt import SViTTForPreTraining
-    from training.push_to_hub import main, push_run_to_hub
+    from training.push_to_hub import main, push_run_to_hub  # the training scripts install the checkpoint-name hint
     run_dir, results = sys.argv[1], sys.argv[2]
     main([run_dir, "someone/svitt-tiny", "--stages", "--private", "--results", results])
     commit = push_run_to_hub(run_dir, "someone/svitt-tiny", create_pr=True, commit_message="Proposal")
@@ -246,6 +246,8 @@ LOAD_SCRIPT = """
 HUB_DOWN_SCRIPT = """
     import time
     import modeling_svitt
+    from svitt_tools.checkpoint_names import install_checkpoint_name_hint
+    install_checkpoint_name_hint()
     from transformers import AutoModel, AutoModelForMultipleChoice, AutoProcessor
     start = time.monotonic()
     model = AutoModelForMultipleChoice.from_pretrained("someone/svitt-tiny")

@@ -31,10 +31,10 @@ from modeling_svitt import (
     SViTTForVideoTextRetrieval,
     SViTTProcessor,
 )
-from modeling_svitt.compute_cost import video_tower_gmacs
 from modeling_svitt.losses import all_gather_no_grad
-from modeling_svitt.metrics import egomcq_accuracy, first_occurrence_indices, qa_accuracy, retrieval_metrics
 from modeling_svitt.retrieval_ranking import SViTTTextGallery, SViTTVideoGallery, itm_pair_scores
+from svitt_tools.compute_cost import video_tower_gmacs
+from svitt_tools.metrics import egomcq_accuracy, first_occurrence_indices, qa_accuracy, retrieval_metrics
 from training.common import FieldName, open_dataset, plain_loading
 from training.data import (
     ANNOTATION_FORMATS,
@@ -494,7 +494,7 @@ def write_token_selection_picture(
 ) -> None:
     """Picture what the model in `folder` keeps of the first clip of the evaluation set `spec` after every drop layer
     (and, when the model selects video tokens in its fusion layers, for the clip's caption): `path` (PNG)."""
-    from modeling_svitt.visualize import load_saved_model, token_selection_picture
+    from svitt_tools.visualize import load_saved_model, token_selection_picture
 
     processor = SViTTProcessor.from_pretrained(folder)
     with plain_loading():

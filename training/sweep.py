@@ -2,7 +2,7 @@
 
 The paper's claim is that tokens and edges can be pruned hard at inference with a small loss. A sweep evaluates one
 loaded model at every combination of the given values (a grid) on one decoded copy of the data, timing each point
-and computing the video tower's analytic cost (`modeling_svitt.compute_cost`).
+and computing the video tower's analytic cost (`svitt_tools.compute_cost`).
 
 Settings are the configuration fields the forward pass reads at run time (`INFERENCE_FIELDS`: edge sparsity, node
 sparsity, text-guided selection, random-block seeding) and the evaluation protocol's (`EVALUATION_FIELDS`). Fields

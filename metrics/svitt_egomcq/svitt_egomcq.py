@@ -1,7 +1,7 @@
 """`evaluate` module for EgoMCQ accuracy (inter-video and intra-video), following the official scoring.
 
 Load it offline from this folder: `evaluate.load("path/to/metrics/svitt_egomcq")`. The computation is
-`modeling_svitt.metrics.egomcq_accuracy`, the same function the plain-torch path uses; the package must be
+`svitt_tools.metrics.egomcq_accuracy`, the same function the plain-torch path uses; the package must be
 importable (`pip install svitt`, or run from the repository root).
 """
 
@@ -9,7 +9,7 @@ import datasets
 import evaluate
 import torch
 
-import modeling_svitt.metrics  # From: svitt
+import svitt_tools.metrics  # From: svitt
 
 _DESCRIPTION = """
 EgoMCQ (EgoVLP): one narration and five candidate clips per question; the prediction is the argmax of the
@@ -64,4 +64,4 @@ class SvittEgomcq(evaluate.Metric):
 
     def _compute(self, predictions, references, types, ids=None):
         logits = torch.tensor(predictions, dtype=torch.float32)
-        return modeling_svitt.metrics.egomcq_accuracy(logits, references, types, ids=ids)
+        return svitt_tools.metrics.egomcq_accuracy(logits, references, types, ids=ids)

@@ -1,14 +1,14 @@
 """`evaluate` module for video QA accuracy (exact match, as the SViTT release scores MSRVTT-QA / ANet-QA / AGQA).
 
 Load it offline from this folder: `evaluate.load("path/to/metrics/svitt_qa_accuracy")`. The computation is
-`modeling_svitt.metrics.qa_accuracy`, the same function the plain-torch path uses; the package must be
+`svitt_tools.metrics.qa_accuracy`, the same function the plain-torch path uses; the package must be
 importable (`pip install svitt`, or run from the repository root).
 """
 
 import datasets
 import evaluate
 
-import modeling_svitt.metrics  # From: svitt
+import svitt_tools.metrics  # From: svitt
 
 _DESCRIPTION = """
 Exact-match accuracy (percent) of predicted answers against the ground truth of every question. Answers may be
@@ -64,4 +64,4 @@ class SvittQaAccuracy(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, ids=None):
-        return modeling_svitt.metrics.qa_accuracy(predictions, references, ids=ids)
+        return svitt_tools.metrics.qa_accuracy(predictions, references, ids=ids)

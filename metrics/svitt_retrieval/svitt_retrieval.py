@@ -1,7 +1,7 @@
 """`evaluate` module for text-video retrieval metrics (R@K, median and mean rank, both directions).
 
 Load it offline from this folder: `evaluate.load("path/to/metrics/svitt_retrieval")`. The computation is
-`modeling_svitt.metrics.retrieval_metrics`, the same function the plain-torch path uses; the package must be
+`svitt_tools.metrics.retrieval_metrics`, the same function the plain-torch path uses; the package must be
 importable (`pip install svitt`, or run from the repository root).
 """
 
@@ -9,7 +9,7 @@ import datasets
 import evaluate
 import torch
 
-import modeling_svitt.metrics  # From: svitt
+import svitt_tools.metrics  # From: svitt
 
 _DESCRIPTION = """
 Text-to-video and video-to-text retrieval metrics as reported for SViTT: recall at K (percent), median rank
@@ -85,7 +85,7 @@ class SvittRetrieval(evaluate.Metric):
                 # a negative index would silently wrap around to a video at the end of the gallery
                 raise ValueError(f"Text {row}: ground-truth video indices {videos} outside 0..{num_videos - 1}.")
             positives[row, videos] = True
-        return modeling_svitt.metrics.retrieval_metrics(
+        return svitt_tools.metrics.retrieval_metrics(
             scores,
             positives=positives,
             scores_v2t=None if scores_v2t is None else torch.as_tensor(scores_v2t, dtype=torch.float32),

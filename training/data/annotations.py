@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from modeling_svitt.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
+from svitt_tools.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
 
 AnnotationSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]]
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling_svitt.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
+from svitt_tools.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
 from modeling_svitt.video_io import write_video
 
 SYNTHETIC_VERSION = "v4"  # v2: inter-video EgoMCQ distractors never repeat the query's narration; v3: question

@@ -4,16 +4,20 @@
 id. With no network, huggingface_hub then retries the download for about 25 s before transformers raises an error
 that says nothing about where an SViTT checkpoint comes from.
 
-Importing `modeling_svitt` wraps the two functions through which `from_pretrained` (configs, models, processors,
-tokenizers, remote code) first reaches the Hub for a name: `transformers.utils.hub.cached_files` (every file lookup)
-and `list_repo_templates` (the chat-template listing processors do before their first file lookup). The wrappers
-only act on names that look like SViTT checkpoints (the repository name contains "svitt", e.g. `svitt-ego` or
+`install_checkpoint_name_hint()` wraps the two functions through which `from_pretrained` (configs, models,
+processors, tokenizers, remote code) first reaches the Hub for a name: `transformers.utils.hub.cached_files` (every
+file lookup) and `list_repo_templates` (the chat-template listing processors do before their first file lookup).
+The wrappers only act on names that look like SViTT checkpoints (the repository name contains "svitt", e.g. `svitt-ego` or
 `user/svitt-msrvtt`): loading any other model in the same process is left exactly as transformers does it. They
 change nothing for local folders and for names whose revision transformers already resolved (the Hub answered, or
 the cache knows the repository). For another SViTT name they ask the Hub once, without retries, whether it can be
 reached. When it cannot (or `HF_HUB_OFFLINE` / `local_files_only` cut it off) and the cache holds nothing for the
 name, or when the Hub answers that no such repository exists, the load fails at once with an `OSError` that says how
 to get an SViTT checkpoint. A cached repository is still served from the cache, without retries.
+
+It is an explicit opt-in: importing `modeling_svitt` changes nothing in transformers. The scripts of `training/` (the
+places where this project loads checkpoints by name) and `python -m svitt_tools.visualize` install it; a user who
+wants the same message from their own `from_pretrained` calls installs it once at the start of their program.
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ def _with_cache_fallback(list_repo_templates):
 
 
 def install_checkpoint_name_hint() -> None:
-    """Install the wrappers, once per process (importing `modeling_svitt` does it)."""
+    """Install the wrappers, once per process. Opt-in: this replaces two private functions of transformers for the
+    whole process, which a script may decide for itself and a library import must not."""
     import transformers.processing_utils
 
     if getattr(transformers_hub.cached_files, "_svitt_checkpoint_hint", False):

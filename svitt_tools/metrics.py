@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .losses import all_gather_no_grad
+from modeling_svitt.losses import all_gather_no_grad
 
 TIE_BREAKS = ("pessimistic", "optimistic")
 

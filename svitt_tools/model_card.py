@@ -16,8 +16,9 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers.initialization import no_init_weights
 
+from modeling_svitt.configuration_svitt import SViTTConfig
+
 from .compute_cost import video_tower_gmacs
-from .configuration_svitt import SViTTConfig
 
 SVITT_CITATION = """@inproceedings{li2023svitt,
   title     = {{SViTT}: Temporal Learning of Sparse Video-Text Transformers},
@@ -129,7 +130,7 @@ class CardContent:
 
 def num_parameters(config: SViTTConfig) -> int:
     """Parameters of the configuration's architecture (tied weights once), counted on a model left uninitialised."""
-    from . import modeling_heads, modeling_svitt, modeling_video_qa
+    from modeling_svitt import modeling_heads, modeling_svitt, modeling_video_qa
 
     name = (config.architectures or ["SViTTModel"])[0]
     modules = (modeling_heads, modeling_svitt, modeling_video_qa)
@@ -302,7 +303,7 @@ def render_model_card(config: SViTTConfig, content: CardContent) -> ModelCard:
         f"## How to use\n\n{_usage(content.load_name)}",
         "## Sparsity and its cost\n\n" + _sparsity_settings(config) + "\n\n"
         "Analytic cost of the video tower per clip, in GMACs (multiply-accumulates of its matrix products, computed "
-        "by `modeling_svitt.compute_cost` from this configuration; patch embedding, norms, softmax and the text tower "
+        "by `svitt_tools.compute_cost` from this configuration; patch embedding, norms, softmax and the text tower "
         f"are left out), with this checkpoint's settings at other clip lengths:\n\n{sparsity_cost_table(config)}",
         f"## Training\n\n{content.training}",
         "## Evaluation\n\n" + "\n\n".join(part for part in (evaluation, content.evaluation_note) if part),
@@ -347,8 +348,8 @@ def write_converted_extras(
             `bert-base-uncased`'s).
         max_text_length: the processor's text length (32, the release's pretraining length).
     """
-    from .processing_svitt import SViTTProcessor, SViTTVideoProcessor
-    from .tokenization_svitt import SViTTTokenizer
+    from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
+    from modeling_svitt.tokenization_svitt import SViTTTokenizer
 
     folder, checkpoint = Path(folder), Path(checkpoint)
     vision = config.vision_config

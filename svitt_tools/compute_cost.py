@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .configuration_svitt import SViTTVisionConfig
+from modeling_svitt.configuration_svitt import SViTTVisionConfig
 
 
 def video_tower_macs(

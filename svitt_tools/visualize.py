@@ -2,8 +2,8 @@
 video tower, the same frames with the patches [CLS]-attention pruning dropped greyed out; optionally one more row for
 the text-guided selection of the fusion layers for a caption.
 
-    python -m modeling_svitt.visualize MODEL VIDEO --output tokens.png
-    python -m modeling_svitt.visualize MODEL VIDEO --output tokens.png --caption "a dog runs" --fusion-keep-rate 0.5
+    python -m svitt_tools.visualize MODEL VIDEO --output tokens.png
+    python -m svitt_tools.visualize MODEL VIDEO --output tokens.png --caption "a dog runs" --fusion-keep-rate 0.5
 
 MODEL is any SViTT folder or Hub id with its processor; VIDEO a video file. The picture is drawn with Pillow (which
 comes with matplotlib in the package's `training` extra); nothing the models import depends on this module.
@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .configuration_svitt import SViTTConfig
-from .modeling_svitt import SViTTModel
-from .processing_svitt import SViTTProcessor
-from .retrieval_ranking import text_guided_selection
+from modeling_svitt.configuration_svitt import SViTTConfig
+from modeling_svitt.modeling_svitt import SViTTModel
+from modeling_svitt.processing_svitt import SViTTProcessor
+from modeling_svitt.retrieval_ranking import text_guided_selection
+
+from .checkpoint_names import install_checkpoint_name_hint
 
 LABEL_WIDTH = 230  # pixels left of the frames for the row labels
 HEADER_HEIGHT = 26  # pixels above the first row for the title
@@ -48,7 +50,7 @@ class TokenSelection:
 def load_saved_model(name: str):
     """The model of an SViTT folder or Hub id as the head it was saved as (every weight read, nothing reported as
     unexpected), in eval mode; `token_selection` uses its `svitt`."""
-    from . import modeling_heads, modeling_video_qa
+    from modeling_svitt import modeling_heads, modeling_video_qa
 
     architecture = (SViTTConfig.from_pretrained(name).architectures or ["SViTTModel"])[0]
     modules = (modeling_heads, modeling_video_qa)
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.fusion_keep_rate is not None and not 0 < args.fusion_keep_rate <= 1:
         parser.error("--fusion-keep-rate must be in (0, 1]")
+    install_checkpoint_name_hint()  # the model is named by the user: a mistyped SViTT name says how to get one
     if not Path(args.video).is_file():
         parser.error(f"no video file {args.video}")
     model = load_saved_model(args.model)
