@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers.initialization import no_init_weights
 
 from modeling_svitt.configuration_svitt import SViTTConfig
 
@@ -129,7 +129,8 @@ class CardContent:
 
 
 def num_parameters(config: SViTTConfig) -> int:
-    """Parameters of the configuration's architecture (tied weights once), counted on a model left uninitialised."""
+    """Parameters of the configuration's architecture (tied weights once), counted on the meta device (no memory,
+    and the weights are tied as on a real model: built uninitialised, the tied MLM decoder would count twice)."""
     from modeling_svitt import modeling_heads, modeling_svitt, modeling_video_qa
 
     name = (config.architectures or ["SViTTModel"])[0]
@@ -137,7 +138,7 @@ def num_parameters(config: SViTTConfig) -> int:
     model_class = next(
         (getattr(module, name) for module in modules if hasattr(module, name)), modeling_svitt.SViTTModel
     )
-    with no_init_weights():
+    with torch.device("meta"):
         return model_class(config).num_parameters()
 
 

@@ -11,6 +11,7 @@ import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard
 from python_subprocess import run_python
+from tiny_configs import tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
 
 from modeling_svitt.remote_code import MODEL_SOURCES, copy_model_sources, model_auto_map
@@ -151,3 +152,13 @@ def test_cards_show_computed_costs_citations_and_reported_numbers():
         assert "trust_remote_code=True" in card and "## Intended uses and limitations" in card
     assert "52.7" in svitt and "paperswithcode.com" in svitt
     assert "92.9" in ego and "65.9" in ego and "EVA02-AT" in ego and "EgoClip" in ego
+
+
+@pytest.mark.parametrize("architecture", ["SViTTModel", "SViTTForPreTraining", "SViTTForVideoQuestionAnswering"])
+def test_cards_count_each_tied_parameter_once(architecture):
+    import modeling_svitt
+    from svitt_tools.model_card import num_parameters
+
+    config = tiny_config()
+    config.architectures = [architecture]
+    assert num_parameters(config) == getattr(modeling_svitt, architecture)(config).num_parameters()
