@@ -445,13 +445,17 @@ def freeze_unused_parameters(model: torch.nn.Module, also: Sequence[str] = ()) -
 def missing_media_problem(dataset, max_missing_fraction: float = 0.0, sample: int | None = None) -> str | None:
     """Why the videos of `dataset` cannot serve it (none exists, or more are missing than allowed), or `None`.
 
-    `sample` checks that many videos spread over the set instead of all of them (training sets of millions)."""
+    `sample` checks the videos of that many records spread over the set instead of all of them (training sets of
+    millions: only those records are read from the table)."""
+    records = dataset.records
+    positions = range(len(records))
+    if sample is not None and len(records) > sample:
+        positions = range(0, len(records), len(records) // sample)
     videos = []
-    for record in dataset.records:
+    for position in positions:
+        record = records[position]
         videos += [record["video"]] if "video" in record else [choice["video"] for choice in record["choices"]]
     videos = list(dict.fromkeys(videos))
-    if sample is not None and len(videos) > sample:
-        videos = videos[:: len(videos) // sample]
     missing = [video for video in videos if not os.path.exists(video)]
     if not missing:
         return None
