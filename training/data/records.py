@@ -91,7 +91,9 @@ class RecordTable:
             row[column] = json.loads(row[column])
         return row
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[position] for position in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(f"record {index} of a table of {len(self)}")
         return self._decode(self.table[int(index)])
