@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets.arrow_writer import ArrowWriter
+import pyarrow as pa
 
 from . import annotations
 
@@ -124,18 +125,21 @@ def encode_record(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _write_table(rows: Iterable[Mapping[str, Any]], kind: str, path: str) -> int:
-    features = RECORD_FEATURES[kind]
-    names = list(features)
-    with ArrowWriter(features=features, path=path) as writer:
+    """Stream `rows` into an Arrow file that `datasets.Dataset.from_file` memory-maps (the features in its schema)."""
+    schema = RECORD_FEATURES[kind].arrow_schema
+    names, count = schema.names, 0
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         batch: list[Mapping[str, Any]] = []
-        for row in rows:
-            batch.append(encode_record(kind, row))
-            if len(batch) == _WRITE_BATCH:
-                writer.write_batch({name: [item[name] for item in batch] for name in names})
+        for row in itertools.chain(rows, [None]):
+            if row is not None:
+                batch.append(encode_record(kind, row))
+            if len(batch) == _WRITE_BATCH or (row is None and batch):
+                columns = [[item[name] for item in batch] for name in names]
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema
+                ))
+                count += len(batch)
                 batch.clear()
-        if batch:
-            writer.write_batch({name: [item[name] for item in batch] for name in names})
-        count, _ = writer.finalize()
     return count
 
 
