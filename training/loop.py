@@ -21,6 +21,7 @@ from training.common import (
     check_prepared_model,
     configure_stage,
     freeze_unused_parameters,
+    make_stream_loader,
     make_train_dataloader,
     prepare_for_deepspeed,
     save_state_atomically,
@@ -28,6 +29,7 @@ from training.common import (
     step_seed,
 )
 from training.data import EpochShuffleSampler
+from training.data.streaming import StreamedVideoDataset, StreamLoader
 from training.recipe import RecipeError, StageSpec
 
 
@@ -42,7 +44,7 @@ class PreparedStage:
     model: Any
     optimizer: Any
     dataloader: Any
-    sampler: EpochShuffleSampler
+    sampler: EpochShuffleSampler | StreamLoader
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
     scalar_parameters: list[str]
@@ -58,10 +60,14 @@ def prepare_stage(
     configure_stage(model, stage, contrastive)
     share_cpu_cores(accelerator, stage.data.num_workers)
     freeze_unused_parameters(model, stage.freeze)
-    dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
     raw_optimizer = build_optimizer(model, stage.optimizer)
     scalar_parameters = prepare_for_deepspeed(accelerator, model)
-    model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
+    if isinstance(dataset, StreamedVideoDataset):  # already split among the processes: the loader is not prepared
+        dataloader = sampler = make_stream_loader(accelerator, dataset, stage, processor)
+        model, optimizer = accelerator.prepare(model, raw_optimizer)
+    else:
+        dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
+        model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
     check_prepared_model(accelerator, model)
     if len(dataloader) == 0:
         raise RecipeError(f"{where}.batch_size: larger than the dataset")
@@ -124,7 +130,8 @@ def train_stage(
         epoch, position = divmod(run.steps, steps_per_epoch)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, position) if position else dataloader
+        resumes_itself = isinstance(dataloader, StreamLoader)  # its state was restored by `load_state`
+        batches = accelerator.skip_first_batches(dataloader, position) if position and not resumes_itself else dataloader
         tick = time.perf_counter()
         for batch in batches:
             if batch is None:  # nothing in it could be read

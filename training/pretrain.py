@@ -93,7 +93,8 @@ def main(argv=None) -> None:
     # The check converts each annotation file once (cached, memory-mapped); a stage opens its data again when it
     # starts and releases it when it ends, so no process holds the data of every stage.
     for index in range(len(recipe.stages)):
-        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes)
+        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
+                           accelerator.process_index)
     for index, spec in enumerate(recipe.evaluation):
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
         build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
@@ -122,7 +123,8 @@ def main(argv=None) -> None:
                 model = build_initial_model(recipe, SViTTForPreTraining)
             else:
                 model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
-        dataset = open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes)
+        dataset = open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
+                                     accelerator.process_index)
         prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed + index,
                                  f"recipe '{recipe.name}', stages.{index}", args.max_steps)
         run = train_stage(

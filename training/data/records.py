@@ -6,8 +6,7 @@ once per file, streaming their records into an Arrow file (`datasets.Dataset`), 
 memory-maps that file: the pages are the operating system's page cache, shared by all processes of the machine.
 
 **Where the conversion is cached**: in `.svitt-cache/` beside the annotation file when its folder is writable, else
-in `$SVITT_CACHE_DIR` or `<datasets cache>/svitt-annotations` (setting `SVITT_CACHE_DIR` also overrides the folder
-beside the file). **What it is keyed by**: the reader and its options (format, media root, path template, ...), the
+in SViTT's cache folder (`$SVITT_CACHE_DIR/annotations`, else `~/.cache/svitt/annotations`). **What it is keyed by**: the reader and its options (format, media root, path template, ...), the
 source of the readers (a changed reader converts again), and the file's identity: its size, its modification time
 (nanoseconds) and a hash of its first and last MiB. A full hash would cost seconds per launch and per process on a
 file of gigabytes; size + mtime + head/tail catches every ordinary change (an edit, an append, a replacement, a copy
@@ -34,7 +33,6 @@ import pyarrow as pa
 
 from . import annotations
 
-CACHE_ENV = "SVITT_CACHE_DIR"
 CACHE_FOLDER = ".svitt-cache"
 _HEAD_TAIL_BYTES = 1 << 20
 _WRITE_BATCH = 20_000
@@ -174,9 +172,6 @@ def _reader_version() -> str:
 
 
 def _cache_root(annotation_path: str) -> Path:
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
     beside = Path(annotation_path).resolve().parent / CACHE_FOLDER
     try:
         beside.mkdir(exist_ok=True)
@@ -184,7 +179,9 @@ def _cache_root(annotation_path: str) -> Path:
             return beside
     except OSError:
         pass
-    return Path(datasets.config.HF_DATASETS_CACHE) / "svitt-annotations"
+    from .synthetic import default_cache_dir  # (synthetic.py imports the readers, which import this module)
+
+    return default_cache_dir() / "annotations"
 
 
 def _remove_stale(root: Path, stem: str, identity: dict[str, Any], keep: Path) -> None:
@@ -292,4 +289,4 @@ def open_records(kind: str, source: Any, media_root: str | os.PathLike | None = 
     return record_tables(source, kind, key_options, readers[kind])
 
 
-__all__ = ["CACHE_ENV", "RECORD_FEATURES", "RecordTable", "cached_tables", "file_identity", "open_records", "record_tables"]
+__all__ = ["RECORD_FEATURES", "RecordTable", "cached_tables", "file_identity", "open_records", "record_tables"]
