@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
+import re
+import subprocess
 
 import pytest
 import torch
 
 from modeling_svitt import SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
 from modeling_svitt.video_io import VideoDecodingError, probe_video, read_video
+from test_pretrain import kill_when, run
 from test_video_io import _bad_files, decoded_indices, mux_index_frames, write_index_video
 from training.data import EgoClipDataset, VideoCaptionDataset, VideoTextCollator
 from training.data.shards import main as shards_main
 from training.data.shards import read_records, write_shards
 from training.data.streaming import ShardSpecError, StreamedVideoDataset, StreamLoader, expand_shards
 from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+from tiny_recipe import pretrain_command
 from training.recipe import resolve_path
 
 
@@ -174,3 +179,77 @@ def test_stream_loader_resumes_mid_epoch_with_the_same_batches(synthetic, proces
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(later, uninterrupted[5:]))
     epochs = {epoch for epoch, _ in resumed.positions.values()}
     assert 1 in epochs  # the stream went on into its second epoch
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pretraining from shards: the synthetic recipe with one --set, resumption after SIGKILL
+
+
+SHARDS_SWITCH = "stages.*.data.shards={synthetic}/shards"
+
+
+def step_losses(output_dir) -> list[tuple[int, float]]:
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line["loss"]) for line in lines if "loss" in line]
+
+
+@pytest.fixture(scope="module")
+def shard_run(tmp_path_factory):
+    from tiny_recipe import subprocess_env, write_tiny_recipe
+
+    folder = tmp_path_factory.mktemp("pretrain-shards")
+    recipe = write_tiny_recipe(folder, stages=[
+        {"num_frames": 2, "token_keep_rate": 0.75, "steps": 8, "data": {"num_workers": 2, "shuffle_buffer": 5}},
+        {"num_frames": 4, "token_keep_rate": 0.5, "steps": 3},
+    ])
+    env = subprocess_env(folder / "cache")
+    command = pretrain_command(recipe, folder / "uninterrupted", "--set", SHARDS_SWITCH)
+    run(command, env)
+    return {"folder": folder, "recipe": recipe, "env": env, "output": folder / "uninterrupted"}
+
+
+def test_the_synthetic_recipe_runs_from_shards_with_one_switch(shard_run):
+    output = shard_run["output"]
+    summary = json.loads((output / "summary.json").read_text())
+    assert [stage["steps"] for stage in summary["stages"]] == [8, 3]  # the stages' lengths in steps
+    assert [step for step, _ in step_losses(output)] == list(range(1, 12))
+    shards = sorted((shard_run["folder"] / "cache" / "synthetic").glob("*/shards/*.tar"))
+    assert len(shards) == 8  # the synthetic set's shards, written when the recipe names them
+    recorded = (output / "recipe.yaml").read_text()
+    assert "shards: '{synthetic}/shards'" in recorded
+
+
+def test_sigkill_mid_stage_on_shards_resumes_with_the_same_losses(shard_run):
+    output = shard_run["folder"] / "killed"
+    command = pretrain_command(shard_run["recipe"], output, "--set", SHARDS_SWITCH)
+    process = subprocess.Popen(command, env=shard_run["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    checkpoints = output / "checkpoints"
+    # the first save is after step 2 of 8: the two workers' streams stand at different places in the epoch
+    kill_when(process, lambda: checkpoints.is_dir() and any(p.name.startswith("stage-1") for p in checkpoints.iterdir()),
+              "the first saved state")
+    resumed = run(command, shard_run["env"])
+    assert "Resuming stage-1-2f at step" in resumed.stdout + resumed.stderr
+    expected = step_losses(shard_run["output"])
+    got = step_losses(output)
+    assert [step for step, _ in got] == [step for step, _ in expected]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["stages.0.steps=null", "stages.0.epochs=1"], "stages.0.steps: a stage streamed from shards"),
+        (["stages.*.data.format=qa"], "stages.0.data.format"),
+        (["stages.*.data.group_size=2"], r"stages.0.data.shards: the shards hold 1 clip\(s\) per sample but data.group_size is 2"),
+        (["stages.*.data.shards=/nowhere/{00000..00003}.tar"], "stages.0.data.shards: 4 of the 4 shards do not exist"),
+        (["stages.*.data.shards=pipe:cat x.tar"], "stages.0.data.shards: 'pipe:cat x.tar': `pipe:` commands"),
+    ],
+)
+def test_bad_shard_settings_fail_before_the_first_step_naming_the_field(shard_run, tmp_path, overrides, message):
+    command = pretrain_command(shard_run["recipe"], tmp_path / "out", "--set", SHARDS_SWITCH,
+                               *[item for override in overrides for item in ("--set", override)])
+    result = run(command, shard_run["env"], check=False)
+    assert result.returncode != 0
+    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "out" / "checkpoints").exists()
