@@ -235,6 +235,7 @@ def _remove_stale(root: Path, stem: str, identity: dict[str, Any], keep: Path) -
             continue
         if recorded.get("source") == identity["source"] and recorded.get("identity") != identity["identity"]:
             shutil.rmtree(folder, ignore_errors=True)
+            Path(f"{folder}.lock").unlink(missing_ok=True)
 
 
 def cached_tables(
