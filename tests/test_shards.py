@@ -253,3 +253,17 @@ def test_bad_shard_settings_fail_before_the_first_step_naming_the_field(shard_ru
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-2000:]
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("samples_per_shard", [3, 5])  # 8 shards: whole shards per process; 5: samples per process
+def test_two_processes_read_disjoint_halves_of_an_epoch(synthetic, processor, tmp_path, samples_per_shard):
+    output = tmp_path / "shards"
+    write_shards(read_records("captions", str(synthetic.pretrain), None), output, samples_per_shard)
+    seen = []
+    for rank in range(2):
+        builder = VideoCaptionDataset([], processor, train=True, num_frames=2)
+        stream = StreamedVideoDataset(str(output), builder, "captions", seed=2, shuffle_buffer=4, rank=rank,
+                                      world_size=2)
+        seen.append({item["index"] for item in
+                     itertools.takewhile(lambda item: item["_stream_position"][1] == 0, stream)})
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(24))

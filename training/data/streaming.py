@@ -3,7 +3,8 @@
 Samples are read with the `webdataset` builder of `datasets` (`load_dataset("webdataset", data_files=...,
 streaming=True)`): local files and any URL `fsspec` opens (`https://`, `s3://`, `hf://`, ...). The shard order and a
 shuffle buffer are drawn from the run's seed and the epoch (`IterableDataset.shuffle` + `set_epoch`), the shards are
-split among the processes (`split_dataset_by_node`; by shards when every process gets one, else by examples) and,
+split among the processes (`split_dataset_by_node`: by shards when their number is a multiple of the number of
+processes, else every process reads every shard and keeps its share of the samples) and,
 inside a process, among its DataLoader workers (by `datasets`, shard i to worker i mod W). Videos are decoded from
 the archive's bytes ([`read_video`] reads bytes), with the transforms and per-sample seeding of the file datasets.
 
@@ -168,9 +169,7 @@ class StreamedVideoDataset(IterableDataset):
         stream = stream.decode(False)  # the videos stay bytes: they are decoded here, only the frames needed
         if shuffle_buffer:
             stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        strategy = "shards" if len(self.shards) >= world_size else "examples"
-        self.stream = split_dataset_by_node(stream, rank=rank, world_size=world_size, strategy=strategy) \
-            if world_size > 1 else stream
+        self.stream = split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
         self.num_shards = self.stream.num_shards
         self.name = f"shards {self.shards[0]}...({len(self.shards)})"
         self.positions: dict[int, tuple[int, int]] = {}  # worker -> (epoch, samples consumed): where to resume
