@@ -268,6 +268,9 @@ def cached_tables(
     with FileLock(str(root / f"{stem}-{key}.lock")):
         if not (folder / "meta.json").is_file():
             temporary = Path(tempfile.mkdtemp(prefix=f".{stem}-{key}-", dir=root))
+            umask = os.umask(0)
+            os.umask(umask)
+            temporary.chmod(0o777 & ~umask)  # as a plain folder would be (mkdtemp makes it private to its user)
             try:
                 interned = {name: _write_table(rows, name, str(temporary / f"{name}.arrow"))
                             for name, rows in convert().items()}

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from modeling_svitt.video_io import VideoDecodingError
+
 from .loader import seed_worker
 from .readers import TooManyBadSamplesError, VideoDatasetBase, _mix_seed
 
@@ -167,6 +169,7 @@ class StreamedVideoDataset(IterableDataset):
         self.max_bad_fraction = max_bad_fraction
         stream = datasets.load_dataset("webdataset", data_files={"train": self.shards}, split="train", streaming=True)
         stream = stream.decode(False)  # the videos stay bytes: they are decoded here, only the frames needed
+        self._source = stream  # unshuffled: a check reads one sample, not a buffer's worth
         if shuffle_buffer:
             stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
         self.stream = split_dataset_by_node(stream, rank=rank, world_size=world_size) if world_size > 1 else stream
@@ -179,14 +182,12 @@ class StreamedVideoDataset(IterableDataset):
 
     def first_records(self) -> list[dict[str, Any]]:
         """The records of the first sample (reads one sample: a check of the shards' layout before training)."""
-        for example in self.stream:
+        for example in self._source:
             return _clip_records(example, self.data_format)
         raise ShardSpecError(f"the shards {self.shards[:3]}... hold no sample")
 
     def _item(self, record: dict[str, Any], epoch: int) -> dict[str, Any] | None:
         generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, int(record["index"]) % (2**62)))
-        from modeling_svitt.video_io import VideoDecodingError
-
         try:
             item = self.builder.build_item(record, generator)
         except VideoDecodingError as error:
