@@ -56,7 +56,8 @@ def write_egoclip(path: Path, rows: int, seed: int = 0) -> None:
             duration = rng.uniform(300, 3000, size=count)
             time_ = rng.uniform(0, 1, size=count) * duration
             length = rng.uniform(0.5, 2.0, size=count)
-            verb, noun, noun2 = rng.integers(118, size=count), rng.integers(582, size=count), rng.integers(582, size=count)
+            verb, noun = rng.integers(118, size=count), rng.integers(582, size=count)
+            noun2 = rng.integers(582, size=count)
             words_v, words_n = rng.integers(len(verbs), size=count), rng.integers(len(nouns), size=count)
             lines = []
             for i in range(count):
@@ -142,7 +143,8 @@ def main() -> None:
         if not full.is_file() or sum(1 for _ in open(full)) != args.rows + 1:
             write_egoclip(full, args.rows)
         write_egoclip(empty, 0)
-        print(f"EgoClip file: {args.rows} rows, {full.stat().st_size / GIB:.2f} GiB ({time.perf_counter() - tick:.0f} s)")
+        size = full.stat().st_size / GIB
+        print(f"EgoClip file: {args.rows} rows, {size:.2f} GiB ({time.perf_counter() - tick:.0f} s)")
         shutil.rmtree(args.workdir / ".svitt-cache", ignore_errors=True)  # the conversions, cached beside the files
         first = launch(args, full)
         second = launch(args, full)

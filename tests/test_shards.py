@@ -142,7 +142,8 @@ def test_egoclip_shards_stream_the_same_items_as_the_annotation_file(egoclip_sha
         expected = files[item["index"]]
         assert torch.equal(item["pixel_values"], expected["pixel_values"])
         assert item["text"] == expected["text"] and item["video_id"] == expected["video_id"]
-        assert torch.equal(item["verb_tags"], expected["verb_tags"]) and torch.equal(item["noun_tags"], expected["noun_tags"])
+        for tags in ("verb_tags", "noun_tags"):
+            assert torch.equal(item[tags], expected[tags])
 
 
 def test_the_writer_refuses_an_existing_output_and_unreadable_media(egoclip_shards, synthetic, tmp_path):
@@ -226,8 +227,10 @@ def test_sigkill_mid_stage_on_shards_resumes_with_the_same_losses(shard_run):
                                text=True)
     checkpoints = output / "checkpoints"
     # the first save is after step 2 of 8: the two workers' streams stand at different places in the epoch
-    kill_when(process, lambda: checkpoints.is_dir() and any(p.name.startswith("stage-1") for p in checkpoints.iterdir()),
-              "the first saved state")
+    def saved() -> bool:
+        return checkpoints.is_dir() and any(path.name.startswith("stage-1") for path in checkpoints.iterdir())
+
+    kill_when(process, saved, "the first saved state")
     resumed = run(command, shard_run["env"])
     assert "Resuming stage-1-2f at step" in resumed.stdout + resumed.stderr
     expected = step_losses(shard_run["output"])
@@ -241,7 +244,8 @@ def test_sigkill_mid_stage_on_shards_resumes_with_the_same_losses(shard_run):
     [
         (["stages.0.steps=null", "stages.0.epochs=1"], "stages.0.steps: a stage streamed from shards"),
         (["stages.*.data.format=qa"], "stages.0.data.format"),
-        (["stages.*.data.group_size=2"], r"stages.0.data.shards: the shards hold 1 clip\(s\) per sample but data.group_size is 2"),
+        (["stages.*.data.group_size=2"],
+         r"stages.0.data.shards: the shards hold 1 clip\(s\) per sample but data.group_size is 2"),
         (["stages.*.data.shards=/nowhere/{00000..00003}.tar"], "stages.0.data.shards: 4 of the 4 shards do not exist"),
         (["stages.*.data.shards=pipe:cat x.tar"], "stages.0.data.shards: 'pipe:cat x.tar': `pipe:` commands"),
     ],

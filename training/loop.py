@@ -131,7 +131,8 @@ def train_stage(
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         resumes_itself = isinstance(dataloader, StreamLoader)  # its state was restored by `load_state`
-        batches = accelerator.skip_first_batches(dataloader, position) if position and not resumes_itself else dataloader
+        skip = position and not resumes_itself
+        batches = accelerator.skip_first_batches(dataloader, position) if skip else dataloader
         tick = time.perf_counter()
         for batch in batches:
             if batch is None:  # nothing in it could be read

@@ -302,7 +302,9 @@ def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike 
     return list(iter_qa_annotations(source, media_root))
 
 
-def iter_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike | None = None) -> Iterator[dict[str, Any]]:
+def iter_qa_annotations(
+    source: AnnotationSource, media_root: str | os.PathLike | None = None
+) -> Iterator[dict[str, Any]]:
     """
     Video QA records.
 

@@ -6,12 +6,13 @@ once per file, streaming their records into an Arrow file (`datasets.Dataset`), 
 memory-maps that file: the pages are the operating system's page cache, shared by all processes of the machine.
 
 **Where the conversion is cached**: in `.svitt-cache/` beside the annotation file when its folder is writable, else
-in SViTT's cache folder (`$SVITT_CACHE_DIR/annotations`, else `~/.cache/svitt/annotations`). **What it is keyed by**: the reader and its options (format, media root, path template, ...), the
-source of the readers (a changed reader converts again), and the file's identity: its size, its modification time
-(nanoseconds) and a hash of its first and last MiB. A full hash would cost seconds per launch and per process on a
-file of gigabytes; size + mtime + head/tail catches every ordinary change (an edit, an append, a replacement, a copy
-from elsewhere) at constant cost. An edit that keeps the size and the modification time (e.g. set back with `touch
--d`) is not seen: delete the `.svitt-cache` folder after such an edit. Processes converting the same file wait on a
+in SViTT's cache folder (`$SVITT_CACHE_DIR/annotations`, else `~/.cache/svitt/annotations`). **What it is keyed
+by**: the reader and its options (format, media root, path template, ...), the source of the readers (a changed
+reader converts again), and the file's identity: its size, its modification time (nanoseconds) and a hash of its
+first and last MiB. A full hash would cost seconds per launch and per process on a file of gigabytes; size + mtime
++ head/tail catches every ordinary change (an edit, an append, a replacement, a copy from elsewhere) at constant
+cost. An edit that keeps the size and the modification time (e.g. set back with `touch -d`) is not seen: delete the
+`.svitt-cache` folder after such an edit. Processes converting the same file wait on a
 file lock, so ranks of one machine convert once; conversions of earlier versions of the file are removed.
 """
 
@@ -314,7 +315,9 @@ def _retrieval_rows(source, media_root, is_paragraph_retrieval: bool, has_multi_
     return {"retrieval_videos": videos, "retrieval_texts": texts}
 
 
-def open_records(kind: str, source: Any, media_root: str | os.PathLike | None = None, **options) -> dict[str, RecordTable]:
+def open_records(
+    kind: str, source: Any, media_root: str | os.PathLike | None = None, **options
+) -> dict[str, RecordTable]:
     """
     The records of an annotation source read by the reader of `kind` (`captions`, `qa`, `egoclip`, `egomcq`,
     `retrieval`) with its `options` (e.g. `match_by`, `path_template`), as record tables: cached and memory-mapped for

@@ -38,7 +38,6 @@ from .readers import TooManyBadSamplesError, VideoDatasetBase, _mix_seed
 logger = logging.getLogger(__name__)
 
 STREAM_FORMATS = ("captions", "egoclip")
-_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 class ShardSpecError(ValueError):
