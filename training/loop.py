@@ -62,12 +62,12 @@ def prepare_stage(
     freeze_unused_parameters(model, stage.freeze)
     raw_optimizer = build_optimizer(model, stage.optimizer)
     scalar_parameters = prepare_for_deepspeed(accelerator, model)
-    if isinstance(dataset, StreamedVideoDataset):  # already split among the processes: the loader is not prepared
+    if isinstance(dataset, StreamedVideoDataset):
+        # Already split among the processes: `prepare` passes the loader through (DeepSpeed reads its batch size).
         dataloader = sampler = make_stream_loader(accelerator, dataset, stage, processor)
-        model, optimizer = accelerator.prepare(model, raw_optimizer)
     else:
         dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
-        model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
+    model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
     check_prepared_model(accelerator, model)
     if len(dataloader) == 0:
         raise RecipeError(f"{where}.batch_size: larger than the dataset")
