@@ -29,6 +29,7 @@ requires PyAV.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -259,16 +260,56 @@ def split_clips(frames: torch.Tensor, num_clips: int, layout: str = "consecutive
     raise ValueError(f"Unknown clip layout {layout!r}; expected one of {CLIP_LAYOUTS}.")
 
 
-def _open(path: str):
+class _InMemoryVideo(os.PathLike):
+    """A video held in memory (the bytes of a file, e.g. a sample of a tar shard), opened like a file: every open
+    starts at its first byte. `os.fspath` gives the name that messages use."""
+
+    def __init__(self, data: bytes, name: str):
+        self.data, self.name = data, name
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+    def __fspath__(self) -> str:
+        return self.name
+
+    __str__ = __fspath__
+
+
+VideoSource = str | os.PathLike | bytes | bytearray | memoryview | io.RawIOBase | io.BufferedIOBase
+
+
+def _video_source(source: VideoSource) -> str | _InMemoryVideo:
+    """A path as a string, or in-memory data (bytes, or what a binary file object holds, read once: the reader may
+    open the video twice) named by the file object's `name` or `<in-memory video>`."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _InMemoryVideo(bytes(source), "<in-memory video>")
+    if hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise TypeError(f"read_video needs a binary file object; {source!r} gives {type(data).__name__}.")
+        return _InMemoryVideo(data, str(getattr(source, "name", "<in-memory video>")))
+    raise TypeError(f"A video is a path, bytes or a binary file object, got {type(source).__name__}.")
+
+
+def _open(path: str | _InMemoryVideo):
     av = _import_av()
-    if not os.path.exists(path):
-        raise VideoNotFoundError(path, "the file does not exist")
-    if os.path.isdir(path):
-        raise VideoDecodingError(path, "this is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodingError(path, "the file is empty")
+    if isinstance(path, _InMemoryVideo):
+        if not path.data:
+            raise VideoDecodingError(path, "the data is empty")
+        source = path.open()
+    else:
+        if not os.path.exists(path):
+            raise VideoNotFoundError(path, "the file does not exist")
+        if os.path.isdir(path):
+            raise VideoDecodingError(path, "this is a directory, not a video file")
+        if os.path.getsize(path) == 0:
+            raise VideoDecodingError(path, "the file is empty")
+        source = path
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = av.open(source, metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:
         raise VideoDecodingError(path, f"not a readable video or image ({error})") from error
     if not container.streams.video:
@@ -319,17 +360,20 @@ def _probe(container, path: str) -> VideoMetadata:
     return VideoMetadata(path, num_frames, fps, duration, start_time, width, height, estimated)
 
 
-def probe_video(path: str | os.PathLike) -> VideoMetadata:
+def probe_video(path: VideoSource) -> VideoMetadata:
     """
-    Read a video's frame count, frame rate, duration and size without decoding any frame.
+    Read a video's frame count, frame rate, duration and size without decoding any frame (`path`: a file, its bytes
+    or a binary file object, as for [`read_video`]).
 
     Raises:
         [`VideoDecodingError`]: the file is missing, empty, not a video or unreadable (the message names it).
     """
-    path = os.fspath(path)
+    path = _video_source(path)
     container = _open(path)
     try:
-        return _probe(container, path)
+        metadata = _probe(container, path)
+        metadata.path = os.fspath(metadata.path)
+        return metadata
     finally:
         container.close()
 
@@ -486,7 +530,7 @@ def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata
 
 
 def read_video(
-    path: str | os.PathLike,
+    path: VideoSource,
     num_frames: int = 4,
     sample: str = "middle",
     *,
@@ -502,7 +546,10 @@ def read_video(
     Decode the frames of a clip (or of several clips) from a video file, seeking instead of decoding everything.
 
     Args:
-        path (`str` or `os.PathLike`): a video file, or an image file (read as a one-frame video).
+        path (`str`, `os.PathLike`, `bytes` or a binary file object): a video file, or an image file (read as a
+            one-frame video); or its content in memory (e.g. a sample of a tar shard), as bytes or a binary file
+            object (read into memory; its `name`, if it has one, names it in messages). Sampling and errors are the
+            same whichever form the video takes.
         num_frames (`int`, defaults to 4): frames per clip.
         sample (`str`, defaults to `"middle"`): `rand` (training), `middle` (evaluation), `uniform` or `fps<X>`;
             see [`sample_frame_indices`].
@@ -525,12 +572,13 @@ def read_video(
             `[start, end]` starts after its end ([`VideoSegmentError`], also a `ValueError`); the message names it.
         `ValueError`: invalid arguments (unknown strategy, a negative or reversed segment).
     """
-    path = os.fspath(path)
+    path = _video_source(path)
     if num_clips is not None and _FPS_PATTERN.match(sample):
         raise ValueError(f"Sampling strategy {sample!r} yields a variable frame count and cannot be split into clips.")
     container = _open(path)
     try:
         metadata = _probe(container, path)
+        metadata.path = os.fspath(metadata.path)
         first, available = 0, metadata.num_frames
         if start is not None or end is not None:
             first, available = _segment_positions(metadata, start, end)

@@ -13,6 +13,7 @@ from modeling_svitt.tokenization_svitt import SViTTTokenizer
 from test_tokenization import bert_vocab_dir
 from test_video_io import decoded_identity, decoded_indices, write_index_video
 from training.data import (
+    AnnotationError,
     EgoClipDataset,
     EgoMCQDataset,
     MultipleChoiceCollator,
@@ -403,3 +404,70 @@ def test_annotation_files_not_in_utf8_are_named(tmp_path):
     tsv.write_bytes(("\t".join(EGOCLIP_COLUMNS) + "\n" + row).encode("latin-1"))
     with pytest.raises(AnnotationError, match=rf"'{tsv}' is not UTF-8 text"):
         load_egoclip_annotations(tsv)
+# ------------------------------------------------------------------------------------------------------------------
+# Annotation records: converted once, cached, memory-mapped
+
+
+def _cached(folder):
+    return sorted(path.name for path in (folder / ".svitt-cache").glob("*.json-*") if path.is_dir())
+
+
+def test_annotations_are_converted_once_and_memory_mapped(tmp_path, monkeypatch):
+    from training.data import annotations
+
+    rows = [{"video": f"v{k}.mp4", "caption": f"clip {k}"} for k in range(5)]
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(rows))
+    first = VideoCaptionDataset(path)
+    assert first.records.table.cache_files  # read from the cached Arrow file, not held as Python objects
+    assert len(_cached(tmp_path)) == 1
+    assert [first.records[k] for k in range(5)] == load_caption_annotations(path)
+
+    def reader_must_not_run(*args, **kwargs):
+        raise AssertionError("the annotation file was read again")
+
+    monkeypatch.setattr(annotations, "iter_caption_annotations", reader_must_not_run)
+    second = VideoCaptionDataset(path)
+    assert second.records == first.records and second.records[3]["caption"] == "clip 3"
+    monkeypatch.undo()
+
+    VideoCaptionDataset(path, match_by="caption")  # other reading options: a conversion of their own
+    VideoCaptionDataset(path, media_root=tmp_path / "elsewhere")
+    assert len(_cached(tmp_path)) == 3
+    rows.append({"video": "v5.mp4", "caption": "clip 5"})
+    path.write_text(json.dumps(rows))  # a changed file converts again; the earlier version's conversions go
+    assert len(VideoCaptionDataset(path)) == 6 and len(_cached(tmp_path)) == 1
+
+
+def test_a_bad_file_caches_nothing_and_an_unwritable_folder_uses_the_svitt_cache(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"video": "a.mp4", "caption": "fine"}, {"video": "b.mp4"}]))
+    with pytest.raises(AnnotationError, match="Entry 1 .* lacks \\['caption'\\]"):
+        VideoCaptionDataset(bad)
+    left = [path.name for path in (tmp_path / ".svitt-cache").iterdir() if path.suffix != ".lock"]
+    assert not left  # no conversion, no temporary folder
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    (folder / ".svitt-cache").write_text("not a folder: the conversion cannot be cached beside the file")
+    (folder / "captions.json").write_text(json.dumps([{"video": "a.mp4", "caption": "a"}]))
+    monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "svitt"))
+    assert VideoCaptionDataset(folder / "captions.json").records[0]["caption"] == "a"
+    assert len([p for p in (tmp_path / "svitt" / "annotations").glob("captions.json-*") if p.is_dir()]) == 1
+
+
+def test_egoclip_table_gives_the_records_of_the_reader(tmp_path):
+    from training.data import load_egoclip_annotations
+
+    lines = ["\t".join(EGOCLIP_COLUMNS)]
+    for k in range(7):
+        lines.append(f"{k}\tvid{k % 3}\t1300.0\tnarration_pass_1\t{k}\t{610.0 * k}\t{610.0 * k}\t{610.0 * k + 2}\t"
+                     f"#C C does {k}\t[{k % 4}]\t[{k % 5}, {k % 2}]")
+    path = tmp_path / "egoclip.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    options = dict(path_template="{video_uid}/{chunk}.mp4", chunk_seconds=600.0)
+    dataset = EgoClipDataset(path, media_root=tmp_path, num_verbs=4, num_nouns=5, **options)
+    expected = load_egoclip_annotations(path, tmp_path, **options)
+    assert [dataset.records[k] for k in range(7)] == expected
+    assert dataset.records[4]["video"] == str(tmp_path / "vid1" / "4.mp4")  # 2440 s: the fifth 600 s chunk
+    with pytest.raises(ValueError, match="Clip 4 of .* has noun_tags \\[4, 0\\] outside 0..3"):
+        EgoClipDataset(path, media_root=tmp_path, num_verbs=4, num_nouns=4, **options)

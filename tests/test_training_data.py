@@ -53,3 +53,32 @@ def test_training_clips_are_flipped_only_when_allowed(tmp_path, monkeypatch):
                             lambda video, **kwargs: calls.append(kwargs) or original(video, **kwargs))
         train[0]
         assert calls[0]["do_random_horizontal_flip"] is allowed and calls[0]["do_random_resized_crop"] is True
+
+
+def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_after(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import training.pretrain as pretrain
+    from tiny_recipe import write_tiny_recipe
+
+    monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    opened = []  # (stage, weak reference) of every dataset opened, in order
+    open_train_dataset = pretrain.open_train_dataset
+
+    def recording(recipe, index, *args, **kwargs):
+        gc.collect()
+        # a stage's training data is opened only while no other stage's is alive (the checks before the first step
+        # open and drop each stage's in turn)
+        assert [stage for stage, ref in opened if ref() is not None] == [], f"opening stage {index}"
+        dataset = open_train_dataset(recipe, index, *args, **kwargs)
+        opened.append((index, weakref.ref(dataset)))
+        return dataset
+
+    monkeypatch.setattr(pretrain, "open_train_dataset", recording)
+    recipe = write_tiny_recipe(tmp_path, stages=[
+        {"num_frames": 2, "token_keep_rate": 0.75, "steps": 1}, {"num_frames": 2, "token_keep_rate": 0.5, "steps": 1},
+    ])
+    pretrain.main(["--recipe", str(recipe), "--output-dir", str(tmp_path / "out")])
+    assert [stage for stage, _ in opened] == [0, 1, 0, 1]  # checked up front, then opened at each stage's start

@@ -48,6 +48,7 @@ from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
 from training.recipe import (
     CONTRASTIVE_LOSSES,
     RELEASE_PROCESSOR,
+    SYNTHETIC_PLACEHOLDER,
     OptimizerSpec,
     Recipe,
     RecipeError,
@@ -283,7 +284,30 @@ def prepare_synthetic_data(recipe: Recipe, accelerator: Accelerator) -> Path | N
     except (TypeError, ValueError) as error:
         raise RecipeError(f"recipe '{recipe.name}', synthetic: {error}") from None
     with accelerator.main_process_first():
-        return generate_synthetic_dataset(config=config).root
+        root = generate_synthetic_dataset(config=config).root
+        if accelerator.is_main_process:
+            write_synthetic_shards(recipe, root)
+    return root
+
+
+def write_synthetic_shards(recipe: Recipe, synthetic_root: Path) -> None:
+    """The shards of the synthetic set that stages name (`data.shards: "{synthetic}/<folder>"`), written once from
+    the stage's annotations (groups of `data.group_size` entries per sample), eight shards or more."""
+    from training.data.shards import read_records, write_shards
+
+    for stage in recipe.stages:
+        data = stage.data
+        if not data.shards or not data.shards.startswith(SYNTHETIC_PLACEHOLDER + "/"):
+            continue
+        folder = Path(resolve_path(data.shards, synthetic_root))
+        if folder.is_dir():
+            continue
+        records = read_records(data.format, resolve_path(data.annotations, synthetic_root), None)
+        groups = len(records) // data.group_size
+        temporary = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        write_shards(records, temporary, max(1, groups // 8), data.group_size, seed=0)
+        os.replace(temporary, folder)
 
 
 def build_processor(recipe: Recipe) -> SViTTProcessor:
@@ -435,13 +459,17 @@ def freeze_unused_parameters(model: torch.nn.Module, also: Sequence[str] = ()) -
 def missing_media_problem(dataset, max_missing_fraction: float = 0.0, sample: int | None = None) -> str | None:
     """Why the videos of `dataset` cannot serve it (none exists, or more are missing than allowed), or `None`.
 
-    `sample` checks that many videos spread over the set instead of all of them (training sets of millions)."""
+    `sample` checks the videos of that many records spread over the set instead of all of them (training sets of
+    millions: only those records are read from the table)."""
+    records = dataset.records
+    positions = range(len(records))
+    if sample is not None and len(records) > sample:
+        positions = range(0, len(records), len(records) // sample)
     videos = []
-    for record in dataset.records:
+    for position in positions:
+        record = records[position]
         videos += [record["video"]] if "video" in record else [choice["video"] for choice in record["choices"]]
     videos = list(dict.fromkeys(videos))
-    if sample is not None and len(videos) > sample:
-        videos = videos[:: len(videos) // sample]
     missing = [video for video in videos if not os.path.exists(video)]
     if not missing:
         return None
@@ -565,10 +593,15 @@ def start_trackers(accelerator: Accelerator, project: str, recipe: Recipe, **ext
     accelerator.init_trackers(project, config=hyperparameters, init_kwargs=init_kwargs)
 
 
-def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int):
+def open_train_dataset(
+    recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int, process_index: int = 0
+):
     """Stage `index`'s training set, checked before any work (`open_dataset`): a batch per process at least, and no
-    more missing videos than `data.max_bad_fraction` (checked on up to 2000 of them)."""
+    more missing videos than `data.max_bad_fraction` (checked on up to 2000 of them). A stage with `data.shards` gets
+    this process's stream of them, checked by reading its first sample."""
     stage = recipe.stages[index]
+    if stage.data.shards:
+        return open_streamed_dataset(recipe, index, processor, synthetic_root, num_processes, process_index)
     return open_dataset(
         lambda: build_train_dataset(stage, processor, recipe.seed, synthetic_root),
         stage.data.format,
@@ -579,8 +612,38 @@ def open_train_dataset(recipe: Recipe, index: int, processor: SViTTProcessor, sy
     )
 
 
-def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, synthetic_root=None):
-    """The stage's training dataset (training transforms, `num_frames` of the stage) in its `data.format`."""
+def open_streamed_dataset(
+    recipe: Recipe, index: int, processor: SViTTProcessor, synthetic_root, num_processes: int, process_index: int
+):
+    """Stage `index`'s stream of shards for process `process_index`, its layout checked on its first sample (a
+    caption, EgoClip's tags, as many clips per sample as `data.group_size`); errors name `data.shards`."""
+    from training.data.streaming import ShardSpecError, StreamedVideoDataset
+
+    stage = recipe.stages[index]
+    data = stage.data
+    field = recipe_field_name(recipe.name, f"stages.{index}.data")("shards")
+    # The item builder: the format's dataset without records, with the stage's transforms and options.
+    builder = build_train_dataset(stage, processor, recipe.seed, synthetic_root, annotations=[])
+    try:
+        dataset = StreamedVideoDataset(
+            resolve_path(data.shards, synthetic_root), builder, data.format, seed=recipe.seed,
+            shuffle_buffer=data.shuffle_buffer, rank=process_index, world_size=num_processes,
+            max_bad_fraction=data.max_bad_fraction,
+        )
+        clips = dataset.first_records()
+    except (ShardSpecError, OSError, ValueError) as error:
+        raise RecipeError(f"{field}: {error}") from None
+    if len(clips) != data.group_size:
+        raise RecipeError(f"{field}: the shards hold {len(clips)} clip(s) per sample but data.group_size is "
+                          f"{data.group_size}: write them with --group-size {data.group_size}")
+    return dataset
+
+
+def build_train_dataset(
+    stage: StageSpec, processor: SViTTProcessor, seed: int, synthetic_root=None, annotations: Any = None
+):
+    """The stage's training dataset (training transforms, `num_frames` of the stage) in its `data.format`, over
+    its annotation file or the given `annotations` rows."""
     data = stage.data
     common = dict(
         train=True,
@@ -591,7 +654,8 @@ def build_train_dataset(stage: StageSpec, processor: SViTTProcessor, seed: int, 
         max_bad_fraction=data.max_bad_fraction,
         media_root=resolve_path(data.media_root, synthetic_root),
     )
-    annotations = resolve_path(data.annotations, synthetic_root)
+    if annotations is None:
+        annotations = resolve_path(data.annotations, synthetic_root)
     if data.format == "egoclip":
         return EgoClipDataset(
             annotations, processor, num_verbs=data.num_verbs, num_nouns=data.num_nouns,
@@ -613,6 +677,27 @@ def train_collator(data_format: str, processor: SViTTProcessor):
     if data_format == "egomcq":
         return MultipleChoiceCollator(processor)
     return VideoTextCollator(processor)
+
+
+def make_stream_loader(accelerator: Accelerator, dataset, stage: StageSpec, processor: SViTTProcessor):
+    """The loader of a streamed stage: this process's batches (the dataset is already split among processes, so it is
+    not `prepare`d), resumable mid-epoch: it is registered for checkpointing instead of any earlier stage's loader."""
+    from training.data.streaming import StreamLoader
+
+    workers = stage.data.num_workers
+    loader = StreamLoader(
+        dataset, stage.batch_size, train_collator(stage.data.format, processor), num_workers=workers,
+        prefetch_factor=stage.data.prefetch_factor if workers > 0 else None, device=accelerator.device,
+        total_steps=stage.steps,
+    )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+        # what `prepare` would take from a DataLoader: it resolves "auto" only from instances of one
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.batch_size
+    # `save_state` / `load_state` number the registered objects: only the current stage's loader may be among them.
+    accelerator._custom_objects[:] = [obj for obj in accelerator._custom_objects if not isinstance(obj, StreamLoader)]
+    accelerator.register_for_checkpointing(loader)
+    return loader
 
 
 def make_train_dataloader(dataset, stage: StageSpec, processor: SViTTProcessor, seed: int):

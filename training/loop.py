@@ -21,12 +21,14 @@ from training.common import (
     check_prepared_model,
     configure_stage,
     freeze_unused_parameters,
+    make_stream_loader,
     make_train_dataloader,
     prepare_for_deepspeed,
     share_cpu_cores,
     step_seed,
 )
 from training.data import EpochShuffleSampler
+from training.data.streaming import StreamedVideoDataset, StreamLoader
 from training.recipe import RecipeError, StageSpec
 from training.run_folder import save_state_atomically
 
@@ -42,7 +44,7 @@ class PreparedStage:
     model: Any
     optimizer: Any
     dataloader: Any
-    sampler: EpochShuffleSampler
+    sampler: EpochShuffleSampler | StreamLoader
     scheduler: torch.optim.lr_scheduler.LambdaLR
     total_steps: int
     scalar_parameters: list[str]
@@ -58,9 +60,13 @@ def prepare_stage(
     configure_stage(model, stage, contrastive)
     share_cpu_cores(accelerator, stage.data.num_workers)
     freeze_unused_parameters(model, stage.freeze)
-    dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
     raw_optimizer = build_optimizer(model, stage.optimizer)
     scalar_parameters = prepare_for_deepspeed(accelerator, model)
+    if isinstance(dataset, StreamedVideoDataset):
+        # Already split among the processes: `prepare` passes the loader through (DeepSpeed reads its batch size).
+        dataloader = sampler = make_stream_loader(accelerator, dataset, stage, processor)
+    else:
+        dataloader, sampler = make_train_dataloader(dataset, stage, processor, seed)
     model, optimizer, dataloader = accelerator.prepare(model, raw_optimizer, dataloader)
     check_prepared_model(accelerator, model)
     if len(dataloader) == 0:
@@ -124,7 +130,9 @@ def train_stage(
         epoch, position = divmod(run.steps, steps_per_epoch)
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, position) if position else dataloader
+        resumes_itself = isinstance(dataloader, StreamLoader)  # its state was restored by `load_state`
+        skip = position and not resumes_itself
+        batches = accelerator.skip_first_batches(dataloader, position) if skip else dataloader
         tick = time.perf_counter()
         for batch in batches:
             if batch is None:  # nothing in it could be read

@@ -110,10 +110,11 @@ def main(argv=None) -> None:
         return
 
     # Everything a stage reads is checked before the first step: wrong formats, empty sets and media roots fail here.
-    train_sets = [
-        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes)
-        for index in range(len(recipe.stages))
-    ]
+    # The check converts each annotation file once (cached, memory-mapped); a stage opens its data again when it
+    # starts and releases it when it ends, so no process holds the data of every stage.
+    for index in range(len(recipe.stages)):
+        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
+                           accelerator.process_index)
     for index, spec in enumerate(recipe.evaluation):
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
         build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
@@ -140,7 +141,8 @@ def main(argv=None) -> None:
             else:
                 model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
         check_recipe_against_model(recipe, model, processor)
-        dataset = train_sets[index]
+        dataset = open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
+                                     accelerator.process_index)
         prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed + index,
                                  f"recipe '{recipe.name}', stages.{index}", args.max_steps)
         run = train_stage(
@@ -185,7 +187,7 @@ def main(argv=None) -> None:
             write_summary(output_dir, recipe, run_state)
         accelerator.wait_for_everyone()
         accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
-        del model, prepared
+        del model, prepared, dataset
 
     # The last stage also at the root, so the output folder loads by its name.
     if accelerator.is_main_process:

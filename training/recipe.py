@@ -107,10 +107,19 @@ class DataSpec:
     metadata with verb and noun tags; `path_template` and `chunk_seconds` describe the video files, e.g.
     `{video_uid}/{chunk}.mp4` and 600 for Ego4D's chunked videos), `qa` (question-answer JSON) or `egomcq` (EgoMCQ
     items, for multiple-choice fine-tuning). `group_size` keeps that many consecutive annotation entries together in
-    a batch (e.g. a clip and its reversed twin, hard negatives of each other)."""
+    a batch (e.g. a clip and its reversed twin, hard negatives of each other).
+
+    `shards` streams the stage's data from tar shards instead (`{key}.mp4` with `{key}.txt` / `{key}.json`, as
+    `python -m training.data.shards` writes them, or `video2dataset`): a brace pattern (`shards/{00000..00127}.tar`),
+    several separated by `::`, a folder of `.tar` files, or `fsspec` URLs; formats `captions` and `egoclip`. A streamed
+    stage gives its length in `steps`; `shuffle_buffer` samples are shuffled on the fly (shard order and buffer drawn
+    from the seed and the epoch); `group_size` must match the groups the shards were written with. With shards,
+    `annotations` is only needed to write the synthetic set's shards (`shards: "{synthetic}/shards"`)."""
 
     format: str = "captions"
     annotations: str = ""
+    shards: str | None = None
+    shuffle_buffer: int = 1000
     media_root: str | None = None
     match_by: str = "video"
     paragraphs: bool = False
@@ -623,7 +632,14 @@ def validate_recipe(recipe: Recipe) -> None:
               f"must be one of {data_formats} for a {recipe.task} recipe, got {data.format!r}")
         check(data.match_by in ("video", "caption"), f"{where}.data.match_by",
               f"must be video or caption, got {data.match_by!r}")
-        check(bool(data.annotations), f"{where}.data.annotations", "is required (the annotation file)")
+        check(bool(data.annotations) or bool(data.shards), f"{where}.data.annotations",
+              "is required (the annotation file), unless data.shards names the stage's shards")
+        if data.shards:
+            check(data.format in ("captions", "egoclip"), f"{where}.data.shards",
+                  f"streams captions or egoclip data, not {data.format!r}")
+            check(stage.steps is not None, f"{where}.steps",
+                  "a stage streamed from shards has no length of its own: give it in steps, not epochs")
+            check(data.shuffle_buffer >= 0, f"{where}.data.shuffle_buffer", "must be >= 0")
         check(data.num_workers >= 0, f"{where}.data.num_workers", "must be >= 0")
         check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.data.group_size",
               f"must divide the batch size ({stage.batch_size}), got {data.group_size}")
@@ -747,7 +763,9 @@ def check_data_paths(recipe: Recipe, synthetic_root: str | os.PathLike | None = 
     entries += [(f"evaluation.{i}", evaluation) for i, evaluation in enumerate(recipe.evaluation)]
     for where, spec in entries:
         for key, what in (("annotations", "annotation file"), ("answer_list", "answer list file")):
-            path = resolve_path(getattr(spec, key, None), synthetic_root)
+            if key == "annotations" and getattr(spec, "shards", None):
+                continue  # a streamed stage reads its shards (checked when the stage's data is opened)
+            path = resolve_path(getattr(spec, key, None) or None, synthetic_root)
             if path is not None and not os.path.isfile(path):
                 raise _fail(recipe.name, f"{where}.{key}", f"{what} '{path}' does not exist")
         media_root = resolve_path(spec.media_root, synthetic_root)

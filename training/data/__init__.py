@@ -17,6 +17,7 @@ from .annotations import (
 )
 from .collators import MultipleChoiceCollator, VideoCollator, VideoQACollator, VideoTextCollator
 from .loader import EpochShuffleSampler, make_dataloader, seed_worker
+from .records import RecordTable, open_records
 from .readers import (
     BadSampleTracker,
     EgoClipDataset,
@@ -27,6 +28,8 @@ from .readers import (
     VideoDatasetBase,
     VideoQADataset,
 )
+from .shards import write_shards
+from .streaming import StreamedVideoDataset, StreamLoader, expand_shards
 from .synthetic import SyntheticConfig, SyntheticDataset, generate_synthetic_dataset, load_synthetic_dataset
 
 __all__ = [
@@ -40,7 +43,10 @@ __all__ = [
     "EgoMCQDataset",
     "EpochShuffleSampler",
     "MultipleChoiceCollator",
+    "RecordTable",
     "RetrievalEvalDataset",
+    "StreamLoader",
+    "StreamedVideoDataset",
     "SyntheticConfig",
     "SyntheticDataset",
     "TooManyBadSamplesError",
@@ -51,6 +57,7 @@ __all__ = [
     "VideoQADataset",
     "VideoTextCollator",
     "answer_weights",
+    "expand_shards",
     "generate_synthetic_dataset",
     "load_answer_list",
     "load_caption_annotations",
@@ -59,7 +66,9 @@ __all__ = [
     "load_qa_annotations",
     "load_retrieval_test_annotations",
     "make_dataloader",
+    "open_records",
     "load_synthetic_dataset",
     "parse_tags",
     "seed_worker",
+    "write_shards",
 ]

@@ -27,7 +27,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from svitt_tools.metrics import EGOMCQ_INTER_VIDEO, EGOMCQ_INTRA_VIDEO
@@ -218,6 +218,16 @@ def load_caption_annotations(
     match_by: str = "video",
     paragraphs: bool = False,
 ) -> list[dict[str, Any]]:
+    """The records of `iter_caption_annotations` as a list."""
+    return list(iter_caption_annotations(source, media_root, match_by, paragraphs))
+
+
+def iter_caption_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    match_by: str = "video",
+    paragraphs: bool = False,
+) -> Iterator[dict[str, Any]]:
     """
     Pretraining and retrieval-train records, one per caption.
 
@@ -229,14 +239,14 @@ def load_caption_annotations(
             the same id to identical caption texts (SSv2, where a label caption has many videos).
         paragraphs (`bool`): DiDeMo; the captions of an entry are joined with spaces into one caption.
 
-    Returns:
-        `list[dict]` with `index`, `video` (path), `caption`, `match_id` and `video_id`.
+    Yields:
+        `dict` with `index`, `video` (path), `caption`, `match_id` and `video_id`.
     """
     if match_by not in ("video", "caption"):
         raise ValueError(f"`match_by` must be 'video' or 'caption', got {match_by!r}.")
     name, base_dir = _source_name(source), _base_dir(source, media_root)
     video_ids, caption_ids = _IdAssigner(), _IdAssigner()
-    records = []
+    count = 0
     for position, row in enumerate(read_rows(source)):
         _require(row, ["caption"], name, position)
         media = _media_field(row, name, position)
@@ -248,16 +258,14 @@ def load_caption_annotations(
         for video in videos:
             for caption in captions:
                 video_id = video_ids(_basename_id(video))
-                records.append(
-                    {
-                        "index": len(records),
-                        "video": _media_path(base_dir, video),
-                        "caption": caption,
-                        "match_id": video_id if match_by == "video" else caption_ids(caption),
-                        "video_id": video_id,
-                    }
-                )
-    return records
+                yield {
+                    "index": count,
+                    "video": _media_path(base_dir, video),
+                    "caption": caption,
+                    "match_id": video_id if match_by == "video" else caption_ids(caption),
+                    "video_id": video_id,
+                }
+                count += 1
 
 
 def load_retrieval_test_annotations(
@@ -351,33 +359,36 @@ def load_answer_list(path: str | os.PathLike) -> list[str]:
 
 
 def load_qa_annotations(source: AnnotationSource, media_root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The records of `iter_qa_annotations` as a list."""
+    return list(iter_qa_annotations(source, media_root))
+
+
+def iter_qa_annotations(
+    source: AnnotationSource, media_root: str | os.PathLike | None = None
+) -> Iterator[dict[str, Any]]:
     """
     Video QA records.
 
-    Returns:
-        `list[dict]` with `index`, `video`, `question`, `question_id`, `answers` (unique), `answer_weights` and
+    Yields:
+        `dict` with `index`, `video`, `question`, `question_id`, `answers` (unique), `answer_weights` and
         `question_type` (the entry's `question_type` or `type`, else `None`). Entries without an `answer` (an
         unlabelled test set) get empty `answers`.
     """
     name, base_dir = _source_name(source), _base_dir(source, media_root)
-    records = []
     for position, row in enumerate(read_rows(source)):
         _require(row, ["question"], name, position)
         media = _text(_media_field(row, name, position), name, position, "video")
         answer = row.get("answer", [])
         answers, weights = answer_weights(_texts(answer, name, position, "answer") if answer != [] else answer)
-        records.append(
-            {
-                "index": position,
-                "video": _media_path(base_dir, media),
-                "question": _text(row["question"], name, position, "question"),
-                "question_id": row.get("question_id", position),
-                "answers": answers,
-                "answer_weights": weights,
-                "question_type": row.get("question_type", row.get("type")),
-            }
-        )
-    return records
+        yield {
+            "index": position,
+            "video": _media_path(base_dir, media),
+            "question": _text(row["question"], name, position, "question"),
+            "question_id": row.get("question_id", position),
+            "answers": answers,
+            "answer_weights": weights,
+            "question_type": row.get("question_type", row.get("type")),
+        }
 
 
 def parse_tags(value: Any) -> list[int]:
@@ -386,7 +397,16 @@ def parse_tags(value: Any) -> list[int]:
         return [int(v) for v in value]
     if value is None or (isinstance(value, str) and not value.strip()):
         return []
-    parsed = ast.literal_eval(value) if isinstance(value, str) else value
+    parsed = value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:  # the common "[3, 17]" without the parser: millions of EgoClip rows
+                inner = text[1:-1]
+                return [int(v) for v in inner.split(",")] if inner.strip() else []
+            except ValueError:
+                pass
+        parsed = ast.literal_eval(value)
     if isinstance(parsed, int):
         return [parsed]
     return [int(v) for v in parsed]
@@ -421,29 +441,41 @@ def load_egoclip_annotations(
     path_template: str = "{video_uid}.mp4",
     chunk_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
-    """
-    EgoClip records (tab-separated metadata, or rows with the same columns).
+    """The records of `iter_egoclip_annotations` as a list."""
+    return list(iter_egoclip_annotations(source, media_root, path_template, chunk_seconds))
 
-    Returns:
-        `list[dict]` with `index`, `video`, `start`, `end` (seconds in that file), `caption` (`clip_text`),
-        `video_uid`, `video_id` (dense id of `video_uid`, for EgoNCE's same-video negatives), `match_id` (one per
-        clip), `verb_tags`, `noun_tags` (lists of class indices).
-    """
-    name, base_dir = _source_name(source), _base_dir(source, media_root)
+
+def _egoclip_rows(source: AnnotationSource) -> Iterator[Mapping[str, Any]]:
     if isinstance(source, (str, os.PathLike)) and not os.fspath(source).endswith((".json", ".jsonl")):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"EgoClip metadata file '{path}' does not exist.")
         try:
             with open(path, encoding="utf-8", newline="") as handle:
-                rows = list(csv.DictReader(handle, delimiter="\t"))
+                yield from csv.DictReader(handle, delimiter="\t")
         except UnicodeDecodeError as error:
             raise _not_utf8(path, error) from error
     else:
-        rows = read_rows(source)
+        yield from read_rows(source)
+
+
+def iter_egoclip_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    path_template: str = "{video_uid}.mp4",
+    chunk_seconds: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    """
+    EgoClip records (tab-separated metadata, or rows with the same columns), read row by row.
+
+    Yields:
+        `dict` with `index`, `video`, `start`, `end` (seconds in that file), `caption` (`clip_text`),
+        `video_uid`, `video_id` (dense id of `video_uid`, for EgoNCE's same-video negatives), `match_id` (one per
+        clip), `verb_tags`, `noun_tags` (lists of class indices).
+    """
+    name, base_dir = _source_name(source), _base_dir(source, media_root)
     video_ids = _IdAssigner()
-    records = []
-    for position, row in enumerate(rows):
+    for position, row in enumerate(_egoclip_rows(source)):
         _require(row, ["video_uid", "clip_start", "clip_end", "clip_text"], name, position)
         start, end = _segment(row, name, position)
         video_uid = _text(row["video_uid"], name, position, "video_uid")
@@ -453,21 +485,18 @@ def load_egoclip_annotations(
             verbs, nouns = parse_tags(row.get("tag_verb")), parse_tags(row.get("tag_noun"))
         except (ValueError, SyntaxError) as error:
             raise AnnotationError(f"Entry {position} of '{name}' has unreadable tags: {error}") from error
-        records.append(
-            {
-                "index": position,
-                "video": video,
-                "start": start,
-                "end": end,
-                "caption": row["clip_text"],
-                "video_uid": row["video_uid"],
-                "video_id": video_ids(row["video_uid"]),
-                "match_id": position,
-                "verb_tags": verbs,
-                "noun_tags": nouns,
-            }
-        )
-    return records
+        yield {
+            "index": position,
+            "video": video,
+            "start": start,
+            "end": end,
+            "caption": row["clip_text"],
+            "video_uid": row["video_uid"],
+            "video_id": video_ids(row["video_uid"]),
+            "match_id": position,
+            "verb_tags": verbs,
+            "noun_tags": nouns,
+        }
 
 
 def load_egomcq_annotations(
@@ -476,15 +505,24 @@ def load_egomcq_annotations(
     path_template: str = "{video_uid}.mp4",
     chunk_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
+    """The records of `iter_egomcq_annotations` as a list."""
+    return list(iter_egomcq_annotations(source, media_root, path_template, chunk_seconds))
+
+
+def iter_egomcq_annotations(
+    source: AnnotationSource,
+    media_root: str | os.PathLike | None = None,
+    path_template: str = "{video_uid}.mp4",
+    chunk_seconds: float | None = None,
+) -> Iterator[dict[str, Any]]:
     """
     EgoMCQ items: one text query and five candidate clips.
 
-    Returns:
-        `list[dict]` with `index`, `query` (text), `choices` (five `{"video", "start", "end"}`), `answer` (0-4) and
+    Yields:
+        `dict` with `index`, `query` (text), `choices` (five `{"video", "start", "end"}`), `answer` (0-4) and
         `type` (1 inter-video, 2 intra-video).
     """
     name, base_dir = _source_name(source), _base_dir(source, media_root)
-    records = []
     for position, row in enumerate(read_rows(source)):
         _require(row, ["query", "choices", "answer", "types"], name, position)
         try:
@@ -513,13 +551,10 @@ def load_egomcq_annotations(
         answer = int(row["answer"])
         if not 0 <= answer < len(choices):
             raise AnnotationError(f"Entry {position} of '{name}' has answer {answer} but {len(choices)} choices.")
-        records.append(
-            {
-                "index": position,
-                "query": query,
-                "choices": choices,
-                "answer": answer,
-                "type": item_type,
-            }
-        )
-    return records
+        yield {
+            "index": position,
+            "query": query,
+            "choices": choices,
+            "answer": answer,
+            "type": item_type,
+        }

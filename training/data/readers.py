@@ -12,8 +12,10 @@ Every dataset:
   annotation entry: a failure never substitutes another video (the release did, silently mismatching captions).
   When the unreadable samples exceed `max_bad_fraction` of the dataset, reading aborts with
   [`TooManyBadSamplesError`] (a wrong `media_root` shows up after a handful of samples, not after an epoch);
-* can be exported as a `datasets.Dataset` of its records (`to_hf_dataset`) whose `hf_transform` decodes lazily, and
-  accepts in-memory rows (a list of dicts or a `datasets.Dataset`) instead of an annotation file.
+* holds its records as a memory-mapped Arrow table ([`RecordTable`], see `records.py`), converted once per
+  annotation file and cached, so that processes and DataLoader workers share its pages instead of each holding
+  Python objects; accepts in-memory rows (a list of dicts or a `datasets.Dataset`) instead of an annotation file;
+  `to_hf_dataset` gives the table as a `datasets.Dataset` whose `hf_transform` decodes lazily.
 """
 
 from __future__ import annotations
@@ -31,15 +33,8 @@ from torch.utils.data import Dataset
 from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
 from modeling_svitt.video_io import VideoDecodingError, read_video
 
-from .annotations import (
-    AnnotationSource,
-    load_answer_list,
-    load_caption_annotations,
-    load_egoclip_annotations,
-    load_egomcq_annotations,
-    load_qa_annotations,
-    load_retrieval_test_annotations,
-)
+from .annotations import AnnotationSource, load_answer_list
+from .records import RecordTable, open_records
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +179,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
     Shared machinery of the SViTT datasets (decoding, transforms, seeding, bad-sample accounting).
 
     Args:
-        records (`list[dict]`): normalised records from `annotations.py`.
+        records ([`RecordTable`] or `list[dict]`): normalised records from `annotations.py`.
         processor ([`SViTTVideoProcessor`] or [`SViTTProcessor`], *optional*): frame transforms (size, mean/std,
             crop ranges). Defaults to the release's settings at 224 px.
         train (`bool`, defaults to `False`): training transforms and `rand` sampling, else evaluation ones.
@@ -201,7 +196,7 @@ class VideoDatasetBase(Dataset, abc.ABC):
 
     def __init__(
         self,
-        records: list[dict[str, Any]],
+        records: RecordTable | list[dict[str, Any]],
         processor: SViTTProcessor | SViTTVideoProcessor | None = None,
         *,
         train: bool = False,
@@ -287,6 +282,8 @@ class VideoDatasetBase(Dataset, abc.ABC):
         """The records as a `datasets.Dataset` (paths and targets, no pixels); pair it with `hf_transform`."""
         import datasets
 
+        if isinstance(self.records, RecordTable):
+            return self.records.to_hf_dataset()
         return datasets.Dataset.from_list([dict(record) for record in self.records])
 
     def hf_transform(self, batch: dict[str, list]) -> dict[str, list]:
@@ -333,8 +330,8 @@ class VideoCaptionDataset(VideoDatasetBase):
         **kwargs,
     ):
         kwargs.setdefault("name", _describe(annotations))
-        records = load_caption_annotations(annotations, media_root, match_by, paragraphs)
-        super().__init__(records, processor, **kwargs)
+        tables = open_records("captions", annotations, media_root, match_by=match_by, paragraphs=paragraphs)
+        super().__init__(tables["captions"], processor, **kwargs)
 
     def build_item(self, record, generator):
         return {
@@ -373,17 +370,24 @@ class RetrievalEvalDataset(VideoDatasetBase):
         **kwargs,
     ):
         kwargs.setdefault("name", _describe(annotations))
-        table = load_retrieval_test_annotations(annotations, media_root, is_paragraph_retrieval, has_multi_vision_gt)
-        self.texts: list[str] = table["texts"]
-        self.text_to_videos: list[list[int]] = table["text_to_videos"]
-        self.video_to_texts: list[list[int]] = table["video_to_texts"]
-        self.distractors: list[str | None] = table["distractors"]
-        records = [{"index": i, "video": video} for i, video in enumerate(table["videos"])]
-        super().__init__(records, processor, **kwargs)
+        tables = open_records(
+            "retrieval", annotations, media_root, is_paragraph_retrieval=is_paragraph_retrieval,
+            has_multi_vision_gt=has_multi_vision_gt,
+        )
+        videos, texts = tables["retrieval_videos"], tables["retrieval_texts"]
+        # Test sets are small (thousands of texts): their texts and ground truth are kept as lists.
+        self.texts: list[str] = texts.column("text")
+        self.text_to_videos: list[list[int]] = texts.column("videos")
+        self.video_to_texts: list[list[int]] = [[] for _ in range(len(videos))]
+        for text, targets in enumerate(self.text_to_videos):
+            for video in targets:
+                self.video_to_texts[video].append(text)
+        self.distractors: list[str | None] = videos.column("distractor")
+        super().__init__(videos, processor, **kwargs)
 
     @property
     def videos(self) -> list[str]:
-        return [record["video"] for record in self.records]
+        return self.records.column("video")
 
     def build_item(self, record, generator):
         return {"pixel_values": self.read_clip(record["video"], generator)}
@@ -415,7 +419,7 @@ class VideoQADataset(VideoDatasetBase):
         if isinstance(answer_list, (str, os.PathLike)):
             answer_list = load_answer_list(answer_list)
         self.answer_list: list[str] | None = list(answer_list) if answer_list is not None else None
-        super().__init__(load_qa_annotations(annotations, media_root), processor, **kwargs)
+        super().__init__(open_records("qa", annotations, media_root)["qa"], processor, **kwargs)
 
     def build_item(self, record, generator):
         return {
@@ -456,15 +460,18 @@ class EgoClipDataset(VideoDatasetBase):
         **kwargs,
     ):
         kwargs.setdefault("name", _describe(annotations))
-        records = load_egoclip_annotations(annotations, media_root, path_template, chunk_seconds)
+        records = open_records(
+            "egoclip", annotations, media_root, path_template=path_template, chunk_seconds=chunk_seconds
+        )["egoclip"]
         self.num_verbs, self.num_nouns = num_verbs, num_nouns
-        for record in records:
-            for key, size in (("verb_tags", num_verbs), ("noun_tags", num_nouns)):
-                if any(not 0 <= tag < size for tag in record[key]):
-                    raise ValueError(
-                        f"Clip {record['index']} of {kwargs['name']} has {key} {record[key]} outside 0..{size - 1}; "
-                        f"set num_{key.split('_')[0]}s."
-                    )
+        for key, size in (("verb_tags", num_verbs), ("noun_tags", num_nouns)):
+            position = _first_tag_outside(records, key, size)
+            if position is not None:
+                record = records[position]
+                raise ValueError(
+                    f"Clip {record['index']} of {kwargs['name']} has {key} {record[key]} outside 0..{size - 1}; "
+                    f"set num_{key.split('_')[0]}s."
+                )
         super().__init__(records, processor, **kwargs)
 
     @staticmethod
@@ -507,12 +514,14 @@ class EgoMCQDataset(VideoDatasetBase):
         **kwargs,
     ):
         kwargs.setdefault("name", _describe(annotations))
-        records = load_egomcq_annotations(annotations, media_root, path_template, chunk_seconds)
+        records = open_records(
+            "egomcq", annotations, media_root, path_template=path_template, chunk_seconds=chunk_seconds
+        )["egomcq"]
         super().__init__(records, processor, **kwargs)
 
     @property
     def types(self) -> list[int]:
-        return [record["type"] for record in self.records]
+        return self.records.column("type")
 
     def build_item(self, record, generator):
         clips = [self.read_clip(c["video"], generator, c["start"], c["end"]) for c in record["choices"]]
@@ -522,6 +531,22 @@ class EgoMCQDataset(VideoDatasetBase):
             "label": record["answer"],
             "type": record["type"],
         }
+
+
+def _first_tag_outside(records: RecordTable, column: str, size: int) -> int | None:
+    """Position of the first record with a tag outside `0..size-1`, or `None`. Vectorised, one stored chunk at a
+    time (millions of clips: no copy of the whole column)."""
+    import pyarrow.compute as pc
+
+    start = 0
+    for chunk in records.table.data.table.column(column).chunks:
+        flat = chunk.flatten()
+        if len(flat) and pc.any(pc.or_(pc.less(flat, 0), pc.greater_equal(flat, size))).as_py():
+            for offset, tags in enumerate(chunk.to_pylist()):
+                if any(not 0 <= tag < size for tag in tags):
+                    return start + offset
+        start += len(chunk)
+    return None
 
 
 def _describe(annotations: AnnotationSource) -> str:
