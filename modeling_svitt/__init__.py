@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoModel
 from .checkpoint_names import install_checkpoint_name_hint
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
+from .losses import ContrastiveCache
 from .modeling_heads import (
     SViTTForMultipleChoice,
     SViTTForPreTraining,
@@ -34,6 +35,7 @@ register_processing_auto_classes()
 install_checkpoint_name_hint()
 
 __all__ = [
+    "ContrastiveCache",
     "SViTTAnswerRankingOutput",
     "SViTTConfig",
     "SViTTForMultipleChoice",
