@@ -351,9 +351,10 @@ class ContrastiveCache:
 
     In step 2 the loss of micro-batch j is the loss of the accumulated batch in which j's rows are the fresh embeddings
     (with gradient) and every other row the cached ones; its gradients are scaled (`scale_loss`, `share_temperature`)
-    so that the k backward passes add up to the gradient of the accumulated batch's loss. That is exact when step 2 reproduces the cached embeddings: same weights and the same
-    randomness (seed both passes of a micro-batch alike). Labels (`match_ids`, EgoNCE's tags and `video_ids`) are given
-    by every micro-batch or by none; without `match_ids` every row of the accumulated batch is its own video.
+    so that the k backward passes add up to the gradient of the accumulated batch's loss. That is exact when step 2
+    reproduces the cached embeddings: same weights and the same randomness (seed both passes of a micro-batch alike).
+    Labels (`match_ids`, EgoNCE's tags and `video_ids`) are given by every micro-batch or by none; without `match_ids`
+    every row of the accumulated batch is its own video.
     """
 
     video_embeds: list[torch.Tensor] = field(default_factory=list)
@@ -398,10 +399,10 @@ class ContrastiveCache:
         """The accumulated batch with micro-batch `index` replaced by the given (fresh) tensors: the rows of that
         micro-batch, and `video_embeds`, `text_embeds` and the labels (`None` where no micro-batch gives one)."""
         if not 0 <= index < len(self):
-            raise ValueError(f"`micro_batch_index` must be in [0, {len(self)}) (the cached micro-batches), got {index}.")
+            raise ValueError(f"`micro_batch_index` must be in [0, {len(self)}) (the cached micro-batches), got {index}")
         if video_embeds.shape[0] != self.video_embeds[index].shape[0]:
             raise ValueError(
-                f"Micro-batch {index} has {video_embeds.shape[0]} rows; {self.video_embeds[index].shape[0]} were cached."
+                f"Micro-batch {index} has {video_embeds.shape[0]} rows; {self.video_embeds[index].shape[0]} were cached"
             )
         self._check_same_labels(labels, index)
         start = sum(cached.shape[0] for cached in self.video_embeds[:index])
@@ -412,7 +413,10 @@ class ContrastiveCache:
             parts[index] = fresh.to(device)
             return torch.cat(parts)
 
-        batch = dict(video_embeds=join(self.video_embeds, video_embeds), text_embeds=join(self.text_embeds, text_embeds))
+        batch = {
+            "video_embeds": join(self.video_embeds, video_embeds),
+            "text_embeds": join(self.text_embeds, text_embeds),
+        }
         for key in _CONTRASTIVE_LABELS:
             fresh = labels[key]
             batch[key] = None if fresh is None else join([cached[key] for cached in self.labels], fresh)
@@ -435,7 +439,6 @@ class ContrastiveCache:
 def _scale_gradient(tensor: torch.Tensor, factor: float) -> torch.Tensor:
     # the value stays exactly `tensor` (the added term is zero); only the gradient is multiplied by `factor`
     return tensor.detach() + (tensor - tensor.detach()) * factor
-
 
 
 def itc_loss(

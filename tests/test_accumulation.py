@@ -218,7 +218,8 @@ def test_bad_sample_budget_counts_against_what_this_process_reads():
 
 def test_recipe_refuses_a_bad_accumulation_count(tmp_path):
     recipe = write_tiny_recipe(tmp_path)
-    assert load_recipe(str(recipe), ["stages.*.gradient_accumulation_steps=3"]).stages[1].gradient_accumulation_steps == 3
+    accumulated = load_recipe(str(recipe), ["stages.*.gradient_accumulation_steps=3"])
+    assert [stage.gradient_accumulation_steps for stage in accumulated.stages] == [3, 3]
     with pytest.raises(RecipeError, match=r"stages\.0\.gradient_accumulation_steps: must be a positive integer"):
         load_recipe(str(recipe), ["stages.0.gradient_accumulation_steps=0"])
 
