@@ -1,10 +1,12 @@
 """Gradient accumulation with exact contrastive batches (`ContrastiveCache`, `training.loop.accumulate_gradients`):
-4 micro-batches of 2 train as one batch of 8, in one process and in two (gloo) processes gathering negatives; the
-processes skip a step together when one of them could read nothing; the bad-sample budget is per process."""
+4 micro-batches of 2 train as one batch of 8, in one process and in two (gloo) processes gathering negatives; under
+DeepSpeed with the configs' "auto" batch fields; in a `--max-steps` pretraining run. The processes skip a step
+together when one of them could read nothing; the bad-sample budget is per process."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 from types import SimpleNamespace
@@ -241,6 +243,21 @@ def test_deepspeed_auto_batch_fields_take_every_stage_s_values():
     with pytest.raises(RecipeError, match='stages.0: the DeepSpeed config sets gradient_accumulation_steps=1, but '
                                           'this stage runs 4 .*"auto"'):
         configure_deepspeed_batch(fixed, 8, 4, "stages.0")
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="DeepSpeed builds its CPU communication op with g++")
+def test_deepspeed_zero2_two_processes_accumulate(tmp_path):
+    from test_distributed_training import launch
+
+    probe, _ = launch(tmp_path, "deepspeed_zero2.yaml", "--set", "stages.*.gradient_accumulation_steps=2",
+                      "--set", "stages.*.batch_size=2")
+    ranks = [json.loads((probe / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    model = SViTTForPreTraining.from_pretrained(tmp_path / "run" / "stage-1-2f")
+    digest = sum(float(p.detach().double().sum()) for p in model.parameters())
+    assert digest == pytest.approx(ranks[0]["weights"], rel=1e-9)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["stage_step"] for record in logged if "loss" in record] == [1, 2]
 
 
 def test_pretraining_run_with_gradient_accumulation(tmp_path):
