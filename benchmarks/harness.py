@@ -47,6 +47,11 @@ def peak_memory() -> int:
     return _status_field("VmHWM")
 
 
+def resident_memory() -> int:
+    """The current resident set of this process."""
+    return _status_field("VmRSS")
+
+
 def report(**event) -> None:
     print(json.dumps(event), flush=True)
 
@@ -180,6 +185,7 @@ __all__ = [
     "peak_memory",
     "report",
     "reset_peak_memory",
+    "resident_memory",
     "run_isolated",
     "time_steps",
 ]

@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
+from .losses import ContrastiveCache
 from .modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
 from .modeling_svitt import SViTTModel, SViTTOutput, SViTTPreTrainedModel
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
@@ -47,6 +48,7 @@ register_head_auto_classes()
 register_processing_auto_classes()
 
 __all__ = [
+    "ContrastiveCache",
     "SViTTAnswerRankingOutput",
     "SViTTConfig",
     "SViTTForMultipleChoice",

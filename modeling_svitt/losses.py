@@ -19,7 +19,7 @@ be replayed exactly.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -333,6 +333,114 @@ class ContrastiveLossOutput:
     local_offset: int = 0
 
 
+_CONTRASTIVE_LABELS = ("match_ids", "verb_tags", "noun_tags", "video_ids")
+
+
+@dataclass
+class ContrastiveCache:
+    """The contrastive inputs of every micro-batch of one accumulated batch, computed without gradient.
+
+    Accumulating gradients over k micro-batches naively contrasts each micro-batch only against its own rows: k times
+    fewer ITC / EgoNCE negatives than the batch the optimiser steps on. With a cache the contrastive loss covers the
+    whole accumulated batch (the method of open_clip's `--accum-freq`):
+
+    1. run every micro-batch without gradient and [`~ContrastiveCache.add`] its embeddings and labels;
+    2. run every micro-batch again with gradient, passing `contrastive_cache=cache, micro_batch_index=j` to the model
+       (or `cache`, `micro_batch_index` to [`itc_loss`]), and back-propagate each micro-batch's loss divided by k
+       (what `accelerator.backward` does when accumulating k micro-batches).
+
+    In step 2 the loss of micro-batch j is the loss of the accumulated batch in which j's rows are the fresh embeddings
+    (with gradient) and every other row the cached ones; its gradients are scaled (`scale_loss`, `share_temperature`)
+    so that the k backward passes add up to the gradient of the accumulated batch's loss. That is exact when step 2
+    reproduces the cached embeddings: same weights and the same randomness (seed both passes of a micro-batch alike).
+    Labels (`match_ids`, EgoNCE's tags and `video_ids`) are given by every micro-batch or by none; without `match_ids`
+    every row of the accumulated batch is its own video.
+    """
+
+    video_embeds: list[torch.Tensor] = field(default_factory=list)
+    text_embeds: list[torch.Tensor] = field(default_factory=list)
+    labels: list[dict[str, torch.Tensor | None]] = field(default_factory=list)
+
+    def add(
+        self,
+        video_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        match_ids: torch.Tensor | None = None,
+        *,
+        verb_tags: torch.Tensor | None = None,
+        noun_tags: torch.Tensor | None = None,
+        video_ids: torch.Tensor | None = None,
+    ) -> None:
+        """Append the next micro-batch: its `(B, E)` embeddings (stored detached) and its labels."""
+        if video_embeds.shape[0] != text_embeds.shape[0]:
+            raise ValueError(f"`video_embeds` has {video_embeds.shape[0]} rows, `text_embeds` {text_embeds.shape[0]}.")
+        labels = dict(match_ids=match_ids, verb_tags=verb_tags, noun_tags=noun_tags, video_ids=video_ids)
+        if self.labels:
+            self._check_same_labels(labels, len(self.labels))
+        self.video_embeds.append(video_embeds.detach())
+        self.text_embeds.append(text_embeds.detach())
+        self.labels.append({key: None if value is None else value.detach() for key, value in labels.items()})
+
+    def __len__(self) -> int:
+        return len(self.video_embeds)
+
+    def _check_same_labels(self, labels: dict[str, torch.Tensor | None], index: int) -> None:
+        for key in _CONTRASTIVE_LABELS:
+            if (labels[key] is None) != (self.labels[0][key] is None):
+                given, missing = (index, 0) if labels[key] is not None else (0, index)
+                raise ValueError(
+                    f"Micro-batch {given} gives `{key}` and micro-batch {missing} does not: give it for every "
+                    "micro-batch of the accumulated batch or for none."
+                )
+
+    def accumulated_batch(
+        self, index: int, video_embeds: torch.Tensor, text_embeds: torch.Tensor, **labels: torch.Tensor | None
+    ) -> tuple[slice, dict[str, torch.Tensor | None]]:
+        """The accumulated batch with micro-batch `index` replaced by the given (fresh) tensors: the rows of that
+        micro-batch, and `video_embeds`, `text_embeds` and the labels (`None` where no micro-batch gives one)."""
+        if not 0 <= index < len(self):
+            raise ValueError(f"`micro_batch_index` must be in [0, {len(self)}) (the cached micro-batches), got {index}")
+        if video_embeds.shape[0] != self.video_embeds[index].shape[0]:
+            raise ValueError(
+                f"Micro-batch {index} has {video_embeds.shape[0]} rows; {self.video_embeds[index].shape[0]} were cached"
+            )
+        self._check_same_labels(labels, index)
+        start = sum(cached.shape[0] for cached in self.video_embeds[:index])
+        device = text_embeds.device
+
+        def join(cached: list[torch.Tensor], fresh: torch.Tensor) -> torch.Tensor:
+            parts = [tensor.to(device) for tensor in cached]
+            parts[index] = fresh.to(device)
+            return torch.cat(parts)
+
+        batch = {
+            "video_embeds": join(self.video_embeds, video_embeds),
+            "text_embeds": join(self.text_embeds, text_embeds),
+        }
+        for key in _CONTRASTIVE_LABELS:
+            fresh = labels[key]
+            batch[key] = None if fresh is None else join([cached[key] for cached in self.labels], fresh)
+        return slice(start, start + video_embeds.shape[0]), batch
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` with its gradient multiplied by the number of micro-batches: accumulation back-propagates the mean of
+        the micro-batches' losses, whereas the accumulated batch's gradient is the sum of what each micro-batch's
+        embeddings contribute (they are live in their own micro-batch's pass only)."""
+        return _scale_gradient(loss, len(self))
+
+    def share_temperature(self, temperature: torch.Tensor | float) -> torch.Tensor | float:
+        """The temperature with its gradient divided by the number of micro-batches: unlike the embeddings it is live
+        in every micro-batch's pass, each of which sees the whole accumulated batch's gradient."""
+        if not torch.is_tensor(temperature):
+            return temperature
+        return _scale_gradient(temperature, 1 / len(self))
+
+
+def _scale_gradient(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    # the value stays exactly `tensor` (the added term is zero); only the gradient is multiplied by `factor`
+    return tensor.detach() + (tensor - tensor.detach()) * factor
+
+
 def itc_loss(
     video_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -346,6 +454,8 @@ def itc_loss(
     egonce_rule: str = "verb_and_noun",
     gather_across_processes: bool = False,
     group=None,
+    cache: ContrastiveCache | None = None,
+    micro_batch_index: int | None = None,
 ) -> ContrastiveLossOutput:
     """ITC between L2-normalised video and text embeddings, the way the SViTT heads train it.
 
@@ -361,7 +471,24 @@ def itc_loss(
         egonce_rule: which tag overlap makes an EgoNCE positive (see `egonce_positive_mask`).
         gather_across_processes: contrast the local rows against the embeddings of every process (the
             release does not; off by default). Gradients flow back to their owners.
+        cache, micro_batch_index: gradient accumulation with the contrastive batch of the whole accumulated batch
+            (see [`ContrastiveCache`]): the given tensors are micro-batch `micro_batch_index`, the other micro-batches
+            come from `cache`. The loss is then the accumulated batch's, with the gradients scaled so that the mean over
+            the micro-batches back-propagates the accumulated batch's gradient (`ContrastiveCache.scale_loss`,
+            `share_temperature`); the logits and masks are the micro-batch's rows against every column, and
+            `local_offset` points at the micro-batch's first column.
     """
+    if (cache is None) != (micro_batch_index is None):
+        raise ValueError("Pass `cache` and `micro_batch_index` together (or neither).")
+    rows = None
+    if cache is not None:
+        rows, accumulated = cache.accumulated_batch(
+            micro_batch_index, video_embeds, text_embeds,
+            match_ids=match_ids, verb_tags=verb_tags, noun_tags=noun_tags, video_ids=video_ids,
+        )
+        video_embeds, text_embeds = accumulated["video_embeds"], accumulated["text_embeds"]
+        match_ids, verb_tags, noun_tags, video_ids = (accumulated[key] for key in _CONTRASTIVE_LABELS)
+        temperature = cache.share_temperature(temperature)
     batch_size = video_embeds.shape[0]
     # everything is combined on the text side (where the fusion layers also run when the towers are split)
     device = text_embeds.device
@@ -412,6 +539,10 @@ def itc_loss(
         loss = _egonce_loss(logits_per_video, logits_per_text, positives, positives)
     else:
         raise ValueError(f"`loss_type` must be 'infonce' or 'egonce', got {loss_type!r}.")
+    if rows is not None:
+        loss = cache.scale_loss(loss)
+        logits_per_video, logits_per_text, positives = logits_per_video[rows], logits_per_text[rows], positives[rows]
+        offset += rows.start
     # Videos and texts are paired row by row, so both directions share one positive structure.
     return ContrastiveLossOutput(loss, logits_per_video, logits_per_text, positives, positives, offset)
 
@@ -596,6 +727,7 @@ def multiple_choice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 __all__ = [
     "IGNORE_INDEX",
+    "ContrastiveCache",
     "ContrastiveLossOutput",
     "all_gather_no_grad",
     "all_gather_with_grad",

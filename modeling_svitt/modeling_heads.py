@@ -20,6 +20,7 @@ from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import MULTIPLE_CHOICE_SCORINGS, SViTTConfig, SViTTTextConfig
 from .losses import (
+    ContrastiveCache,
     ContrastiveLossOutput,
     image_text_matching_loss,
     mask_tokens_for_mlm,
@@ -329,11 +330,14 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         compute_loss: bool = True,
         mlm_input_ids: torch.Tensor | None = None,
         mlm_labels: torch.Tensor | None = None,
+        contrastive_cache: ContrastiveCache | None = None,
+        micro_batch_index: int | None = None,
     ) -> ModelOutput:
         """Towers, ITC and the objectives with a non-zero weight: ITM, and MLM when the head has an MLM head.
 
         With `compute_loss=False` only the similarity logits are computed (no ITC loss, no ITM), so any number of
-        videos can be scored against any number of texts (zero-shot use).
+        videos can be scored against any number of texts (zero-shot use). With `contrastive_cache`, ITC covers the
+        whole accumulated batch; ITM negatives and MLM stay within this micro-batch.
         """
         config = self.config
         video, text = self.svitt.encode_pairs(
@@ -349,7 +353,9 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             logits_per_text = self.svitt.similarity_logits(text.embeds, video.embeds)
             return output_class(logits_per_video=logits_per_text.T, logits_per_text=logits_per_text, **fields)
 
-        contrastive = self.svitt.contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
+        contrastive = self.svitt.contrastive(
+            video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids, contrastive_cache, micro_batch_index
+        )
         fields.update(
             loss_itc=contrastive.loss,
             logits_per_video=contrastive.logits_per_video,
@@ -495,6 +501,9 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        return_loss: bool = True,
+        contrastive_cache: ContrastiveCache | None = None,
+        micro_batch_index: int | None = None,
     ) -> SViTTForPreTrainingOutput:
         r"""
         pixel_values (`(batch_size, num_frames, num_channels, height, width)`): one clip per caption.
@@ -513,6 +522,12 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
             model is split across devices); draws ITM negatives and MLM masks.
             By default training uses the global RNG and evaluation (with `vision_config.deterministic_eval`) a
             generator seeded with `vision_config.random_block_seed`, so the same batch gives the same loss.
+        return_loss (`bool`, defaults to `True`): `False` runs the towers only (embeddings and similarity logits), e.g.
+            to fill a `contrastive_cache` without gradient.
+        contrastive_cache ([`ContrastiveCache`]), micro_batch_index (`int`): gradient accumulation with exact
+            contrastive batches: ITC / EgoNCE over every micro-batch of the accumulated batch, this one (number
+            `micro_batch_index`) with gradient and the others from the cache (see [`ContrastiveCache`]); ITM negatives
+            and MLM stay within this micro-batch.
         """
         if (mlm_input_ids is None) != (mlm_labels is None):
             raise ValueError("Pass `mlm_input_ids` and `mlm_labels` together (or neither, to mask on the fly).")
@@ -532,8 +547,11 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
             sampling_generator,
             output_attentions,
             output_hidden_states,
+            compute_loss=return_loss,
             mlm_input_ids=mlm_input_ids,
             mlm_labels=mlm_labels,
+            contrastive_cache=contrastive_cache,
+            micro_batch_index=micro_batch_index,
         )
 
 
@@ -590,13 +608,15 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        contrastive_cache: ContrastiveCache | None = None,
+        micro_batch_index: int | None = None,
     ) -> SViTTForVideoTextRetrievalOutput:
         r"""
         pixel_values (`(batch_size, num_frames, num_channels, height, width)`): one clip per caption.
         match_ids (`(batch_size,)`, *optional*): equal ids mark the same video (positives; never ITM negatives).
         return_loss (`bool`, *optional*): compute ITC + ITM. Defaults to `True` in training mode or when
             `match_ids` is given; otherwise only the similarity logits are returned (zero-shot use).
-        Other arguments: as in [`SViTTForPreTraining.forward`].
+        Other arguments (`contrastive_cache` for gradient accumulation too): as in [`SViTTForPreTraining.forward`].
         """
         if return_loss is None:
             return_loss = self.training or match_ids is not None
@@ -617,6 +637,8 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             output_attentions,
             output_hidden_states,
             compute_loss=return_loss,
+            contrastive_cache=contrastive_cache,
+            micro_batch_index=micro_batch_index,
         )
 
     # Gallery ranking (implemented in `retrieval_ranking.py`) --------------------------------------------

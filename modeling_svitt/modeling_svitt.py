@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import SViTTConfig
-from .losses import ContrastiveLossOutput, itc_loss, similarity_logits
+from .losses import ContrastiveCache, ContrastiveLossOutput, itc_loss, similarity_logits
 from .modeling_common import NestedModelOutput, SViTTPreTrainedModel
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
 from .modeling_svitt_vision import RandomBlocks, SViTTVisionModel, SViTTVisionModelOutput
@@ -223,9 +223,12 @@ class SViTTModel(SViTTPreTrainedModel):
         verb_tags: torch.Tensor | None = None,
         noun_tags: torch.Tensor | None = None,
         video_ids: torch.Tensor | None = None,
+        cache: ContrastiveCache | None = None,
+        micro_batch_index: int | None = None,
     ) -> ContrastiveLossOutput:
         """The configured contrastive objective (`contrastive_loss`: multi-positive ITC or EgoNCE, negatives gathered
-        across processes when `gather_negatives_across_processes`): one path for this model and every head."""
+        across processes when `gather_negatives_across_processes`, the other micro-batches of an accumulated batch
+        from `cache`): one path for this model and every head."""
         config = self.config
         return itc_loss(
             video_embeds,
@@ -238,6 +241,8 @@ class SViTTModel(SViTTPreTrainedModel):
             video_ids=video_ids,
             egonce_rule=config.egonce_positive_rule,
             gather_across_processes=config.gather_negatives_across_processes,
+            cache=cache,
+            micro_batch_index=micro_batch_index,
         )
 
     def fuse(
@@ -307,6 +312,8 @@ class SViTTModel(SViTTPreTrainedModel):
         video_ids: torch.Tensor | None = None,
         verb_tags: torch.Tensor | None = None,
         noun_tags: torch.Tensor | None = None,
+        contrastive_cache: ContrastiveCache | None = None,
+        micro_batch_index: int | None = None,
     ) -> SViTTOutput:
         r"""
         return_loss (`bool`, defaults to `False`):
@@ -317,6 +324,9 @@ class SViTTModel(SViTTPreTrainedModel):
         video_ids, verb_tags, noun_tags (*optional*):
             EgoNCE inputs (`config.contrastive_loss="egonce"`): the source video of every clip and multi-hot verb /
             noun tags.
+        contrastive_cache ([`ContrastiveCache`]), micro_batch_index (`int`, *optional*):
+            Gradient accumulation with the contrastive batch of the whole accumulated batch: this micro-batch with
+            gradient, the others from the cache (see [`ContrastiveCache`]).
 
         Without a loss, `logits_per_video` is `(num_videos, num_texts)`: any number of each. With the loss and
         gathered negatives, its columns cover the texts of every process (as in the heads).
@@ -326,7 +336,10 @@ class SViTTModel(SViTTPreTrainedModel):
         )
         loss = None
         if return_loss:
-            contrastive = self.contrastive(video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids)
+            contrastive = self.contrastive(
+                video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids, contrastive_cache,
+                micro_batch_index,
+            )
             loss = contrastive.loss
             logits_per_video, logits_per_text = contrastive.logits_per_video, contrastive.logits_per_text
         else:

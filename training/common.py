@@ -688,12 +688,8 @@ def make_stream_loader(accelerator: Accelerator, dataset, stage: StageSpec, proc
     loader = StreamLoader(
         dataset, stage.batch_size, train_collator(stage.data.format, processor), num_workers=workers,
         prefetch_factor=stage.data.prefetch_factor if workers > 0 else None, device=accelerator.device,
-        total_steps=stage.steps,
+        total_steps=stage.steps * stage.gradient_accumulation_steps,  # micro-batches: each step takes that many
     )
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
-        # what `prepare` would take from a DataLoader: it resolves "auto" only from instances of one
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = stage.batch_size
     # `save_state` / `load_state` number the registered objects: only the current stage's loader may be among them.
     accelerator._custom_objects[:] = [obj for obj in accelerator._custom_objects if not isinstance(obj, StreamLoader)]
     accelerator.register_for_checkpointing(loader)

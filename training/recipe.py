@@ -171,7 +171,10 @@ class StageSpec:
     """One curriculum stage: clip length, sparsity, data, length (`epochs` or `steps`), optimiser and losses.
 
     Sparsity fields left null keep the previous stage's (or the initial model's) value. `freeze` lists name prefixes
-    of parameters this stage does not train (e.g. a pretrained text tower's embeddings).
+    of parameters this stage does not train (e.g. a pretrained text tower's embeddings). An optimiser step takes
+    `gradient_accumulation_steps` batches of `batch_size` per process; ITC / EgoNCE contrast the whole accumulated
+    batch (`training.loop.accumulate_gradients`), so it trains as one batch of `batch_size x
+    gradient_accumulation_steps` would, except that ITM negatives and MLM stay within each batch of `batch_size`.
     """
 
     name: str | None = None
@@ -185,6 +188,7 @@ class StageSpec:
     fusion_token_keep_rate: float | None = None
     freeze: list[str] = field(default_factory=list)
     batch_size: int = 32
+    gradient_accumulation_steps: int = 1
     epochs: float | None = None
     steps: int | None = None
     contrastive_loss: str = "itc"
@@ -599,6 +603,9 @@ def validate_recipe(recipe: Recipe) -> None:
             check(stage.batch_size >= 2, f"{where}.batch_size",
                   f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
         check(stage.batch_size >= 1, f"{where}.batch_size", f"must be positive, got {stage.batch_size}")
+        check(isinstance(stage.gradient_accumulation_steps, int) and stage.gradient_accumulation_steps >= 1,
+              f"{where}.gradient_accumulation_steps",
+              f"must be a positive integer, got {stage.gradient_accumulation_steps!r}")
         check((stage.epochs is None) != (stage.steps is None), f"{where}.epochs",
               "give exactly one of epochs and steps")
         if stage.epochs is not None:

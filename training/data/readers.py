@@ -84,9 +84,11 @@ class BadSampleTracker:
     from the process that built the dataset) updates the same numbers; each sample counts once however often it is
     read. A plain copy of the tracker (deepcopy, pickling outside process start-up) gets its own snapshot.
 
-    Two rules abort: more than `max_bad_fraction * num_samples` distinct samples failed, or the first
+    Two rules abort: more than `max_bad_fraction` of the distinct samples read failed, or the first
     `abort_if_first_all_fail` distinct samples read all failed (nothing is readable, e.g. a wrong media root: on a
-    dataset of millions the fraction alone would only trip after thousands of failures).
+    dataset of millions the fraction alone would only trip after thousands of failures). The fraction counts against
+    what this process read, and at least against its share of one epoch (`num_samples / num_readers`, see
+    `set_num_readers`), so that early failures do not abort while the budget stays a fraction of what was read.
 
     Args:
         num_samples (`int`): size of the dataset.
@@ -103,6 +105,7 @@ class BadSampleTracker:
             raise ValueError(f"`max_bad_fraction` must be in [0, 1], got {max_bad_fraction}.")
         self.num_samples, self.max_bad_fraction, self.name = num_samples, max_bad_fraction, name
         self.abort_if_first_all_fail = abort_if_first_all_fail
+        self.num_readers = 1
         self._flags = multiprocessing.RawArray("b", max(num_samples, 1))
         self._count = SharedInt(0)
         self._good = SharedInt(0)
@@ -129,6 +132,21 @@ class BadSampleTracker:
         """Indices of the samples that could not be read so far (all processes)."""
         return [index for index in range(self.num_samples) if self._flags[index] == self._BAD]
 
+    def set_num_readers(self, num_readers: int) -> None:
+        """The dataset is read by `num_readers` processes, each with its own tracker and about `1 / num_readers` of
+        every epoch: the budget counts against this process's share instead of the whole dataset (which would make
+        it `num_readers` times looser). Call it before the loader's workers start."""
+        if num_readers < 1:
+            raise ValueError(f"`num_readers` must be positive, got {num_readers}.")
+        self.num_readers = num_readers
+
+    @property
+    def budget_basis(self) -> int:
+        """The number of samples the fraction counts against: the distinct samples this process read, at least its
+        share of one epoch."""
+        share = -(-self.num_samples // self.num_readers)
+        return max(self._good.value + self._count.value, share)
+
     def record_success(self, index: int) -> None:
         """Note a sample that was read (only the first read of each sample takes the lock)."""
         if self._flags[index] == self._UNREAD:
@@ -145,17 +163,21 @@ class BadSampleTracker:
                 self._count.value += 1
             count = self._count.value
         self.errors[index] = str(error)
-        limit = self.max_bad_fraction * self.num_samples
+        basis = self.budget_basis
+        limit = self.max_bad_fraction * basis
         logger.warning(f"Skipping sample {index} of {self.name}: {error} ({count} unreadable so far).")
-        first = min(self.abort_if_first_all_fail, self.num_samples)
+        first = min(self.abort_if_first_all_fail, -(-self.num_samples // self.num_readers))
         if self.max_bad_fraction < 1.0 and first and count >= first and self._good.value == 0:
             raise TooManyBadSamplesError(
                 f"The first {count} samples of {self.name} read could not be read, and none could: nothing in it "
                 f"seems readable. Last failure: {error}. Check the media root and the files."
             )
         if count > limit:
+            scope = "" if basis == self.num_samples else (
+                f"(what this process read, at least its share of the {self.num_samples} samples) "
+            )
             raise TooManyBadSamplesError(
-                f"{count} of the {self.num_samples} samples of {self.name} could not be read, more than "
+                f"{count} of the {basis} samples of {self.name} {scope}could not be read, more than "
                 f"max_bad_fraction={self.max_bad_fraction} allows ({limit:g}). Last failure: {error}. Check the "
                 "media root and the files, or raise `max_bad_fraction`."
             )
