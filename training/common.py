@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Sequence
