@@ -1,9 +1,10 @@
 """Video decoding for SViTT with PyAV: sample frame positions, then decode only those frames by seeking.
 
 The release read videos with decord (random access) and had a PyAV fallback that decoded every frame of the file.
-Here the frames a clip needs are computed first, on a uniform time grid, and the reader seeks to the keyframe
-before each of them and decodes forward from there, so the cost of taking 4 frames depends on the keyframe interval
-and not on the length of the video.
+Here the frames a clip needs are computed first, on a uniform time grid; the reader asks the demuxer which keyframe
+each of them follows, decodes every group of pictures that holds a wanted frame once, and seeks only to skip the
+groups in between. Taking 4 frames thus costs a few groups of pictures, not the length of the video, and never
+more than one sequential pass (a file with a single keyframe is read once, from its start).
 
 Frame grid and policies (documented choices, shared by every sampling strategy):
 
@@ -328,9 +329,15 @@ class _SeekingFrameReader:
     """
     Returns, for increasing target times, the frame on screen at each target, decoding as little as possible.
 
-    A target close ahead of the decoder's position is reached by decoding forward; a distant one by seeking to the
-    keyframe before it. When a seek lands on a keyframe the decoder had already passed (the keyframe interval is
-    longer than the gap), the threshold grows to that interval, so later targets are not decoded twice.
+    Before decoding, [`~_SeekingFrameReader.landing_times`] asks the demuxer where a seek for each target would land
+    (the keyframe at or before it: one seek and one packet read, no decoding). A target is then reached by seeking
+    only when that keyframe lies after the decoder's position, so that the seek skips frames; otherwise the reader
+    decodes forward through the group of pictures it is in. Every group is thus decoded at most once, from its start
+    or from where the decoder already is, and the reader never decodes more than one sequential pass would.
+
+    Where a stream does not tell where its seeks land, a target farther ahead than `seek_threshold` seconds is reached
+    by seeking; when such a seek lands on a keyframe the decoder had already passed, the threshold grows to that
+    interval, so later targets are not decoded twice.
 
     Frames travel as `(frame, seconds)` pairs. With `sequential=(start_time, frame_step)` the reader never seeks (for
     streams that cannot, given a container opened at their start) and places frames without timestamps (raw
@@ -350,17 +357,41 @@ class _SeekingFrameReader:
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
         self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
 
-    def _seek(self, seconds: float) -> None:
-        if self.sequential is not None:
-            if self._frames is None:
-                self._frames = self.container.decode(self.stream)
-            return
+    def _seek_container(self, seconds: float) -> None:
         av = _import_av()
         offset = int(math.floor(seconds / self.time_base)) if self.time_base else 0
         try:
             self.container.seek(max(offset, 0), stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as error:
             raise _NeedsSequentialReading() from error
+
+    def landing_times(self, targets: list[float]) -> list[float | None]:
+        """
+        For each target time, the presentation time of the packet a seek for it lands on (the keyframe at or before
+        it), or `None` where the demuxer does not say. Demuxes one packet per target and decodes nothing.
+        """
+        if self.sequential is not None:
+            return [None] * len(targets)
+        av = _import_av()
+        landings = []
+        for target in targets:
+            self._seek_container(target)
+            try:
+                packet = next(self.container.demux(self.stream), None)
+            except av.FFmpegError:
+                packet = None
+            timestamp = None if packet is None else packet.pts if packet.pts is not None else packet.dts
+            landings.append(float(timestamp * self.time_base) if timestamp is not None and self.time_base else None)
+        self._frames = None  # the demuxer was moved: decoding starts with a seek
+        self._previous = self._pending = None
+        return landings
+
+    def _seek(self, seconds: float) -> None:
+        if self.sequential is not None:
+            if self._frames is None:
+                self._frames = self.container.decode(self.stream)
+            return
+        self._seek_container(seconds)
         self._frames = self.container.decode(self.stream)
         self._decoded = 0
         self._previous = self._pending = None
@@ -395,13 +426,22 @@ class _SeekingFrameReader:
         self._decoded += 1
         return frame, seconds
 
-    def frame_at(self, target: float):
-        """`(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it)."""
+    def frame_at(self, target: float, landing: float | None = None):
+        """
+        `(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it).
+        `landing` is where a seek for `target` would land (from [`landing_times`]), when known.
+        """
         if self._frames is None:
             self._seek_to(target)
         else:
             current = self._pending if self._pending is not None else self._previous
-            if current is not None and target - current[1] > self.seek_threshold:
+            if current is None or self.sequential is not None:
+                pass
+            elif landing is not None:
+                # Seek only past the frames already decoded; a keyframe at or behind them means decoding forward.
+                if landing > current[1]:
+                    self._seek_to(target)
+            elif target - current[1] > self.seek_threshold:
                 self._seek_to(target)
                 if self._pending is not None and self._pending[1] <= current[1]:
                     # The seek went back into a keyframe interval already decoded: decode forward next time.
@@ -443,10 +483,10 @@ def _decode_positions(container, path: str, metadata: VideoMetadata, positions: 
 
 def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata, positions: list[int]):
     frames, timestamps = [], []
-    for position in positions:
-        # Half a step of slack picks frame i itself despite rounding in its timestamp.
-        target = metadata.start_time + (position + 0.5) * metadata.frame_step
-        item = reader.frame_at(target)
+    # Half a step of slack picks frame i itself despite rounding in its timestamp.
+    targets = [metadata.start_time + (position + 0.5) * metadata.frame_step for position in positions]
+    for target, landing in zip(targets, reader.landing_times(targets)):
+        item = reader.frame_at(target, landing)
         if item is None and reader.sequential is not None:
             raise VideoDecodingError(path, "no frame could be decoded")
         if item is None:
@@ -503,8 +543,9 @@ def read_video(
             from the start of the video (EgoClip clips). The segment is clipped to the video.
         max_num_frames (`int`, *optional*): cap for `fps<X>` sampling.
         generator (`torch.Generator`, *optional*): randomness for `rand`.
-        seek_threshold (`float`, defaults to 1.0): a target farther ahead than this many seconds is reached by
-            seeking rather than by decoding forward (grows by itself for videos with long keyframe intervals).
+        seek_threshold (`float`, defaults to 1.0): for streams that do not tell where a seek lands (the reader asks
+            the demuxer first, and seeks only where that skips frames), a target farther ahead than this many seconds
+            is reached by seeking rather than by decoding forward (grows by itself for long keyframe intervals).
 
     Returns:
         [`DecodedVideo`]: `uint8` frames `(num_frames, 3, H, W)` (or `(num_clips, num_frames, 3, H, W)`), their grid
