@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel
 
 from .checkpoint_names import install_checkpoint_name_hint
-from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .configuration_svitt import SViTTAnswerDecoderConfig, SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
 from .modeling_heads import (
     SViTTForMultipleChoice,
@@ -21,7 +21,7 @@ from .tokenization_svitt import SViTTTokenizer
 
 
 def _register_core_auto_classes() -> None:
-    for config_class in (SViTTConfig, SViTTVisionConfig, SViTTTextConfig):
+    for config_class in (SViTTConfig, SViTTVisionConfig, SViTTTextConfig, SViTTAnswerDecoderConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(SViTTConfig, SViTTModel, exist_ok=True)
     AutoModel.register(SViTTVisionConfig, SViTTVisionModel, exist_ok=True)
@@ -34,6 +34,7 @@ register_processing_auto_classes()
 install_checkpoint_name_hint()
 
 __all__ = [
+    "SViTTAnswerDecoderConfig",
     "SViTTAnswerRankingOutput",
     "SViTTConfig",
     "SViTTForMultipleChoice",
