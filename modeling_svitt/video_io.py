@@ -30,10 +30,12 @@ requires PyAV.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -46,6 +48,9 @@ CLIP_LAYOUTS = ("consecutive", "strided")
 _FPS_PATTERN = re.compile(r"^fps(\d+(?:\.\d*)?|\.\d+)$")
 # Still images come through FFmpeg's image demuxers.
 _IMAGE_FORMATS = ("image2", "image2pipe")
+# Packets whose times are compared with a new one: decoding order differs from display order by at most the decoder's
+# reorder depth (16 pictures in H.264 / HEVC).
+_REORDER_WINDOW = 16
 
 
 class VideoDecodingError(OSError):
@@ -339,6 +344,10 @@ class _SeekingFrameReader:
     by seeking; when such a seek lands on a keyframe the decoder had already passed, the threshold grows to that
     interval, so later targets are not decoded twice.
 
+    Between targets the decoder skips the pictures that no other picture refers to (B-frames, mostly: about half of
+    the frames of an H.264 stream with B-frames) when a frame already demuxed is known to replace them on screen before
+    the next target. Skipping them changes no other frame: nothing is predicted from them.
+
     Frames travel as `(frame, seconds)` pairs. With `sequential=(start_time, frame_step)` the reader never seeks (for
     streams that cannot, given a container opened at their start) and places frames without timestamps (raw
     elementary streams) by their count: frame `i` at `start_time + i * frame_step`.
@@ -355,6 +364,9 @@ class _SeekingFrameReader:
         self.first_time = float(stream.start_time * self.time_base) if stream.start_time is not None else None
         self._frames = None
         self._decoded = 0
+        self._targets: list[float] = []  # every target, sorted (known once `landing_times` ran)
+        self._recent = deque(maxlen=_REORDER_WINDOW)  # times of the packets demuxed last, in decoding order
+        self._skipping = False
         self._previous = None  # last (frame, seconds) at or before the current target
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
         self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
@@ -375,6 +387,7 @@ class _SeekingFrameReader:
         if self.sequential is not None:
             return [None] * len(targets)
         av = _import_av()
+        self._targets = sorted(targets)
         landings = []
         for target in targets:
             self._seek_container(target)
@@ -394,9 +407,32 @@ class _SeekingFrameReader:
                 self._frames = self.container.decode(self.stream)
             return
         self._seek_container(seconds)
-        self._frames = self.container.decode(self.stream)
+        self._frames = self._decode_from_demuxer()
         self._decoded = 0
         self._previous = self._pending = None
+
+    def _decode_from_demuxer(self):
+        """`container.decode(stream)`, deciding for each packet whether its picture may be skipped if unreferenced."""
+        codec = self.stream.codec_context
+        self._recent.clear()
+        for packet in self.container.demux(self.stream):
+            seconds = packet.pts * self.tick if packet.pts is not None and self.tick else None
+            skip = seconds is not None and self._replaced_before_next_target(seconds)
+            if skip != self._skipping:
+                codec.skip_frame = "NONREF" if skip else "DEFAULT"
+                self._skipping = skip
+            if seconds is not None:
+                self._recent.append(seconds)
+            yield from packet.decode()
+
+    def _replaced_before_next_target(self, seconds: float) -> bool:
+        """Whether a packet already demuxed shows after `seconds` and no later than the first target at or after it
+        (so the picture at `seconds` is on screen at no target). Past the last target any later frame will do."""
+        index = bisect.bisect_left(self._targets, seconds)
+        if index == len(self._targets):
+            return bool(self._targets)
+        target = self._targets[index]
+        return any(seconds < other <= target for other in self._recent)
 
     def _seek_to(self, target: float) -> None:
         """Seek for `target` and check where the seek landed (the frame it gives is kept as pending)."""
