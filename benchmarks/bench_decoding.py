@@ -197,8 +197,8 @@ def main() -> None:
                 start = time.perf_counter()
                 make_video(path, seconds, *SIZES[size], LAYOUTS[layout])
                 print(f"generated {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
-            # fewer repeats where one costs seconds of decoding (a single keyframe makes read_video decode it all)
-            repeats = args.repeats if seconds <= 30 else 2 if seconds <= 120 else 1
+            # more repeats where a step takes milliseconds (noisy on a loaded machine), fewer where it takes seconds
+            repeats = 3 * args.repeats if seconds <= 5 else args.repeats if seconds <= 30 else 2 if seconds <= 120 else 1
             for row in bench_file(str(path), repeats):
                 row = {"file": f"{length} {size}", "keyframes": layout, **row}
                 table.append(row)

@@ -367,6 +367,7 @@ class _SeekingFrameReader:
         self._targets: list[float] = []  # every target, sorted (known once `landing_times` ran)
         self._recent = deque(maxlen=_REORDER_WINDOW)  # times of the packets demuxed last, in decoding order
         self._skipping = False
+        self._fed_until = -math.inf  # latest packet time given to the decoder since the last seek
         self._previous = None  # last (frame, seconds) at or before the current target
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
         self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
@@ -415,6 +416,7 @@ class _SeekingFrameReader:
         """`container.decode(stream)`, deciding for each packet whether its picture may be skipped if unreferenced."""
         codec = self.stream.codec_context
         self._recent.clear()
+        self._fed_until = -math.inf
         for packet in self.container.demux(self.stream):
             seconds = packet.pts * self.tick if packet.pts is not None and self.tick else None
             skip = seconds is not None and self._replaced_before_next_target(seconds)
@@ -423,6 +425,7 @@ class _SeekingFrameReader:
                 self._skipping = skip
             if seconds is not None:
                 self._recent.append(seconds)
+                self._fed_until = max(self._fed_until, seconds)
             yield from packet.decode()
 
     def _replaced_before_next_target(self, seconds: float) -> bool:
@@ -476,8 +479,9 @@ class _SeekingFrameReader:
             if current is None or self.sequential is not None:
                 pass
             elif landing is not None:
-                # Seek only past the frames already decoded; a keyframe at or behind them means decoding forward.
-                if landing > current[1]:
+                # Seek only past the frames already decoded, including those the decoder holds back to reorder them
+                # (a keyframe just after the current frame is often decoded already); otherwise decode forward.
+                if landing > max(current[1], self._fed_until):
                     self._seek_to(target)
             elif target - current[1] > self.seek_threshold:
                 self._seek_to(target)
