@@ -10,10 +10,12 @@ backend is the oracle the block-gather backend is tested against.
 Padded key slots: the release leaves them in the softmax as keys of exact zeros whose bias is the
 patch->global entry ("phantom keys"); `mask_padded_keys=True` removes them.
 
-The gather backend is one autograd function: it gathers the key/value blocks of every query block, computes
-the scores, softmax and output block by block, and saves for backward only the (blocked) queries, keys and
-values, the output and the softmax statistics. Backward gathers again and recomputes the probabilities, so no
-tensor of the size of the score matrix, and no gathered copy of the keys, is kept between forward and backward.
+The gather backend is one autograd function for the patch queries: it gathers the key/value blocks of every query
+block, computes the scores, softmax and output block by block, and saves for backward only the queries, keys and
+values, the output and the softmax statistics. The global queries' rows (dense, `c` of them) are computed around it
+with plain autograd operations, so the [CLS] probabilities returned as attentions are in the graph. Backward gathers
+again and recomputes the probabilities, so no tensor of the size of the score matrix, and no gathered copy of the
+keys, is kept between forward and backward.
 """
 
 from __future__ import annotations
@@ -397,12 +399,16 @@ def _dropped(tensor, keep, dropout):
 class _BlockSparseAttention(torch.autograd.Function):
     """Block-sparse attention with the relative bias looked up inside (see the module docstring).
 
-    Query blocks are processed in chunks; forward saves the queries, the padded keys and values, the output and the
-    log-normaliser of every softmax row, and backward recomputes scores and probabilities chunk by chunk.
+    Query blocks are processed in chunks; forward saves the queries, keys and values (padded again in backward), the
+    output and the log-normaliser of every softmax row, and backward recomputes scores and probabilities chunk by chunk.
+    The global queries' output rows come in as `global_output` (computed outside) and are only copied into place.
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, global_output, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys):
+    def forward(
+        ctx, query, key, value, global_output, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling,
+        dropout, mask_padded_keys,
+    ):
         batch, heads, length, head_dim = query.shape
         n, m = length - c, key_blocks.shape[0]
         dtype, device = query.dtype, query.device
