@@ -4,7 +4,7 @@ changes nothing else in transformers."""
 import transformers
 from transformers import AutoConfig, AutoModel
 
-from .configuration_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
+from .configuration_svitt import SViTTAnswerDecoderConfig, SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
 from .losses import ContrastiveCache
 from .modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
@@ -18,7 +18,7 @@ from .tokenization_svitt import SViTTTokenizer
 
 
 def _register_core_auto_classes() -> None:
-    for config_class in (SViTTConfig, SViTTVisionConfig, SViTTTextConfig):
+    for config_class in (SViTTConfig, SViTTVisionConfig, SViTTTextConfig, SViTTAnswerDecoderConfig):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     AutoModel.register(SViTTConfig, SViTTModel, exist_ok=True)
     AutoModel.register(SViTTVisionConfig, SViTTVisionModel, exist_ok=True)
@@ -49,6 +49,7 @@ register_processing_auto_classes()
 
 __all__ = [
     "ContrastiveCache",
+    "SViTTAnswerDecoderConfig",
     "SViTTAnswerRankingOutput",
     "SViTTConfig",
     "SViTTForMultipleChoice",

@@ -246,6 +246,44 @@ class SViTTTextConfig(PreTrainedConfig):
 
 
 @strict
+class SViTTAnswerDecoderConfig(SViTTTextConfig):
+    r"""
+    Configuration of the answer decoder of [`SViTTForVideoQuestionAnswering`]: the fields of [`SViTTTextConfig`], for a
+    text tower whose every layer has causal self-attention and cross-attention to the question states
+    (`fusion_layer=0`, `encoder_width` = the text width).
+
+    A class of its own, with its own `base_config_key`, so that `SViTTAnswerDecoderConfig.from_pretrained(folder)`
+    returns the decoder's config of a saved composite model (as `SViTTTextConfig.from_pretrained` returns its text
+    tower's), and `attn_implementation` / `dtype` requested for `answer_decoder_config` reach the decoder. Folders saved
+    before it existed, which tag this sub-config `svitt_text_model`, load unchanged.
+    """
+
+    model_type = "svitt_answer_decoder"
+    base_config_key = "answer_decoder_config"
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs) -> tuple[dict, dict]:
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        decoder = config_dict.get(cls.base_config_key)
+        if isinstance(decoder, dict) and decoder.get("model_type") == SViTTTextConfig.model_type:
+            # a folder saved before this class existed: its decoder is this class's, under the text tower's tag
+            config_dict = {**config_dict, cls.base_config_key: {**decoder, "model_type": cls.model_type}}
+        return config_dict, kwargs
+
+    @classmethod
+    def from_text_config(cls, config: SViTTTextConfig) -> SViTTAnswerDecoderConfig:
+        """The same fields in this class (e.g. a decoder config built as a `SViTTTextConfig` by older code)."""
+        values = config.to_dict()
+        for key in _SAVED_METADATA:
+            values.pop(key, None)
+        return cls(**values)
+
+
+# Keys `to_dict` adds to a config's fields, which a config of another class must not inherit.
+_SAVED_METADATA = ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")
+
+
+@strict
 class SViTTConfig(PreTrainedConfig):
     r"""
     Configuration of [`SViTTModel`] and its task heads.
@@ -269,7 +307,7 @@ class SViTTConfig(PreTrainedConfig):
             a verb and a noun (EgoVLP's rule), either (`"verb_or_noun"`), or only one kind.
         multiple_choice_scoring (`str`, defaults to `"itc"`): how [`SViTTForMultipleChoice`] scores a clip
             (ITC similarity, as EgoMCQ is evaluated, or the ITM head).
-        answer_decoder_config (`dict` or [`SViTTTextConfig`], *optional*): the answer decoder of
+        answer_decoder_config (`dict` or [`SViTTAnswerDecoderConfig`], *optional*): the answer decoder of
             [`SViTTForVideoQuestionAnswering`]: a text tower whose every layer has causal self-attention and
             cross-attention to the question states (`fusion_layer=0`, `encoder_width` = the text width). By default
             it is the text config with as many layers as there are fusion layers (3 in the release), which is what
@@ -285,7 +323,7 @@ class SViTTConfig(PreTrainedConfig):
     sub_configs_defaults = {
         "vision_config": SViTTVisionConfig,
         "text_config": SViTTTextConfig,
-        "answer_decoder_config": SubConfigSpec(SViTTTextConfig, optional=True),  # None: no fusion layers
+        "answer_decoder_config": SubConfigSpec(SViTTAnswerDecoderConfig, optional=True),  # None: no fusion layers
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -325,7 +363,13 @@ class SViTTConfig(PreTrainedConfig):
         if self.answer_decoder_config is None and self.text_config.num_fusion_layers > 0:
             self.answer_decoder_config = answer_decoder_config_from_text(self.text_config)
         elif isinstance(self.answer_decoder_config, dict):
-            self.answer_decoder_config = SViTTTextConfig(**self.answer_decoder_config)
+            # the tag of folders saved before the decoder had a class of its own (`svitt_text_model`) is not a field
+            values = {key: value for key, value in self.answer_decoder_config.items() if key != "model_type"}
+            self.answer_decoder_config = SViTTAnswerDecoderConfig(**values)
+        elif isinstance(self.answer_decoder_config, SViTTTextConfig) and not isinstance(
+            self.answer_decoder_config, SViTTAnswerDecoderConfig
+        ):
+            self.answer_decoder_config = SViTTAnswerDecoderConfig.from_text_config(self.answer_decoder_config)
         super().__post_init__(**kwargs)  # sets `answer_decoder_num_layers` when given
         self.validate_architecture()
 
@@ -408,13 +452,13 @@ def unknown_config_fields(config_class: type[PreTrainedConfig], keys: Iterable[s
 
 def answer_decoder_config_from_text(
     text_config: SViTTTextConfig, num_layers: int | None = None, **overrides
-) -> SViTTTextConfig:
+) -> SViTTAnswerDecoderConfig:
     """The answer decoder the release builds from the text config: `num_layers` (default: as many as the fusion
     layers) layers, every one with causal self-attention and cross-attention to the question states; `overrides`
     set other fields (e.g. the width of a converted decoder)."""
     num_layers = text_config.num_fusion_layers if num_layers is None else num_layers
     values = text_config.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path"):
+    for key in _SAVED_METADATA:
         values.pop(key, None)
     values.update(
         num_hidden_layers=int(num_layers),
@@ -424,7 +468,14 @@ def answer_decoder_config_from_text(
         fusion_token_drop_layers=[0],
     )
     values.update(overrides)
-    return SViTTTextConfig(**values)
+    return SViTTAnswerDecoderConfig(**values)
 
 
-__all__ = ["SViTTConfig", "SViTTTextConfig", "SViTTVisionConfig", "config_field_names", "unknown_config_fields"]
+__all__ = [
+    "SViTTAnswerDecoderConfig",
+    "SViTTConfig",
+    "SViTTTextConfig",
+    "SViTTVisionConfig",
+    "config_field_names",
+    "unknown_config_fields",
+]

@@ -126,6 +126,22 @@ class SViTTPreTrainedModel(PreTrainedModel):
             video_tower.resize_num_frames(num_frames)
         return (model, loading_info) if output_loading_info else model
 
+    def set_attn_implementation(self, attn_implementation: str | dict, *args, **kwargs) -> None:
+        """`PreTrainedModel.set_attn_implementation`. The answer decoder's config travels with every head's config (so
+        that a question-answering head can be built from any checkpoint), but only that head has the decoder: elsewhere
+        it is left out of the search for the sub-models to update, which would otherwise warn that it found none."""
+        decoder_config = getattr(self.config, "answer_decoder_config", None)
+        has_decoder = any(
+            module.config is decoder_config for module in self.modules() if isinstance(module, PreTrainedModel)
+        )
+        if decoder_config is None or has_decoder:
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        self.config.answer_decoder_config = None
+        try:
+            return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        finally:
+            self.config.answer_decoder_config = decoder_config
+
     def parameters_unused_in_training(self) -> list[str]:
         """Name prefixes of the parameters that this model's training forward leaves without a gradient, for the
         current config (e.g. the MLM head when `loss_weight_mlm` is 0).

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.utils import can_return_tuple
 
 from .answer_ranking import rank_answers
-from .configuration_svitt import SViTTConfig, SViTTTextConfig
+from .configuration_svitt import SViTTAnswerDecoderConfig, SViTTConfig
 from .losses import answer_token_labels, sequence_negative_log_likelihood, weighted_answer_loss
 from .modeling_common import NestedModelOutput
 from .modeling_heads import SViTTHeadPreTrainedModel, SViTTOnlyMLMHead
@@ -49,7 +49,7 @@ class SViTTForVideoQuestionAnsweringOutput(NestedModelOutput):
 # --------------------------------------------------------------------------------------------------
 
 
-def answer_decoder_config(config: SViTTConfig) -> SViTTTextConfig:
+def answer_decoder_config(config: SViTTConfig) -> SViTTAnswerDecoderConfig:
     """Config of the answer decoder (`config.answer_decoder_config`); raises when the text tower has no fusion
     layers to size it from and no decoder config was given."""
     if config.answer_decoder_config is None:

@@ -10,10 +10,12 @@ backend is the oracle the block-gather backend is tested against.
 Padded key slots: the release leaves them in the softmax as keys of exact zeros whose bias is the
 patch->global entry ("phantom keys"); `mask_padded_keys=True` removes them.
 
-The gather backend is one autograd function: it gathers the key/value blocks of every query block, computes
-the scores, softmax and output block by block, and saves for backward only the (blocked) queries, keys and
-values, the output and the softmax statistics. Backward gathers again and recomputes the probabilities, so no
-tensor of the size of the score matrix, and no gathered copy of the keys, is kept between forward and backward.
+The gather backend is one autograd function for the patch queries: it gathers the key/value blocks of every query
+block, computes the scores, softmax and output block by block, and saves for backward only the queries, keys and
+values, the output and the softmax statistics. The global queries' rows (dense, `c` of them) are computed around it
+with plain autograd operations, so the [CLS] probabilities returned as attentions are in the graph. Backward gathers
+again and recomputes the probabilities, so no tensor of the size of the score matrix, and no gathered copy of the
+keys, is kept between forward and backward.
 """
 
 from __future__ import annotations
@@ -227,7 +229,8 @@ def block_sparse_attention(
         position_bias: the layer's [`SViTTRelativePositionBias3D`].
 
     Returns:
-        `(B, H, c + n, d)` output and the global queries' probabilities `(B, H, c, c + n)`.
+        `(B, H, c + n, d)` output and the global queries' probabilities `(B, H, c, c + n)`, the tensor the global
+        rows of the output are computed from (in the autograd graph).
     """
     batch = query.shape[0]
     c = num_global_tokens
@@ -241,12 +244,16 @@ def block_sparse_attention(
             f"Layout for {layout.num_tokens} patch tokens does not fit a sequence of {query.shape[2]} tokens "
             f"({c} global)."
         )
+    if backend not in ("gather", "dense_masked"):
+        raise ValueError(f"Unknown sparse attention backend {backend!r}; use 'gather' or 'dense_masked'.")
     dropout = dropout if training else 0.0
+    global_output, global_probs = _global_query_attention(query, key, value, position_bias, c, scaling, dropout)
     if backend == "gather":
-        return _BlockSparseAttention.apply(
+        output = _BlockSparseAttention.apply(
             query,
             key,
             value,
+            global_output,
             position_bias.relative_position_bias_table,
             position_bias.codes(positions),
             layout.key_blocks,
@@ -258,11 +265,28 @@ def block_sparse_attention(
             dropout,
             mask_padded_keys,
         )
-    if backend == "dense_masked":
-        return _dense_masked_block_attention(
+    else:
+        patch_output = _dense_masked_patch_attention(
             query, key, value, layout, positions, position_bias, c, scaling, mask_padded_keys, dropout
         )
-    raise ValueError(f"Unknown sparse attention backend {backend!r}; use 'gather' or 'dense_masked'.")
+        output = torch.cat([global_output, patch_output], dim=2)
+    return output, global_probs
+
+
+def _global_query_attention(query, key, value, position_bias, c, scaling, dropout):
+    """
+    Rows of the `c` global queries, which see every key: output `(B, H, c, d)` and probabilities `(B, H, c, c + n)`.
+
+    They are computed with plain autograd operations, outside the block-sparse function, so that the probabilities
+    returned as `attentions` are the tensor the output is made of: a gradient reaches them (attention rollout and
+    gradient-weighted attention need it), and a loss on them reaches the projections and the bias table.
+    """
+    n = query.shape[2] - c
+    index = _global_bias_index(n, c, position_bias.num_patch_rows, query.device)
+    bias = position_bias.relative_position_bias_table.t()[:, index]  # (H, c, c + n)
+    scores = torch.matmul(query[:, :, :c], key.transpose(-1, -2)) * scaling
+    probs = softmax_in_float32(scores + bias.to(scores.dtype))
+    return torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0), value), probs
 
 
 # Scores of one chunk of query blocks: small enough to stay in cache and to be reused by the allocator (buffers of the
@@ -375,12 +399,16 @@ def _dropped(tensor, keep, dropout):
 class _BlockSparseAttention(torch.autograd.Function):
     """Block-sparse attention with the relative bias looked up inside (see the module docstring).
 
-    Query blocks are processed in chunks; forward saves the queries, the padded keys and values, the output and the
-    log-normaliser of every softmax row, and backward recomputes scores and probabilities chunk by chunk.
+    Query blocks are processed in chunks; forward saves the queries, keys and values (padded again in backward), the
+    output and the log-normaliser of every softmax row, and backward recomputes scores and probabilities chunk by chunk.
+    The global queries' output rows come in as `global_output` (computed outside) and are only copied into place.
     """
 
     @staticmethod
-    def forward(ctx, query, key, value, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys):
+    def forward(
+        ctx, query, key, value, global_output, table, codes, key_blocks, c, block_size, centre, patch_rows, scaling,
+        dropout, mask_padded_keys,
+    ):
         batch, heads, length, head_dim = query.shape
         n, m = length - c, key_blocks.shape[0]
         dtype, device = query.dtype, query.device
@@ -408,36 +436,31 @@ class _BlockSparseAttention(torch.autograd.Function):
                     weights = _dropped(weights, keep[:, :, start:stop], dropout)
                 rows = torch.bmm(weights.view(queries.shape[0], block_size, -1), geometry.gather(values, start, stop))
                 geometry.write_rows(output, rows, start, stop)
-
-            global_queries = query[:, :, :c]
-            global_index = _global_bias_index(n, c, patch_rows, device)
-            global_scores = torch.matmul(global_queries, keys[:, :, :length].transpose(-1, -2)) * scaling
-            global_probs = softmax_in_float32(global_scores + table_by_head[:, global_index].to(dtype))
-            global_keep = _dropout_mask(global_probs.shape, dropout, device) if dropout > 0 else None
-            global_weights = _dropped(global_probs, global_keep, dropout)
-            output[:, :c] = torch.matmul(global_weights, values[:, :, :length]).transpose(1, 2)
-        ctx.save_for_backward(query, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table, keep, global_keep)
+            output[:, :c] = global_output.transpose(1, 2)
+        # The unpadded keys and values are saved (the global rows' products keep them anyway) and padded again in
+        # backward: a second copy of them would be kept otherwise.
+        ctx.save_for_backward(query, key, value, output, log_normaliser, codes, key_blocks, table, keep)
         ctx.geometry = (c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys)
-        return output.transpose(1, 2), global_probs
+        return output.transpose(1, 2)
 
     @staticmethod
-    def backward(ctx, grad_output, grad_global_probs):
-        query, keys, values, output, log_normaliser, global_probs, codes, key_blocks, table, keep, global_keep = (
-            ctx.saved_tensors
-        )
+    def backward(ctx, grad_output):
+        query, key, value, output, log_normaliser, codes, key_blocks, table, keep = ctx.saved_tensors
         c, block_size, centre, patch_rows, scaling, dropout, mask_padded_keys = ctx.geometry
         batch, heads, length, head_dim = query.shape
         n, m = length - c, key_blocks.shape[0]
         dtype, device = query.dtype, query.device
         softmax_dtype = _softmax_dtype(dtype)
         with _without_autocast(device):
+            keys = _padded_sequence(key, c + m * block_size)
+            values = _padded_sequence(value, c + m * block_size)
             geometry, table_by_head = _Geometry.for_call(
                 codes, key_blocks, table, n, c, block_size, centre, patch_rows, mask_padded_keys, dtype
             )
             grad_output = grad_output.to(dtype)
-            # row-wise <dO, O> = sum_j P_j dP_j, the correction of the softmax backward
-            correction = (grad_output * output.transpose(1, 2)).sum(-1, dtype=softmax_dtype)  # (B, H, L)
-            patch_correction = F.pad(correction[:, :, c:], (0, m * block_size - n)).view(batch, heads, m, block_size)
+            # row-wise <dO, O> = sum_j P_j dP_j, the correction of the softmax backward (patch rows)
+            correction = (grad_output[:, :, c:] * output[:, c:].transpose(1, 2)).sum(-1, dtype=softmax_dtype)
+            patch_correction = F.pad(correction, (0, m * block_size - n)).view(batch, heads, m, block_size)
             grad_query = output.new_empty(batch, length, heads, head_dim)
             grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
             grad_table = None
@@ -470,26 +493,10 @@ class _BlockSparseAttention(torch.autograd.Function):
                 geometry.write_rows(grad_query, _scaled_bmm(grad_scores, gathered_keys, scaling), start, stop)
                 geometry.scatter(grad_keys, _scaled_bmm(grad_scores.transpose(1, 2), queries, scaling), start, stop)
 
-            # global queries: dense rows, probabilities saved
-            global_queries = query[:, :, :c]
-            grad_global = grad_output[:, :, :c]
-            global_weights = _dropped(global_probs, global_keep, dropout)
-            grad_values[:, :, :length] += torch.matmul(global_weights.transpose(-1, -2), grad_global)
-            grad_global_weights = torch.matmul(grad_global, values[:, :, :length].transpose(-1, -2))
-            grad_global_weights = _dropped(grad_global_weights, global_keep, dropout)
-            if grad_global_probs is not None:
-                grad_global_weights = grad_global_weights + grad_global_probs
-            global_probs_wide, grad_global_weights = global_probs.to(softmax_dtype), grad_global_weights.to(softmax_dtype)
-            grad_global_scores = global_probs_wide * (
-                grad_global_weights - (global_probs_wide * grad_global_weights).sum(-1, keepdim=True)
-            )
+            # the global queries' rows were computed outside (with autograd): their gradient only passes through
+            grad_query[:, :c] = 0
             if grad_table is not None:
-                global_index = _global_bias_index(n, c, patch_rows, device)
-                grad_table.index_add_(1, global_index.flatten(), grad_global_scores.sum(0).flatten(1))
                 grad_table = grad_table[:, : table.shape[0]].t().to(table.dtype)
-            grad_global_scores = grad_global_scores.to(dtype)
-            grad_query[:, :c] = (torch.matmul(grad_global_scores, keys[:, :, :length]) * scaling).transpose(1, 2)
-            grad_keys[:, :, :length] += torch.matmul(grad_global_scores.transpose(-1, -2), global_queries) * scaling
             # gradients laid out (B, L, H, d) like the projections they flow back into
             grad_key = grad_keys[:, :, :length].transpose(1, 2).contiguous()
             grad_value = grad_values[:, :, :length].transpose(1, 2).contiguous()
@@ -497,6 +504,7 @@ class _BlockSparseAttention(torch.autograd.Function):
             grad_query.transpose(1, 2),
             grad_key.transpose(1, 2),
             grad_value.transpose(1, 2),
+            grad_output[:, :, :c],
             grad_table,
             None, None, None, None, None, None, None, None, None,
         )
@@ -549,22 +557,22 @@ def _scatter_bias_grad(grad_table, index, grad_scores):
             grad_table.index_add_(1, index[sample].flatten(), grad_scores[sample].reshape(heads, -1))
 
 
-def _dense_masked_block_attention(
+def _dense_masked_patch_attention(
     query, key, value, layout, positions, position_bias, c, scaling, mask_padded_keys, dropout
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: the full score matrix with the layout as a mask, plus one "phantom" column per query
-    that stands for the padded slots of the last block (`pad` zero keys, each with score `bias[patch->global]`,
-    folded into one key of score `bias + log(pad)` and value zero)."""
+) -> torch.Tensor:
+    """Reference for the patch queries' rows `(B, H, n, d)`: their full score rows with the layout as a mask, plus one
+    "phantom" column per query that stands for the padded slots of the last block (`pad` zero keys, each with score
+    `bias[patch->global]`, folded into one key of score `bias + log(pad)` and value zero)."""
     batch = query.shape[0]
     n = layout.num_tokens
     positions = positions.expand(batch, -1)
     all_positions = with_global_positions(positions, c)
 
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, c+n, c+n)
-    bias = position_bias(all_positions[:, :, None], all_positions[:, None, :])
+    scores = torch.matmul(query[:, :, c:], key.transpose(-1, -2)) * scaling  # (B, H, n, c+n)
+    bias = position_bias(positions[:, :, None], all_positions[:, None, :])
     scores = scores + bias.permute(0, 3, 1, 2).to(scores.dtype)
-    allowed = torch.ones(c + n, c + n, dtype=torch.bool, device=query.device)
-    allowed[c:, c:] = layout.token_mask().to(query.device)
+    allowed = torch.ones(n, c + n, dtype=torch.bool, device=query.device)
+    allowed[:, c:] = layout.token_mask().to(query.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
 
     columns = [scores]
@@ -572,14 +580,12 @@ def _dense_masked_block_attention(
         last_block = layout.num_blocks - 1
         sees_last_block = (layout.key_blocks == last_block).any(dim=1).to(query.device)
         block_of = torch.arange(n, device=query.device) // layout.block_size
-        phantom_bias = position_bias(all_positions, torch.full_like(all_positions, PADDING_POSITION))  # (B, c+n, H)
+        phantom_bias = position_bias(positions, torch.full_like(positions, PADDING_POSITION))  # (B, n, H)
         phantom = phantom_bias.permute(0, 2, 1).to(scores.dtype) + math.log(layout.padding)
-        row_sees_padding = torch.cat([torch.zeros(c, dtype=torch.bool, device=query.device), sees_last_block[block_of]])
-        phantom = phantom.masked_fill(~row_sees_padding, float("-inf"))
+        phantom = phantom.masked_fill(~sees_last_block[block_of], float("-inf"))
         columns.append(phantom[..., None])
     probs = softmax_in_float32(torch.cat(columns, dim=-1))
-    output = torch.matmul(F.dropout(probs, p=dropout)[..., : c + n], value)
-    return output, probs[:, :, :c, : c + n]
+    return torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0)[..., : c + n], value)
 
 
 def load_random_block_patterns(path, call: int = 0) -> dict[int, torch.Tensor]:

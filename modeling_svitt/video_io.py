@@ -1,9 +1,10 @@
 """Video decoding for SViTT with PyAV: sample frame positions, then decode only those frames by seeking.
 
 The release read videos with decord (random access) and had a PyAV fallback that decoded every frame of the file.
-Here the frames a clip needs are computed first, on a uniform time grid, and the reader seeks to the keyframe
-before each of them and decodes forward from there, so the cost of taking 4 frames depends on the keyframe interval
-and not on the length of the video.
+Here the frames a clip needs are computed first, on a uniform time grid; the reader asks the demuxer which keyframe
+each of them follows, decodes every group of pictures that holds a wanted frame once, and seeks only to skip the
+groups in between. Taking 4 frames thus costs a few groups of pictures, not the length of the video, and never
+more than one sequential pass (a file with a single keyframe is read once, from its start).
 
 Frame grid and policies (documented choices, shared by every sampling strategy):
 
@@ -29,11 +30,13 @@ requires PyAV.
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -46,6 +49,9 @@ CLIP_LAYOUTS = ("consecutive", "strided")
 _FPS_PATTERN = re.compile(r"^fps(\d+(?:\.\d*)?|\.\d+)$")
 # Still images come through FFmpeg's image demuxers.
 _IMAGE_FORMATS = ("image2", "image2pipe")
+# Packets whose times are compared with a new one: decoding order differs from display order by at most the decoder's
+# reorder depth (16 pictures in H.264 / HEVC).
+_REORDER_WINDOW = 16
 
 
 def is_sampling_strategy(sample: str) -> bool:
@@ -382,9 +388,19 @@ class _SeekingFrameReader:
     """
     Returns, for increasing target times, the frame on screen at each target, decoding as little as possible.
 
-    A target close ahead of the decoder's position is reached by decoding forward; a distant one by seeking to the
-    keyframe before it. When a seek lands on a keyframe the decoder had already passed (the keyframe interval is
-    longer than the gap), the threshold grows to that interval, so later targets are not decoded twice.
+    Before decoding, [`~_SeekingFrameReader.landing_times`] asks the demuxer where a seek for each target would land
+    (the keyframe at or before it: one seek and one packet read, no decoding). A target is then reached by seeking
+    only when that keyframe lies after the decoder's position, so that the seek skips frames; otherwise the reader
+    decodes forward through the group of pictures it is in. Every group is thus decoded at most once, from its start
+    or from where the decoder already is, and the reader never decodes more than one sequential pass would.
+
+    Where a stream does not tell where its seeks land, a target farther ahead than `seek_threshold` seconds is reached
+    by seeking; when such a seek lands on a keyframe the decoder had already passed, the threshold grows to that
+    interval, so later targets are not decoded twice.
+
+    Between targets the decoder skips the pictures that no other picture refers to (B-frames, mostly: about half of
+    the frames of an H.264 stream with B-frames) when a frame already demuxed is known to replace them on screen before
+    the next target. Skipping them changes no other frame: nothing is predicted from them.
 
     Frames travel as `(frame, seconds)` pairs. With `sequential=(start_time, frame_step)` the reader never seeks (for
     streams that cannot, given a container opened at their start) and places frames without timestamps (raw
@@ -394,30 +410,86 @@ class _SeekingFrameReader:
     def __init__(self, container, stream, seek_threshold: float, sequential: tuple[float, float] | None = None):
         self.container, self.stream = container, stream
         self.time_base = stream.time_base
+        # Seconds per timestamp tick as a float: `Fraction` arithmetic on every decoded frame costs ~5% of decoding.
+        self.tick = float(self.time_base) if self.time_base else None
         self.seek_threshold = math.inf if sequential is not None else seek_threshold
         self.sequential = sequential
         # Presentation time of the stream's first frame: the only frame a correct seek may return after its target.
         self.first_time = float(stream.start_time * self.time_base) if stream.start_time is not None else None
         self._frames = None
         self._decoded = 0
+        self._targets: list[float] = []  # every target, sorted (known once `landing_times` ran)
+        self._recent = deque(maxlen=_REORDER_WINDOW)  # times of the packets demuxed last, in decoding order
+        self._skipping = False
+        self._fed_until = -math.inf  # latest packet time given to the decoder since the last seek
         self._previous = None  # last (frame, seconds) at or before the current target
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
         self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
 
-    def _seek(self, seconds: float) -> None:
-        if self.sequential is not None:
-            if self._frames is None:
-                self._frames = self.container.decode(self.stream)
-            return
+    def _seek_container(self, seconds: float) -> None:
         av = _import_av()
         offset = int(math.floor(seconds / self.time_base)) if self.time_base else 0
         try:
             self.container.seek(max(offset, 0), stream=self.stream, backward=True, any_frame=False)
         except av.FFmpegError as error:
             raise _NeedsSequentialReading() from error
-        self._frames = self.container.decode(self.stream)
+
+    def landing_times(self, targets: list[float]) -> list[float | None]:
+        """
+        For each target time, the presentation time of the packet a seek for it lands on (the keyframe at or before
+        it), or `None` where the demuxer does not say. Demuxes one packet per target and decodes nothing.
+        """
+        if self.sequential is not None:
+            return [None] * len(targets)
+        av = _import_av()
+        self._targets = sorted(targets)
+        landings = []
+        for target in targets:
+            self._seek_container(target)
+            try:
+                packet = next(self.container.demux(self.stream), None)
+            except av.FFmpegError:
+                packet = None
+            timestamp = None if packet is None else packet.pts if packet.pts is not None else packet.dts
+            landings.append(timestamp * self.tick if timestamp is not None and self.tick else None)
+        self._frames = None  # the demuxer was moved: decoding starts with a seek
+        self._previous = self._pending = None
+        return landings
+
+    def _seek(self, seconds: float) -> None:
+        if self.sequential is not None:
+            if self._frames is None:
+                self._frames = self.container.decode(self.stream)
+            return
+        self._seek_container(seconds)
+        self._frames = self._decode_from_demuxer()
         self._decoded = 0
         self._previous = self._pending = None
+
+    def _decode_from_demuxer(self):
+        """`container.decode(stream)`, deciding for each packet whether its picture may be skipped if unreferenced."""
+        codec = self.stream.codec_context
+        self._recent.clear()
+        self._fed_until = -math.inf
+        for packet in self.container.demux(self.stream):
+            seconds = packet.pts * self.tick if packet.pts is not None and self.tick else None
+            skip = seconds is not None and self._replaced_before_next_target(seconds)
+            if skip != self._skipping:
+                codec.skip_frame = "NONREF" if skip else "DEFAULT"
+                self._skipping = skip
+            if seconds is not None:
+                self._recent.append(seconds)
+                self._fed_until = max(self._fed_until, seconds)
+            yield from packet.decode()
+
+    def _replaced_before_next_target(self, seconds: float) -> bool:
+        """Whether a packet already demuxed shows after `seconds` and no later than the first target at or after it
+        (so the picture at `seconds` is on screen at no target). Past the last target any later frame will do."""
+        index = bisect.bisect_left(self._targets, seconds)
+        if index == len(self._targets):
+            return bool(self._targets)
+        target = self._targets[index]
+        return any(seconds < other <= target for other in self._recent)
 
     def _seek_to(self, target: float) -> None:
         """Seek for `target` and check where the seek landed (the frame it gives is kept as pending)."""
@@ -438,8 +510,8 @@ class _SeekingFrameReader:
         frame = next(self._frames, None)
         if frame is None:
             return None
-        if frame.pts is not None and self.time_base:
-            seconds = float(frame.pts * self.time_base)
+        if frame.pts is not None and self.tick:
+            seconds = frame.pts * self.tick
         elif frame.time is not None:
             seconds = float(frame.time)
         elif self.sequential is not None:
@@ -449,13 +521,23 @@ class _SeekingFrameReader:
         self._decoded += 1
         return frame, seconds
 
-    def frame_at(self, target: float):
-        """`(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it)."""
+    def frame_at(self, target: float, landing: float | None = None):
+        """
+        `(frame, seconds)` of the last frame shown at or before `target` seconds (or of the first after it).
+        `landing` is where a seek for `target` would land (from [`landing_times`]), when known.
+        """
         if self._frames is None:
             self._seek_to(target)
         else:
             current = self._pending if self._pending is not None else self._previous
-            if current is not None and target - current[1] > self.seek_threshold:
+            if current is None or self.sequential is not None:
+                pass
+            elif landing is not None:
+                # Seek only past the frames already decoded, including those the decoder holds back to reorder them
+                # (a keyframe just after the current frame is often decoded already); otherwise decode forward.
+                if landing > max(current[1], self._fed_until):
+                    self._seek_to(target)
+            elif target - current[1] > self.seek_threshold:
                 self._seek_to(target)
                 if self._pending is not None and self._pending[1] <= current[1]:
                     # The seek went back into a keyframe interval already decoded: decode forward next time.
@@ -497,10 +579,10 @@ def _decode_positions(container, path: str, metadata: VideoMetadata, positions: 
 
 def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata, positions: list[int]):
     frames, timestamps = [], []
-    for position in positions:
-        # Half a step of slack picks frame i itself despite rounding in its timestamp.
-        target = metadata.start_time + (position + 0.5) * metadata.frame_step
-        item = reader.frame_at(target)
+    # Half a step of slack picks frame i itself despite rounding in its timestamp.
+    targets = [metadata.start_time + (position + 0.5) * metadata.frame_step for position in positions]
+    for target, landing in zip(targets, reader.landing_times(targets)):
+        item = reader.frame_at(target, landing)
         if item is None and reader.sequential is not None:
             raise VideoDecodingError(path, "no frame could be decoded")
         if item is None:
@@ -560,8 +642,9 @@ def read_video(
             from the start of the video (EgoClip clips). The segment is clipped to the video.
         max_num_frames (`int`, *optional*): cap for `fps<X>` sampling.
         generator (`torch.Generator`, *optional*): randomness for `rand`.
-        seek_threshold (`float`, defaults to 1.0): a target farther ahead than this many seconds is reached by
-            seeking rather than by decoding forward (grows by itself for videos with long keyframe intervals).
+        seek_threshold (`float`, defaults to 1.0): for streams that do not tell where a seek lands (the reader asks
+            the demuxer first, and seeks only where that skips frames), a target farther ahead than this many seconds
+            is reached by seeking rather than by decoding forward (grows by itself for long keyframe intervals).
 
     Returns:
         [`DecodedVideo`]: `uint8` frames `(num_frames, 3, H, W)` (or `(num_clips, num_frames, 3, H, W)`), their grid

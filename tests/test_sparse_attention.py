@@ -105,6 +105,28 @@ def test_gather_backend_equals_dense_masked_reference(
         torch.testing.assert_close(grad_a, grad_b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask_padded_keys", [False, True])
+def test_gather_backward_passes_gradcheck(mask_padded_keys):
+    """The block-sparse function's backward (patch rows, padded last block, relative bias) against finite differences,
+    with the global rows computed around it by autograd and a loss on the returned [CLS] probabilities."""
+    torch.manual_seed(0)
+    heads, head_dim, tokens, num_global = 2, 4, 10, 1
+    bias = SViTTRelativePositionBias3D(2, 3, heads, num_global).double()
+    torch.nn.init.normal_(bias.relative_position_bias_table)
+    layout = build_block_sparse_layout(tokens, 4, 1, 1, generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([[0, 1, 3, 4, 6, 7, 9, 12, 14, 17]])
+    inputs = [torch.randn(1, heads, num_global + tokens, head_dim, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+
+    table = bias.relative_position_bias_table.detach().clone().requires_grad_()
+    del bias.relative_position_bias_table  # a plain attribute from now on, so gradcheck can pass perturbed tables
+
+    def attention(query, key, value, table):
+        bias.relative_position_bias_table = table
+        return block_sparse_attention(query, key, value, layout, positions, bias, num_global, 0.5, mask_padded_keys)
+
+    assert torch.autograd.gradcheck(attention, (*inputs, table))
+
+
 def test_padded_keys_are_phantoms_unless_masked():
     torch.manual_seed(0)
     bias = SViTTRelativePositionBias3D(2, 4, 2)

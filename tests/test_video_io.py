@@ -221,6 +221,98 @@ def test_seeking_decodes_only_around_the_wanted_frames(tmp_path, monkeypatch):
     assert len(set(pulled)) <= 4 * (25 + 1), f"decoded {len(set(pulled))} of 400 frames to get 4"
 
 
+# One keyframe for the whole file (common among short web clips), one every 2 s, one every 10 s; B-frames on.
+KEYFRAME_LAYOUTS = {"one keyframe": 100_000, "every 2 s": 20, "every 10 s": 100}
+SAMPLINGS = [
+    ("rand", {}),
+    ("rand_release", {}),
+    ("middle", {}),
+    ("uniform", {}),
+    ("fps0.7", {}),
+    ("middle", {"start": 6.3, "end": 17.9}),
+    ("rand", {"start": 11.0, "end": 23.0}),
+    ("middle", {"num_clips": 3}),
+    ("uniform", {"num_clips": 2, "clip_layout": "strided"}),
+]
+
+
+def write_textured_video(path, num_frames: int, keyframe_interval: int, fps: int = 10) -> str:
+    """A panning noise texture with a moving block, so that every frame differs and depends on its references."""
+    texture = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        # no keyframes at scene cuts: the layout is exactly the one asked for
+        stream.options = {"g": str(keyframe_interval), "sc_threshold": "0", "preset": "veryfast", "crf": "30"}
+        for i in range(num_frames):
+            frame = np.roll(texture, (i, 2 * i), axis=(0, 1))[:48, :64].copy()
+            frame[(i * 3) % 32 : (i * 3) % 32 + 12, (i * 5) % 48 : (i * 5) % 48 + 12] = (255 - i % 256, i % 256, 40)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def sequential_decode(path: str) -> list[tuple[np.ndarray, float]]:
+    """Every frame of the file with its presentation time, decoded in one pass from the start."""
+    with av.open(path) as container:
+        return [(frame.to_ndarray(format="rgb24"), float(frame.time)) for frame in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module", params=list(KEYFRAME_LAYOUTS))
+def textured_video(request, tmp_path_factory) -> tuple[str, list[tuple[np.ndarray, float]]]:
+    """25 s at 10 fps in each keyframe layout, with its sequential decode."""
+    path = tmp_path_factory.mktemp("layouts") / f"{request.param.replace(' ', '_')}.mp4"
+    write_textured_video(path, 250, KEYFRAME_LAYOUTS[request.param])
+    return str(path), sequential_decode(str(path))
+
+
+@pytest.mark.parametrize("sample, kwargs", SAMPLINGS)
+def test_frames_are_byte_identical_to_a_sequential_decode(textured_video, sample, kwargs):
+    path, reference = textured_video
+    decoded = read_video(path, 4, sample, generator=torch.Generator().manual_seed(3), **kwargs)
+    step = decoded.metadata.frame_step
+    frames = decoded.frames.reshape(-1, *decoded.frames.shape[-3:])
+    assert len(frames) == len(decoded.frame_indices)
+    for frame, position in zip(frames, decoded.frame_indices):
+        # the frame on screen at the position's grid time, as the sequential pass saw it
+        expected = [array for array, seconds in reference if seconds <= (position + 0.5) * step][-1]
+        assert np.array_equal(frame.permute(1, 2, 0).numpy(), expected), (sample, kwargs, position)
+
+
+def _count_decoded_frames(monkeypatch) -> list[float]:
+    pulled = []
+    original = video_io._SeekingFrameReader._next_frame
+
+    def counting(self):
+        from_decoder = self._pending is None  # a pending frame comes back once more without being decoded again
+        item = original(self)  # (frame, seconds)
+        if item is not None and from_decoder:
+            pulled.append(item[1])
+        return item
+
+    monkeypatch.setattr(video_io._SeekingFrameReader, "_next_frame", counting)
+    return pulled
+
+
+@pytest.mark.parametrize("layout", list(KEYFRAME_LAYOUTS))
+@pytest.mark.parametrize("sample, kwargs", [("middle", {}), ("rand", {}), ("fps0.7", {}), ("middle", {"num_clips": 3})])
+def test_no_frame_is_decoded_twice(tmp_path, monkeypatch, layout, sample, kwargs):
+    # a reader that seeks for every target decodes a long group of pictures once per target in it; planned reads
+    # decode each frame at most once, so never more than a sequential pass up to the last wanted frame
+    path = write_textured_video(tmp_path / "v.mp4", 250, KEYFRAME_LAYOUTS[layout])
+    pulled = _count_decoded_frames(monkeypatch)
+    decoded = read_video(path, 4, sample, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert len(pulled) == len(set(pulled)), f"{len(pulled) - len(set(pulled))} frames decoded twice"
+    assert len(pulled) <= max(decoded.frame_indices) + 2  # up to the last wanted frame and the one after it
+    if layout == "one keyframe":
+        # the B-frames no other picture refers to are skipped where a later frame replaces them before the next target
+        assert len(pulled) < 0.75 * max(decoded.frame_indices), f"decoded {len(pulled)} frames"
+    if layout == "every 2 s" and sample == "middle" and not kwargs:
+        assert len(pulled) <= 4 * (20 + 1)  # each target still costs at most its group of pictures
+
+
 def test_variable_frame_rate(tmp_path):
     # 10 frames at 10 fps, then 5 frames 0.4 s apart: each sample is the frame on screen at its grid time
     path = str(tmp_path / "vfr.mp4")

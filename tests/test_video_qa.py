@@ -8,8 +8,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, tiny_config, videos
+from transformers import AutoConfig
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as transformers_logging
 
-from modeling_svitt import SViTTModel, losses
+from modeling_svitt import SViTTAnswerDecoderConfig, SViTTModel, SViTTTextConfig, losses
 from modeling_svitt.answer_ranking import (
     candidate_log_likelihood,
     candidate_scores,
@@ -463,6 +466,49 @@ def test_attention_implementation_reaches_the_answer_decoder(tmp_path):
     assert implementations(per_part) == ("eager", "eager")
     per_part.set_attn_implementation({"answer_decoder_config": "sdpa"})
     assert implementations(per_part) == ("eager", "sdpa")
+
+
+def test_the_decoder_config_loads_on_its_own_from_a_qa_folder(tmp_path):
+    # a class of its own with its own `base_config_key`: not the text tower's config, which shares its fields
+    model = make_model(SViTTForVideoQuestionAnswering, answer_decoder_num_layers=3)
+    model.save_pretrained(tmp_path)
+    decoder = SViTTAnswerDecoderConfig.from_pretrained(tmp_path)
+    assert isinstance(decoder, SViTTAnswerDecoderConfig)
+    assert (decoder.num_hidden_layers, decoder.fusion_layer) == (3, 0)
+    text = SViTTTextConfig.from_pretrained(tmp_path)
+    assert type(text) is SViTTTextConfig and (text.num_hidden_layers, text.fusion_layer) == (4, 2)
+    assert AutoConfig.for_model("svitt_answer_decoder").__class__ is SViTTAnswerDecoderConfig
+
+
+def test_folders_saved_with_the_decoder_tagged_as_a_text_config_still_load(tmp_path):
+    model = make_model(SViTTForVideoQuestionAnswering, answer_decoder_num_layers=3)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["answer_decoder_config"]["model_type"] == "svitt_answer_decoder"
+    saved["answer_decoder_config"]["model_type"] = "svitt_text_model"  # as written before the class existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    reloaded = SViTTForVideoQuestionAnswering.from_pretrained(tmp_path)
+    assert type(reloaded.config.answer_decoder_config) is SViTTAnswerDecoderConfig
+    fields = ("model_type", "num_hidden_layers", "fusion_layer", "encoder_width", "hidden_size", "vocab_size")
+    assert [getattr(reloaded.config.answer_decoder_config, name) for name in fields] == [
+        getattr(model.config.answer_decoder_config, name) for name in fields
+    ]
+    assert SViTTAnswerDecoderConfig.from_pretrained(tmp_path).num_hidden_layers == 3
+    # a decoder config built as a text config by older code becomes the decoder's class
+    legacy = SViTTTextConfig(**{**model.config.answer_decoder_config.to_dict(), "model_type": "svitt_text_model"})
+    assert type(make_config(answer_decoder_config=legacy).answer_decoder_config) is SViTTAnswerDecoderConfig
+
+
+@pytest.mark.parametrize("model_class", [SViTTModel, SViTTForPreTraining, SViTTForVideoTextRetrieval])
+def test_setting_attention_on_a_head_without_the_decoder_does_not_warn(model_class):
+    # the decoder's config travels with every head's config, but only the QA head has the decoder to update
+    model = make_model(model_class)
+    assert model.config.answer_decoder_config is not None
+    with CaptureLogger(transformers_logging.get_logger("transformers.modeling_utils")) as captured:
+        model.set_attn_implementation("sdpa")
+    assert "answer_decoder_config" not in captured.out
+    assert model.config.text_config._attn_implementation == "sdpa"
+    assert model.config.answer_decoder_config is not None  # still there, for a QA head built from this config
 
 
 def test_resized_pretraining_checkpoint_gives_the_decoder_its_vocabulary(tmp_path):

@@ -100,6 +100,33 @@ def test_a_loss_on_sparse_attentions_reaches_the_projections_and_the_bias():
     assert layer.relative_position_bias.relative_position_bias_table.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", ["gather", "dense_masked"])
+def test_sparse_attentions_are_in_the_graph_with_the_dense_paths_gradient(backend):
+    """The [CLS] probabilities returned as `attentions` are the ones the output is made of, on the sparse path too:
+    a gradient of the output reaches them (tools that weight attention by its gradient need it). With a local window
+    over every block the sparse path is the dense one, so the gradients must agree."""
+    torch.manual_seed(0)
+    config = tiny_vision_config(
+        num_local_blocks=5, token_keep_rate=1.0, attention_block_size=8, sparse_attention_backend=backend
+    )
+    sparse = SViTTVisionModel(config).eval()
+    for layer in sparse.encoder.layer:
+        torch.nn.init.normal_(layer.attention.attention.relative_position_bias.relative_position_bias_table)
+    dense = SViTTVisionModel(tiny_vision_config(use_sparse_attention=False, token_keep_rate=1.0)).eval()
+    dense.load_state_dict(sparse.state_dict())
+    gradients = []
+    for tower in (sparse, dense):
+        output = tower(video(), output_attentions=True)
+        for attention in output.attentions:
+            attention.retain_grad()
+        output.last_hidden_state[0, 0, 0].backward()
+        gradients.append([attention.grad for attention in output.attentions])
+    for layer, (sparse_grad, dense_grad) in enumerate(zip(*gradients)):
+        assert sparse_grad is not None, f"layer {layer}: the attentions are outside the graph"
+        torch.testing.assert_close(sparse_grad, dense_grad, atol=1e-6, rtol=1e-5)
+    assert gradients[0][0][0].abs().sum() > 0  # the first sample's [CLS] rows make its [CLS] output
+
+
 def test_one_convention_for_global_token_positions():
     assert global_token_positions(3).tolist() == [-1, -2, -3]
     positions = torch.tensor([[4, 9], [0, 5]])
