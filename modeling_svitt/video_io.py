@@ -31,6 +31,7 @@ requires PyAV.
 from __future__ import annotations
 
 import bisect
+import gc
 import io
 import itertools
 import math
@@ -88,13 +89,28 @@ class VideoSegmentError(VideoDecodingError, ValueError):
     """
 
 
+_collects_before_fork = False
+
+
 def _import_av():
     # Kept inside a try block so that Hub remote-code import checks do not demand PyAV for the whole package.
     try:
         import av
     except ImportError as error:
         raise ImportError("Decoding videos needs PyAV (`pip install av`).") from error
+    _collect_decoders_before_fork()
     return av
+
+
+def _collect_decoders_before_fork() -> None:
+    """PyAV's containers, streams and frames form reference cycles, so a decoder or scaler (with FFmpeg's thread pool)
+    outlives its video until the garbage collector runs. A process forked meanwhile (a data loader starting its
+    workers) inherits it without the pool's threads, and the first collection there hangs for ever freeing it. So a
+    process that decodes collects its garbage before it forks, while the threads still exist."""
+    global _collects_before_fork
+    if not _collects_before_fork and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=gc.collect)
+        _collects_before_fork = True
 
 
 @dataclass

@@ -80,7 +80,7 @@ def test_unreadable_and_missing_files_are_named(tmp_path):
     ],
 )
 def test_override_keys_that_configure_nothing_are_refused(tmp_path, capsys, option, item, message):
-    from modeling_svitt.convert_original_svitt import main
+    from svitt_tools.convert import main
 
     # refused before the checkpoint is read: it does not even exist
     with pytest.raises(SystemExit) as exit_info:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -481,3 +484,47 @@ def test_rand_release_reproduces_the_release_draw():
     short = [sample_frame_indices(4, 5, "rand_release", generator=generator) for _ in range(50)]
     assert all(indices == sorted(indices) and len(set(indices)) == 4 for indices in short)
     assert len({tuple(indices) for indices in short}) > 1
+
+
+FORK_AFTER_DECODING = """
+import gc, os, sys, time
+import av
+import numpy as np
+import modeling_svitt.video_io as video_io
+
+if sys.argv[2] == "without-the-collection":
+    video_io._collects_before_fork = True  # as if the hook were never registered
+path = sys.argv[1]
+with av.open(path, "w") as out:
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 160, 128, "yuv420p"
+    for index in range(30):
+        pixels = np.random.default_rng(index).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+gc.disable()  # the decoders stay garbage until a collection, as between two automatic collections
+for _ in range(3):
+    video_io.read_video(path, num_frames=4, sample="middle")
+child = os.fork()
+if child == 0:
+    gc.collect()  # what a data-loader worker does sooner or later
+    os._exit(0)
+deadline = time.time() + 30
+while time.time() < deadline:
+    if os.waitpid(child, os.WNOHANG)[0]:
+        sys.exit(0)
+    time.sleep(0.05)
+os.kill(child, 9)
+sys.exit("the forked process hung collecting the decoders")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forking processes only")
+def test_a_process_forked_after_decoding_does_not_hang_collecting_the_decoders(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_DECODING, str(tmp_path / "clip.mp4"), "with-the-collection"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

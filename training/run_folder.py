@@ -202,6 +202,7 @@ def save_state_atomically(accelerator, checkpoint_dir: Path, name: str, progress
         if not checkpoint_dir.is_dir():
             checkpoint_dir.mkdir(parents=True)
             (checkpoint_dir / STATES_MARKER).write_text("saved training states of the run in the folder above\n")
+        temporary.mkdir()  # here, not by every process's `save_state`: the other machines only add their parts
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary), safe_serialization=False)
     accelerator.wait_for_everyone()
