@@ -203,6 +203,10 @@ def save_state_atomically(accelerator, checkpoint_dir: Path, name: str, progress
             checkpoint_dir.mkdir(parents=True)
             (checkpoint_dir / STATES_MARKER).write_text("saved training states of the run in the folder above\n")
         temporary.mkdir()  # here, not by every process's `save_state`: the other machines only add their parts
+        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+            from accelerate.utils import MODEL_NAME
+
+            (temporary / MODEL_NAME).mkdir()  # DeepSpeed's folder of the ZeRO shards, which every process races to make
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary), safe_serialization=False)
     accelerator.wait_for_everyone()
