@@ -203,7 +203,7 @@ def save_state_atomically(accelerator, checkpoint_dir: Path, name: str, progress
             checkpoint_dir.mkdir(parents=True)
             (checkpoint_dir / STATES_MARKER).write_text("saved training states of the run in the folder above\n")
         temporary.mkdir()  # here, not by every process's `save_state`: the other machines only add their parts
-        if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        if getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None) is not None:
             from accelerate.utils import MODEL_NAME
 
             (temporary / MODEL_NAME).mkdir()  # DeepSpeed's folder of the ZeRO shards, which every process races to make
@@ -361,8 +361,10 @@ def _take_lock(folder: Path) -> IO:
         if fcntl is None:
             warnings.warn(f"no file locks on this system: nothing stops a second run into {folder}", stacklevel=2)
         else:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+            # a POSIX record lock, not `flock`: it belongs to this process alone, so data-loader workers forked from
+            # it do not keep it after a kill (a requeued run would be refused until they noticed)
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
