@@ -63,7 +63,7 @@ from training.tracking import (
     tracker_loggers,
     tracker_names,
 )
-from training.run_folder import RunFolder, recipe_values, record_recipe
+from training.run_folder import RunFolder, claim_output_folder, recipe_values, record_recipe
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator and launch checks
@@ -559,18 +559,22 @@ def check_one_run(accelerator: Accelerator, output_dir: Path, settings: dict[str
 def start_run(
     recipe: Recipe,
     output_dir: Path,
-    claim: Callable[[Accelerator], RunFolder],
+    fingerprint: dict,
+    owned: Sequence[str],
+    resume: bool | None,
     report_to: Sequence[str] = (),
     options: dict[str, Any] | None = None,
 ) -> tuple[Accelerator, RunFolder, Path | None, SViTTProcessor | None]:
     """What every training run starts with: the accelerator (with `metrics.jsonl` and the trackers of `report_to`),
-    the output folder claimed for the run (`claim`, see `run_folder.claim_output_folder`), every process checked to
-    run the same recipe and `options` into the same folder (`check_one_run`), the recipe as it ran (`recipe.yaml`),
-    the synthetic set when the recipe has one (its folder), every file and folder the recipe names checked, and the
-    processor. Returns `(accelerator, run_folder, synthetic_root, processor)`; a run already finished returns right
-    after the claim (`run_folder.finished`, no processor)."""
+    the output folder claimed for the run with its `fingerprint` (`run_folder.claim_output_folder`: `owned` names
+    what the script writes, `resume` is `--resume` / `--no-resume`), every process checked to run the same recipe and
+    `options` into the same folder (`check_one_run`), the recipe as it ran (`recipe.yaml`), the synthetic set when the
+    recipe has one (its folder), every file and folder the recipe names checked, and the processor. Returns
+    `(accelerator, run_folder, synthetic_root, processor)`; a run already finished returns right after the claim
+    (`run_folder.finished`, no processor)."""
     accelerator = make_accelerator(output_dir, mixed_precision=recipe.mixed_precision, report_to=report_to)
-    run_folder = claim(accelerator)  # the main process alone creates and writes the folder, for every machine
+    # the main process alone creates and writes the folder, for every machine
+    run_folder = claim_output_folder(accelerator, output_dir, fingerprint, resume, owned)
     if run_folder.finished:
         return accelerator, run_folder, None, None
     # the same folder may be mounted at other paths on other machines: `check_one_run` compares what they see

@@ -58,7 +58,6 @@ from training.report import results_table
 from training.run_folder import (
     RunFolderError,
     check_not_model_folder,
-    claim_output_folder,
     latest_state,
     output_folder,
     publish_model_files,
@@ -142,9 +141,7 @@ def main(argv=None) -> dict | None:
             raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
     started = time.perf_counter()
     accelerator, run_folder, synthetic_root, processor = start_run(
-        recipe, output_dir, lambda accelerator: claim_output_folder(accelerator, output_dir, fingerprint, args.resume,
-                                                                    OWNED_NAMES),
-        args.report_to, vars(args),
+        recipe, output_dir, fingerprint, OWNED_NAMES, args.resume, args.report_to, vars(args)
     )
     if run_folder.finished:
         accelerator.print(run_folder.finished_note("results.json"))

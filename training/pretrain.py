@@ -48,7 +48,6 @@ from training.recipe import RecipeError, builtin_recipes, check_recipe_against_m
 from training.report import plot_curriculum, summary_record, summary_table
 from training.run_folder import (
     RunFolderError,
-    claim_output_folder,
     latest_state,
     output_folder,
     publish_model_files,
@@ -99,9 +98,7 @@ def main(argv=None) -> None:
 
     started = time.perf_counter()
     accelerator, run_folder, synthetic_root, processor = start_run(
-        recipe, output_dir, lambda accelerator: claim_output_folder(accelerator, output_dir, fingerprint, args.resume,
-                                                                    OWNED_NAMES),
-        args.report_to, vars(args),
+        recipe, output_dir, fingerprint, OWNED_NAMES, args.resume, args.report_to, vars(args)
     )
     if run_folder.finished:
         accelerator.print(run_folder.finished_note("summary.json"))
