@@ -46,7 +46,7 @@ def original_fixture_dir() -> Path:
 @pytest.fixture(scope="module")
 def pretraining_checkpoint(tmp_path_factory):
     """A saved tiny pretraining model, the starting point of the other heads: `(model, folder)`."""
-    from tiny_configs import make_model
+    from helpers.tiny_configs import make_model
 
     from modeling_svitt.modeling_heads import SViTTForPreTraining
 

@@ -17,11 +17,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from accelerate.utils import DistributedType
 
-import accumulation_worker as worker
+from helpers import accumulation_worker as worker
 from modeling_svitt import ContrastiveCache, SViTTForPreTraining
 from modeling_svitt.losses import itc_loss
-from tiny_configs import tiny_config
-from tiny_recipe import pretrain_command, subprocess_env, write_tiny_recipe
+from helpers.tiny_configs import tiny_config
+from helpers.tiny_recipe import pretrain_command, subprocess_env, write_tiny_recipe
 from training.common import make_accelerator
 from training.data.readers import BadSampleTracker, TooManyBadSamplesError
 from training.loop import accumulate_gradients, configure_deepspeed_batch

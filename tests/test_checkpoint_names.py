@@ -9,7 +9,7 @@ import time
 
 import pytest
 import transformers.utils.hub
-from python_subprocess import run_python
+from helpers.python_subprocess import run_python
 from transformers import AutoModel, AutoModelForMultipleChoice, AutoProcessor
 
 from modeling_svitt import SViTTForPreTraining, SViTTProcessor

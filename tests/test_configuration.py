@@ -1,5 +1,5 @@
 import pytest
-from tiny_configs import tiny_config, tiny_text_config, tiny_vision_config
+from helpers.tiny_configs import tiny_config, tiny_text_config, tiny_vision_config
 
 from modeling_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from original_fixture import fixture_overrides
+from helpers.original_fixture import fixture_overrides
 
 from modeling_svitt import SViTTForPreTraining
 from modeling_svitt.convert_original_svitt import load_original_checkpoint
@@ -94,7 +94,7 @@ def test_model_card_makes_a_push_ready_folder_that_loads_by_name(release_checkpo
     import hashlib
 
     from huggingface_hub import ModelCard
-    from test_tokenization import bert_vocab_dir
+    from helpers.bert_vocab import bert_vocab_dir
     from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
 
     from svitt_tools.convert import main

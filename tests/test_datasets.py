@@ -10,7 +10,7 @@ import torch
 
 from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
 from modeling_svitt.tokenization_svitt import SViTTTokenizer
-from test_tokenization import bert_vocab_dir
+from helpers.bert_vocab import bert_vocab_dir
 from test_video_io import decoded_identity, decoded_indices, write_index_video
 from training.data import (
     AnnotationError,

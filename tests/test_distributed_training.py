@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import ddp_heads_worker
-from tiny_recipe import ROOT, subprocess_env, write_tiny_recipe
+from helpers import ddp_heads_worker
+from helpers.tiny_recipe import ROOT, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 420
 
@@ -48,7 +48,7 @@ def launch(tmp_path, config: str, *extra, env_extra=None, check=True):
     env.update(env_extra or {})
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "training" / "configs" / config),
-        "--main_process_port", str(free_port()), str(ROOT / "tests" / "launch_probe.py"), str(probe),
+        "--main_process_port", str(free_port()), str(ROOT / "tests" / "helpers" / "launch_probe.py"), str(probe),
         "--recipe", str(recipe), "--output-dir", str(tmp_path / "run"), *extra,
     ]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
@@ -86,7 +86,7 @@ def test_ddp_launch_two_cpu_processes_and_sharded_evaluation_equals_one_process(
     from training.evaluation import evaluate_checkpoint
     from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
     from training.recipe import load_recipe
-    from tiny_recipe import TINY_SYNTHETIC
+    from helpers.tiny_recipe import TINY_SYNTHETIC
 
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     synthetic = generate_synthetic_dataset(config=SyntheticConfig(**TINY_SYNTHETIC)).root

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_hub import FakeHub
+from helpers.fake_hub import FakeHub
 from PIL import Image
-from tiny_recipe import (
+from helpers.tiny_recipe import (
     ROOT,
     TINY_SYNTHETIC,
     pretrain_command,
@@ -301,8 +301,7 @@ def test_a_checkpoint_without_fusion_layers_cannot_serve_qa(workspace, pretraine
 
 
 def test_two_gloo_processes_give_the_results_of_one(workspace, heads, monkeypatch):
-    import evaluate_probe
-
+    from helpers import evaluate_probe
     recipes = workspace["recipes"]
     runs = {
         "retrieval": ["--task", "retrieval", "--model", str(heads["retrieval"]), "--recipe", str(recipes["retrieval"])],
@@ -311,7 +310,7 @@ def test_two_gloo_processes_give_the_results_of_one(workspace, heads, monkeypatc
     }
     two = workspace["folder"] / "two-processes"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "training" / "configs" / "ddp.yaml"), str(ROOT / "tests" / "evaluate_probe.py"), str(two),
+               str(ROOT / "training" / "configs" / "ddp.yaml"), str(ROOT / "tests" / "helpers" / "evaluate_probe.py"), str(two),
                json.dumps(runs)]
     result = subprocess.run(command, env=subprocess_env(workspace["folder"] / "cache"), cwd=ROOT,
                             capture_output=True, text=True, timeout=TIMEOUT)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
+from helpers.tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
 
 from modeling_svitt import losses, register_head_auto_classes
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips

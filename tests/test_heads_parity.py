@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
+from helpers.original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
 
 from modeling_svitt.convert_original_svitt import convert_loaded_state_dict
 from modeling_svitt.modeling_heads import SViTTForPreTraining

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard
-from python_subprocess import run_python
-from tiny_configs import tiny_config
+from helpers.python_subprocess import run_python
+from helpers.tiny_configs import tiny_config
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
 
 from modeling_svitt.remote_code import MODEL_SOURCES, copy_model_sources, model_auto_map

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import gather_worker
+from helpers import gather_worker
 from modeling_svitt import losses
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 from accelerate import init_empty_weights
-from tiny_configs import tiny_config
+from helpers.tiny_configs import tiny_config
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 import torch
-from tiny_configs import tiny_config, tiny_text_config, tiny_vision_config
+from helpers.tiny_configs import tiny_config, tiny_text_config, tiny_vision_config
 
 from modeling_svitt import SViTTModel, SViTTTextModel, SViTTVisionModel
 from modeling_svitt.sparse_attention import load_random_block_patterns, save_random_block_patterns

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from tiny_recipe import ROOT, subprocess_env, write_tiny_recipe
+from helpers.tiny_recipe import ROOT, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 420
 CONFIGS = ROOT / "training" / "configs"
@@ -36,7 +36,7 @@ def machine_command(
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
         "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
         "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-        str(ROOT / "tests" / "launch_probe.py"), str(probe),
+        str(ROOT / "tests" / "helpers" / "launch_probe.py"), str(probe),
         "--recipe", str(recipe), "--output-dir", str(output_dir), *extra,
     ]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
+from helpers.original_fixture import TOLERANCE, VARIANTS, fixture_overrides, recorded_blocks
 from safetensors.torch import load_file
 
 from modeling_svitt import SViTTModel

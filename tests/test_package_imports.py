@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from python_subprocess import run_python
+from helpers.python_subprocess import run_python
 
 from modeling_svitt.remote_code import MODEL_SOURCES
 

@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoProcessor
 
 import modeling_svitt  # noqa: F401
 from svitt_tools.model_card import _usage
-from tiny_recipe import TINY_EGO_STAGES, pretrain_command, subprocess_env, write_tiny_recipe
+from helpers.tiny_recipe import TINY_EGO_STAGES, pretrain_command, subprocess_env, write_tiny_recipe
 
 TIMEOUT = 300
 
@@ -186,7 +186,7 @@ def test_bad_input_fails_before_the_first_step_naming_the_field(tmp_path, monkey
     from training import pretrain
     from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
     from training.recipe import RecipeError
-    from tiny_recipe import TINY_SYNTHETIC
+    from helpers.tiny_recipe import TINY_SYNTHETIC
 
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     synthetic = generate_synthetic_dataset(config=SyntheticConfig(**TINY_SYNTHETIC)).root

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from python_subprocess import run_python
-from test_tokenization import bert_vocab_dir
+from helpers.python_subprocess import run_python
+from helpers.bert_vocab import bert_vocab_dir
 from test_video_io import write_index_video
 
 from modeling_svitt.processing_svitt import (

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fake_hub import FakeHub
+from helpers.fake_hub import FakeHub
 from huggingface_hub import EvalResult, ModelCard
-from python_subprocess import run_python
-from run_fixture import STAGES, write_png, write_results, write_run
-from tiny_configs import tiny_config
+from helpers.python_subprocess import run_python
+from helpers.run_fixture import STAGES, write_png, write_results, write_run
+from helpers.tiny_configs import tiny_config
 from transformers import (
     AutoModel,
     AutoModelForMultipleChoice,
@@ -209,7 +209,7 @@ PUSH_SCRIPT = """
     from pathlib import Path
     import torch
     sys.path.insert(0, sys.argv[3])
-    from tiny_configs import tiny_config
+    from helpers.tiny_configs import tiny_config
     from modeling_svitt import SViTTForPreTraining
     from training.push_to_hub import main, push_run_to_hub  # the training scripts install the checkpoint-name hint
     run_dir, results = sys.argv[1], sys.argv[2]

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tiny_configs import tiny_config
-from tiny_recipe import TINY_RECIPE, write_tiny_recipe
+from helpers.tiny_configs import tiny_config
+from helpers.tiny_recipe import TINY_RECIPE, write_tiny_recipe
 from training.common import (
     build_optimizer,
     freeze_unused_parameters,
@@ -336,7 +336,7 @@ def test_tiny_recipe_is_valid(tmp_path):
 
 
 def _tokenizer():
-    from test_tokenization import bert_vocab_dir
+    from helpers.bert_vocab import bert_vocab_dir
 
     from modeling_svitt import SViTTTokenizer
 

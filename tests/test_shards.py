@@ -21,7 +21,7 @@ from training.data.shards import main as shards_main
 from training.data.shards import read_records, write_shards
 from training.data.streaming import ShardSpecError, StreamedVideoDataset, StreamLoader, expand_shards
 from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
-from tiny_recipe import pretrain_command
+from helpers.tiny_recipe import pretrain_command
 from training.recipe import resolve_path
 
 
@@ -107,7 +107,7 @@ def test_brace_patterns_lists_and_folders(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from tiny_recipe import TINY_SYNTHETIC
+    from helpers.tiny_recipe import TINY_SYNTHETIC
 
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "set", SyntheticConfig(**TINY_SYNTHETIC))
 
@@ -196,7 +196,7 @@ def step_losses(output_dir) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def shard_run(tmp_path_factory):
-    from tiny_recipe import subprocess_env, write_tiny_recipe
+    from helpers.tiny_recipe import subprocess_env, write_tiny_recipe
 
     folder = tmp_path_factory.mktemp("pretrain-shards")
     recipe = write_tiny_recipe(folder, stages=[

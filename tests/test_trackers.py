@@ -14,7 +14,7 @@ import accelerate.tracking
 import pytest
 import torch
 
-from tiny_recipe import TINY_SYNTHETIC, write_tiny_recipe, write_tiny_task_recipe
+from helpers.tiny_recipe import TINY_SYNTHETIC, write_tiny_recipe, write_tiny_task_recipe
 from training import finetune, pretrain
 from training.evaluation import progress_bar, sharded_pair_scorer
 from training.recipe import load_recipe
@@ -162,7 +162,7 @@ def test_evaluation_shows_its_progress(tracked_runs):
 def test_itm_reranking_with_its_progress_bar_scores_exactly_as_before(capsys, monkeypatch):
     from modeling_svitt import SViTTForVideoTextRetrieval
     from modeling_svitt.retrieval_ranking import itm_pair_scores
-    from tiny_configs import FRAMES, captions, make_model, videos
+    from helpers.tiny_configs import FRAMES, captions, make_model, videos
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     model = make_model(SViTTForVideoTextRetrieval, seed=4)

@@ -60,7 +60,7 @@ def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_af
     import weakref
 
     import training.pretrain as pretrain
-    from tiny_recipe import write_tiny_recipe
+    from helpers.tiny_recipe import write_tiny_recipe
 
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, tiny_config, videos
+from helpers.tiny_configs import ANSWER_MASK, ANSWERS, FRAMES, captions, make_config, make_model, tiny_config, videos
 from transformers import AutoConfig
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as transformers_logging

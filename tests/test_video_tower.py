@@ -3,7 +3,7 @@ for backward, random draws, and clips longer than the training clip."""
 
 import pytest
 import torch
-from tiny_configs import tiny_vision_config
+from helpers.tiny_configs import tiny_vision_config
 
 from modeling_svitt import SViTTVisionModel
 from modeling_svitt.relative_position import (

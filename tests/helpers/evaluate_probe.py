@@ -3,7 +3,7 @@ saves per process (`OUTPUT/rank<r>.pt`) what the first gathering of every evalua
 process evaluated itself, and the gathered, de-duplicated rows (indices, then the per-sample outputs: video features,
 QA predictions, EgoMCQ logits). The launch test compares them with one process.
 
-    accelerate launch --config_file training/configs/ddp.yaml tests/evaluate_probe.py OUTPUT '{"retrieval": [...]}'
+    accelerate launch --config_file training/configs/ddp.yaml tests/helpers/evaluate_probe.py OUTPUT '{"retrieval": [...]}'
 """
 
 import json

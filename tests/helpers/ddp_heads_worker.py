@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tiny_configs import tiny_config
+from helpers.tiny_configs import tiny_config
 
 BATCH, FRAMES = 3, 2
 

@@ -3,7 +3,7 @@ trained on and a digest of its weights when the stage is saved: what the launch 
 `PROBE_WRITES=1`, also every change it makes inside the output folder (files opened for writing, `torch.save`,
 folders made, renames, removals), in `writes<rank>.json` at the end.
 
-    accelerate launch --config_file ... tests/launch_probe.py PROBE_DIR --recipe ... --output-dir ...
+    accelerate launch --config_file ... tests/helpers/launch_probe.py PROBE_DIR --recipe ... --output-dir ...
 """
 
 import json

@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 import torch
-from test_tokenization import bert_vocab_dir
-from tiny_configs import tiny_config
+from helpers.bert_vocab import bert_vocab_dir
+from helpers.tiny_configs import tiny_config
 
 from modeling_svitt import SViTTForPreTraining, SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_configs import tiny_config
+from helpers.tiny_configs import tiny_config
 
 MICRO_BATCHES, MICRO_BATCH_SIZE = 4, 2
 BATCH = MICRO_BATCHES * MICRO_BATCH_SIZE

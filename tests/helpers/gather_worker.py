@@ -68,7 +68,7 @@ def model_inputs():
 
 def build_models():
     """The dual encoder and the pretraining head, identical on every process, gathering negatives."""
-    from tiny_configs import tiny_config
+    from helpers.tiny_configs import tiny_config
 
     from modeling_svitt import SViTTForPreTraining, SViTTModel
 
