@@ -9,7 +9,7 @@ same for every class.
 import contextlib
 import difflib
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +216,7 @@ class SViTTPreTrainedModel(PreTrainedModel):
         return previous
 
     @contextlib.contextmanager
-    def sparsity_overrides(self, **settings: Any) -> Iterator[Self]:
+    def sparsity_overrides(self, **settings: Any) -> Iterator["SViTTPreTrainedModel"]:
         """[`~SViTTPreTrainedModel.set_sparsity`] for the duration of a `with` block: on exit, also when the block
         raises, every setting changed has its previous value again.
 

@@ -189,3 +189,23 @@ def test_sweep_settings_go_through_the_model_and_come_back():
         with settings_applied(model, spec, {"fusion_token_keep_rate": 0.3, "token_keep_rate": 1.5}):
             pass
     assert model.get_sparsity() == before
+
+
+def test_a_curriculum_stage_sets_sparsity_through_the_model_and_its_nulls_keep_the_previous_values():
+    from training.common import configure_stage
+    from training.recipe import StageSpec
+
+    model = make_model(SViTTForVideoTextRetrieval)
+    vision = model.svitt.vision_model
+    stage = StageSpec(num_frames=4, token_keep_rate=0.5, token_drop_layers=[1], num_random_blocks=2,
+                      fusion_token_keep_rate=0.3)
+    configure_stage(model, stage, contrastive=False)
+    assert model.config.vision_config is vision.config and model.config.text_config is model.svitt.text_model.config
+    assert vision.config.num_frames == 4
+    expected = {"token_keep_rate": 0.5, "token_drop_layers": [1], "num_random_blocks": 2, "fusion_token_keep_rate": 0.3}
+    assert {name: model.get_sparsity()[name] for name in expected} == expected
+    configure_stage(model, StageSpec(num_frames=4, token_keep_rate=0.7), contrastive=False)
+    assert {name: model.get_sparsity()[name] for name in expected} == {**expected, "token_keep_rate": 0.7}
+    with pytest.raises(ValueError, match=r"`num_local_blocks` must be a positive odd number"):
+        configure_stage(model, StageSpec(num_frames=4, num_local_blocks=2), contrastive=False)
+    assert model.get_sparsity()["num_local_blocks"] == 1

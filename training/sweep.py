@@ -5,9 +5,9 @@ loaded model at every combination of the given values (a grid) on one decoded co
 and computing the video tower's analytic cost (`svitt_tools.compute_cost`).
 
 Settings are the configuration fields the forward pass reads at run time (`INFERENCE_FIELDS`: edge sparsity, node
-sparsity, text-guided selection, random-block seeding) and the evaluation protocol's (`EVALUATION_FIELDS`). Fields
-that shape the weights (widths, depths, the clip length) are refused: changing them on a loaded model would not
-change the model.
+sparsity, text-guided selection, random-block seeding, the multiple-choice scoring), which the model changes itself
+(`sparsity_overrides`), and the evaluation protocol's (`EVALUATION_FIELDS`). Fields that shape the weights (widths,
+depths, the clip length) are refused: changing them on a loaded model would not change the model.
 """
 
 from __future__ import annotations
