@@ -96,6 +96,12 @@ class SViTTVisionConfig(PreTrainedConfig):
 
     model_type = "svitt_vision_model"
     base_config_key = "vision_config"
+    # read by the forward pass at run time and shaping no weight: a built model changes them with `set_sparsity`
+    runtime_fields = (
+        "use_sparse_attention", "attention_block_size", "num_local_blocks", "num_random_blocks",
+        "sparse_attention_backend", "mask_padded_keys", "deterministic_eval", "random_block_seed", "token_keep_rate",
+        "token_keep_strategy", "token_drop_layers", "prune_after_mlp",
+    )
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -198,6 +204,7 @@ class SViTTTextConfig(PreTrainedConfig):
 
     model_type = "svitt_text_model"
     base_config_key = "text_config"
+    runtime_fields = ("fusion_token_keep_rate", "fusion_token_drop_layers", "fusion_token_keep_strategy")
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -260,6 +267,7 @@ class SViTTAnswerDecoderConfig(SViTTTextConfig):
 
     model_type = "svitt_answer_decoder"
     base_config_key = "answer_decoder_config"
+    runtime_fields = ()  # the decoder cross-attends to the question states, never selects among them
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs) -> tuple[dict, dict]:
@@ -320,6 +328,8 @@ class SViTTConfig(PreTrainedConfig):
     """
 
     model_type = "svitt"
+    # the multiple-choice head's scoring: ITC alone or the fusion layers, a cost / accuracy choice like sparsity
+    runtime_fields = ("multiple_choice_scoring",)
     sub_configs_defaults = {
         "vision_config": SViTTVisionConfig,
         "text_config": SViTTTextConfig,
@@ -450,6 +460,42 @@ def unknown_config_fields(config_class: type[PreTrainedConfig], keys: Iterable[s
     return problems
 
 
+def runtime_field_owners(config: PreTrainedConfig) -> dict[str, str]:
+    """Where each field that can change on a model built from `config` lives: `{field: owner}`, the owner being the
+    key of the sub-config that holds it (`"vision_config"`, `"text_config"`) or `""` for `config` itself.
+
+    These are the `runtime_fields` of `config` and of its sub-configs: the fields the forward pass reads at run time
+    and that shape no weight. Every other field is fixed when the model is built."""
+    owners = {name: "" for name in getattr(config, "runtime_fields", ())}
+    for key in getattr(config, "sub_configs", {}):
+        for name in getattr(getattr(config, key, None), "runtime_fields", ()):
+            owners[name] = key
+    return owners
+
+
+def check_runtime_value(config_class: type[PreTrainedConfig], name: str, value):
+    """`value` as the field `name` of `config_class` stores it (a number as a float, layers as a list of ints), or a
+    `TypeError` naming the field and the type it takes. The range is the config's own check
+    (`validate_architecture`), made once every changed field is set."""
+    default = next(field.default for field in dataclasses.fields(config_class) if field.name == name)
+    if isinstance(default, bool):
+        accepted, expected = isinstance(value, bool), "`True` or `False`"
+    elif isinstance(default, int):
+        accepted, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        accepted, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        value = float(value) if accepted else value
+    elif isinstance(default, str):
+        accepted, expected = isinstance(value, str), "a string"
+    else:  # layer indices
+        expected, layers = "a list of layer indices", list(value) if isinstance(value, (list, tuple, range)) else None
+        accepted = layers is not None and all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers)
+        value = layers if accepted else value
+    if not accepted:
+        raise TypeError(f"`{name}` must be {expected}, got {value!r} ({type(value).__name__}).")
+    return value
+
+
 def answer_decoder_config_from_text(
     text_config: SViTTTextConfig, num_layers: int | None = None, **overrides
 ) -> SViTTAnswerDecoderConfig:
@@ -476,6 +522,8 @@ __all__ = [
     "SViTTConfig",
     "SViTTTextConfig",
     "SViTTVisionConfig",
+    "check_runtime_value",
     "config_field_names",
+    "runtime_field_owners",
     "unknown_config_fields",
 ]

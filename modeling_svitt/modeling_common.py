@@ -6,14 +6,26 @@ from [`SViTTPreTrainedModel`] defined here, so loading at another clip length an
 same for every class.
 """
 
+import contextlib
+import difflib
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_svitt import SViTTConfig, SViTTVisionConfig
+from .configuration_svitt import (
+    SViTTConfig,
+    SViTTTextConfig,
+    SViTTVisionConfig,
+    check_runtime_value,
+    config_field_names,
+    runtime_field_owners,
+)
 from .remote_code import copy_model_sources, model_auto_map
 from .sparse_attention import softmax_in_float32
 
@@ -152,6 +164,117 @@ class SViTTPreTrainedModel(PreTrainedModel):
         """
         return []
 
+    def get_sparsity(self) -> dict[str, Any]:
+        """The current value of every setting [`~SViTTPreTrainedModel.set_sparsity`] can change on this model."""
+        owners = runtime_field_owners(self.config)
+        configs = self._runtime_configs(owners)
+        values = {name: getattr(configs[owner], name) for name, owner in owners.items()}
+        return {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
+
+    def set_sparsity(self, **settings: Any) -> dict[str, Any]:
+        """Change how sparse this built model runs: the configuration fields its forward pass reads at run time.
+
+        Settings (flat names; those of towers this model lacks are refused):
+            - edge sparsity of the video tower: `use_sparse_attention`, `attention_block_size`, `num_local_blocks`,
+              `num_random_blocks`, `sparse_attention_backend`, `mask_padded_keys`;
+            - its random blocks in evaluation: `deterministic_eval`, `random_block_seed`;
+            - node sparsity: `token_keep_rate`, `token_keep_strategy`, `token_drop_layers`, `prune_after_mlp`;
+            - text-guided video token selection in the fusion layers: `fusion_token_keep_rate`,
+              `fusion_token_drop_layers`, `fusion_token_keep_strategy`;
+            - the multiple-choice head's `multiple_choice_scoring` (ITC alone, or the fusion layers).
+
+        The result is the model its config with these values would build (the same weights, the same outputs), and
+        `save_pretrained` writes them. `None` leaves a setting unchanged. Values are checked as the config checks
+        them when a model is built; a refused value changes nothing. Fields that shape the weights (widths, depths,
+        `num_frames`: see `resize_num_frames`) cannot change here.
+
+        Returns:
+            The previous values of the settings changed: `model.set_sparsity(**previous)` undoes the change (see
+            [`~SViTTPreTrainedModel.sparsity_overrides`] for a change that lasts one `with` block).
+
+        Raises:
+            `ValueError` naming a field that is unknown or fixed on a built model (listing the settings), or a value
+            the config refuses; `TypeError` for a value of the wrong type.
+        """
+        owners = runtime_field_owners(self.config)
+        refused = [name for name in settings if name not in owners]
+        if refused:
+            raise ValueError(self._not_settable_message(refused, owners))
+        configs = self._runtime_configs(owners)
+        changes = {
+            name: check_runtime_value(type(configs[owners[name]]), name, value)
+            for name, value in settings.items()
+            if value is not None
+        }
+        previous = _write_settings(changes, configs, owners)
+        try:
+            for owner in {owners[name] for name in changes}:
+                configs[owner].validate_architecture()
+        except ValueError:
+            _write_settings(previous, configs, owners)
+            raise
+        return previous
+
+    @contextlib.contextmanager
+    def sparsity_overrides(self, **settings: Any) -> Iterator["SViTTPreTrainedModel"]:
+        """[`~SViTTPreTrainedModel.set_sparsity`] for the duration of a `with` block: on exit, also when the block
+        raises, every setting changed has its previous value again.
+
+        ```python
+        >>> with model.sparsity_overrides(token_keep_rate=0.5, fusion_token_keep_rate=0.3):
+        ...     outputs = model(**inputs)
+        ```
+        """
+        previous = self.set_sparsity(**settings)
+        try:
+            yield self
+        finally:
+            owners = runtime_field_owners(self.config)
+            _write_settings(previous, self._runtime_configs(owners), owners)
+
+    def _runtime_configs(self, owners: dict[str, str]) -> dict[str, PreTrainedConfig]:
+        """The config object that holds the settings of each owner (a sub-config key, `""` for this model's config).
+
+        The composite config's sub-config and the config the tower's modules read are one object (the heads read
+        the former, the layers the latter). Where they differ (a config object assigned after the model was built),
+        a setting would reach only part of the model: that is refused."""
+        configs = {owner: getattr(self.config, owner) if owner else self.config for owner in set(owners.values())}
+        for name, module in self.named_modules():
+            held = getattr(module, "config", None)
+            for owner, config in configs.items():
+                if type(held) is type(config) and held is not config:
+                    raise ValueError(
+                        f"`{type(self).__name__}.{name}` reads another {type(config).__name__} object than "
+                        f"`config{'.' + owner if owner else ''}`, so its settings cannot change consistently (was a "
+                        "config object assigned after the model was built?). Change settings with `set_sparsity` "
+                        "instead, or build the model again from its config."
+                    )
+        return configs
+
+    def _not_settable_message(self, names: list[str], owners: dict[str, str]) -> str:
+        configs = [self.config] + [getattr(self.config, key) for key in getattr(self.config, "sub_configs", {})]
+        fields = {field for config in configs if config is not None for field in config_field_names(type(config))}
+        problems = []
+        for name in names:
+            other_part = next((part for owner, part in _PARTS.items() if name in owner.runtime_fields), None)
+            if name == "num_frames":
+                problems.append(
+                    "`num_frames` sizes the relative-position tables: load with `from_pretrained(..., num_frames=...)` "
+                    "or call the video tower's `resize_num_frames`"
+                )
+            elif name in fields:
+                problems.append(f"`{name}` is fixed when the model is built")
+            elif other_part is not None:
+                problems.append(f"`{name}` is a setting of {other_part}, which {type(self).__name__} does not have")
+            else:
+                close = difflib.get_close_matches(name, list(owners), n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                problems.append(f"`{name}` is not a setting of {type(self).__name__}{hint}")
+        return (
+            f"{'; '.join(problems)}. The settings that can change on a built {type(self).__name__} (read at run "
+            f"time, shaping no weight): {', '.join(owners)}."
+        )
+
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
         """Also writes an `auto_map` and the model source, so the folder loads with `trust_remote_code=True`.
 
@@ -186,6 +309,22 @@ class SViTTPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+
+# the parts of a model whose settings `set_sparsity` changes, as its error messages name them
+_PARTS = {SViTTVisionConfig: "the video tower", SViTTTextConfig: "the text tower", SViTTConfig: "the task heads"}
+
+
+def _write_settings(
+    values: dict[str, Any], configs: dict[str, PreTrainedConfig], owners: dict[str, str]
+) -> dict[str, Any]:
+    """Write checked `values` into the configs that hold them; returns the values they replace."""
+    previous = {}
+    for name, value in values.items():
+        config = configs[owners[name]]
+        previous[name] = getattr(config, name)
+        setattr(config, name, value)
+    return previous
 
 
 __all__ = [

@@ -9,7 +9,6 @@ The functions take a [`SViTTForVideoTextRetrieval`] (or any head with `svitt` an
 them as its methods `encode_videos`, `encode_texts`, `itc_scores`, `itm_pair_scores`, `rank` and `retrieve`.
 """
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +21,6 @@ from .losses import similarity_logits
 
 if TYPE_CHECKING:  # the heads import this module, so it names their base class, never a head
     from .modeling_common import SViTTPreTrainedModel
-    from .modeling_svitt import SViTTModel
 
 ITM_SCORES = ("positive_logit", "match_log_prob")
 
@@ -74,35 +72,6 @@ class SViTTRetrievalOutput(ModelOutput):
     itc_scores_t2v: torch.FloatTensor | None = None
     candidates_t2v: torch.BoolTensor | None = None
     candidates_v2t: torch.BoolTensor | None = None
-
-
-@contextlib.contextmanager
-def text_guided_selection(
-    model: "SViTTModel",
-    keep_rate: float | None = None,
-    drop_layers: Iterable[int] | None = None,
-    strategy: str | None = None,
-) -> Iterator[None]:
-    """Temporarily switch on (or change) text-guided video token selection in the fusion layers.
-
-    The paper's S_M prunes video tokens inside the fusion layers by the text's cross-attention; it has no
-    parameters, so a model trained without it can use it at inference. `keep_rate` is the fraction kept,
-    `drop_layers` the fusion layers (counted from the first) after whose cross-attention tokens are selected,
-    `strategy` one of "cls_attn", "avg_attn", "random". `None` leaves a setting unchanged.
-    """
-    config = model.config.text_config
-    previous = (config.fusion_token_keep_rate, list(config.fusion_token_drop_layers), config.fusion_token_keep_strategy)
-    try:
-        if keep_rate is not None:
-            config.fusion_token_keep_rate = float(keep_rate)
-        if drop_layers is not None:
-            config.fusion_token_drop_layers = [int(layer) for layer in drop_layers]
-        if strategy is not None:
-            config.fusion_token_keep_strategy = strategy
-        config.validate_architecture()  # the same checks as at construction
-        yield
-    finally:
-        config.fusion_token_keep_rate, config.fusion_token_drop_layers, config.fusion_token_keep_strategy = previous
 
 
 def _iterate_video_batches(videos, batch_size: int) -> Iterator[torch.Tensor]:
@@ -281,8 +250,9 @@ def rank_galleries(
     Args:
         itm_score: "positive_logit" (the release: raw class-1 logit) or "match_log_prob" (log p(match)).
         itm_batch_size: fusion rows (pairs x clips) per forward; bounds memory for any gallery size.
-        fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy: switch on text-guided
-            video token selection in the fusion layers for this ranking only (see `text_guided_selection`).
+        fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy: switch on (or change)
+            text-guided video token selection in the fusion layers for this ranking only (`None` keeps the
+            model's; see [`~SViTTPreTrainedModel.sparsity_overrides`]).
         pair_scorer: replaces `itm_pair_scores` (same arguments and result), e.g. to share the pairs among
             processes and gather their scores.
 
@@ -304,8 +274,12 @@ def rank_galleries(
     # Scores do not depend on the direction, so every pair needed by either direction is fused once.
     needed = candidates_t2v | candidates_v2t.T
     text_indices, video_indices = needed.nonzero(as_tuple=True)
-    selection = (fusion_token_keep_rate, fusion_token_drop_layers, fusion_token_keep_strategy)
-    with text_guided_selection(model.svitt, *selection):
+    # text-guided selection (the paper's S_M) has no parameters: a model trained without it can rank with it
+    with model.svitt.sparsity_overrides(
+        fusion_token_keep_rate=fusion_token_keep_rate,
+        fusion_token_drop_layers=fusion_token_drop_layers,
+        fusion_token_keep_strategy=fusion_token_keep_strategy,
+    ):
         pair_scores = (pair_scorer or itm_pair_scores)(
             model,
             videos,
@@ -370,5 +344,4 @@ __all__ = [
     "itm_pair_scores",
     "rank_galleries",
     "retrieve",
-    "text_guided_selection",
 ]

@@ -21,7 +21,6 @@ import torch
 from modeling_svitt.configuration_svitt import SViTTConfig
 from modeling_svitt.modeling_svitt import SViTTModel
 from modeling_svitt.processing_svitt import SViTTProcessor
-from modeling_svitt.retrieval_ranking import text_guided_selection
 
 from .checkpoint_names import install_checkpoint_name_hint
 
@@ -102,7 +101,7 @@ def token_selection(
         text = svitt.encode_text(input_ids.to(device), None if attention_mask is None else attention_mask.to(device))
         text_config = svitt.config.text_config
         keep_rate = text_config.fusion_token_keep_rate if fusion_keep_rate is None else fusion_keep_rate
-        with text_guided_selection(svitt, keep_rate=keep_rate):
+        with svitt.sparsity_overrides(fusion_token_keep_rate=keep_rate):
             fusion = svitt.fuse(text.hidden_states, text.attention_mask, video.tokens, video.token_mask)
             selecting = sorted(text_config.fusion_token_drop_layers) if keep_rate < 1.0 else []
         for layer, kept in zip(selecting, fusion.kept_video_token_indices or ()):

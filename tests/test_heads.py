@@ -14,7 +14,6 @@ from modeling_svitt import losses, register_head_auto_classes
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
 from modeling_svitt.modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
-from modeling_svitt.retrieval_ranking import text_guided_selection
 from svitt_tools.metrics import retrieval_metrics
 
 
@@ -266,15 +265,15 @@ def test_text_guided_selection_switches_on_at_inference_and_is_restored(gallery_
     assert torch.equal(plain.candidates_t2v, selected.candidates_t2v)
     assert not torch.allclose(plain.scores_t2v[plain.candidates_t2v], selected.scores_t2v[plain.candidates_t2v])
     assert model.config.text_config.fusion_token_keep_rate == 1.0
-    with text_guided_selection(model.svitt, keep_rate=0.5):
+    with model.svitt.sparsity_overrides(fusion_token_keep_rate=0.5):
         assert model.svitt.text_model.config.fusion_token_keep_rate == 0.5
     assert model.svitt.text_model.config.fusion_token_keep_rate == 1.0
     for bad, field in (
-        ({"keep_rate": 0.0}, "fusion_token_keep_rate"),
-        ({"keep_rate": 0.5, "drop_layers": [5]}, "fusion_token_drop_layers"),
-        ({"strategy": "best"}, "fusion_token_keep_strategy"),
+        ({"fusion_token_keep_rate": 0.0}, "fusion_token_keep_rate"),
+        ({"fusion_token_keep_rate": 0.5, "fusion_token_drop_layers": [5]}, "fusion_token_drop_layers"),
+        ({"fusion_token_keep_strategy": "best"}, "fusion_token_keep_strategy"),
     ):
-        with pytest.raises(ValueError, match=field), text_guided_selection(model.svitt, **bad):
+        with pytest.raises(ValueError, match=field), model.svitt.sparsity_overrides(**bad):
             pass
         config = model.svitt.text_model.config
         assert (config.fusion_token_keep_rate, config.fusion_token_keep_strategy) == (1.0, "cls_attn")

@@ -414,23 +414,15 @@ def configure_stage(model, stage: StageSpec, contrastive: bool = True) -> None:
     vision = model.svitt.vision_model
     if vision.config.num_frames != stage.num_frames:
         vision.resize_num_frames(stage.num_frames)
-    sparsity = {
-        "token_keep_rate": stage.token_keep_rate,
-        "token_drop_layers": stage.token_drop_layers,
-        "use_sparse_attention": stage.use_sparse_attention,
-        "attention_block_size": stage.attention_block_size,
-        "num_local_blocks": stage.num_local_blocks,
-        "num_random_blocks": stage.num_random_blocks,
-    }
-    for key, value in sparsity.items():
-        if value is not None:
-            setattr(vision.config, key, value)
-    vision.config.validate_architecture()
-    if stage.fusion_token_keep_rate is not None:
-        config.text_config.fusion_token_keep_rate = stage.fusion_token_keep_rate
-        config.text_config.validate_architecture()
-    # The heads read these from the composite config; the towers hold the same sub-config objects.
-    config.vision_config = vision.config
+    model.set_sparsity(  # a stage's null keeps the previous stage's value
+        token_keep_rate=stage.token_keep_rate,
+        token_drop_layers=stage.token_drop_layers,
+        use_sparse_attention=stage.use_sparse_attention,
+        attention_block_size=stage.attention_block_size,
+        num_local_blocks=stage.num_local_blocks,
+        num_random_blocks=stage.num_random_blocks,
+        fusion_token_keep_rate=stage.fusion_token_keep_rate,
+    )
     if not contrastive:
         return
     config.contrastive_loss = CONTRASTIVE_LOSSES[stage.contrastive_loss]

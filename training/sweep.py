@@ -5,9 +5,9 @@ loaded model at every combination of the given values (a grid) on one decoded co
 and computing the video tower's analytic cost (`svitt_tools.compute_cost`).
 
 Settings are the configuration fields the forward pass reads at run time (`INFERENCE_FIELDS`: edge sparsity, node
-sparsity, text-guided selection, random-block seeding) and the evaluation protocol's (`EVALUATION_FIELDS`). Fields
-that shape the weights (widths, depths, the clip length) are refused: changing them on a loaded model would not
-change the model.
+sparsity, text-guided selection, random-block seeding, the multiple-choice scoring), which the model changes itself
+(`sparsity_overrides`), and the evaluation protocol's (`EVALUATION_FIELDS`). Fields that shape the weights (widths,
+depths, the clip length) are refused: changing them on a loaded model would not change the model.
 """
 
 from __future__ import annotations
@@ -24,17 +24,15 @@ import torch
 import yaml
 from accelerate import Accelerator
 
+from modeling_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from training.evaluation import DecodedOnce, evaluate, video_gmacs_per_sample, videos_per_sample
 from training.recipe import EvaluationSpec, RecipeError, validate_evaluation
 
+# the model's settings (`SViTTPreTrainedModel.set_sparsity`), by the config that holds them
 INFERENCE_FIELDS = {
-    "vision_config": (
-        "use_sparse_attention", "attention_block_size", "num_local_blocks", "num_random_blocks",
-        "sparse_attention_backend", "mask_padded_keys", "deterministic_eval", "random_block_seed", "token_keep_rate",
-        "token_keep_strategy", "token_drop_layers", "prune_after_mlp",
-    ),
-    "text_config": ("fusion_token_keep_rate", "fusion_token_drop_layers", "fusion_token_keep_strategy"),
-    "config": ("multiple_choice_scoring",),
+    "vision_config": SViTTVisionConfig.runtime_fields,
+    "text_config": SViTTTextConfig.runtime_fields,
+    "config": SViTTConfig.runtime_fields,
 }
 EVALUATION_FIELDS = ("k", "use_itm", "clip_aggregation", "qa_scoring")
 _SCOPE_ALIASES = {"vision": "vision_config", "text": "text_config", "model": "config", "evaluation": "evaluation"}
@@ -101,53 +99,29 @@ def parse_settings(assignments: list[str], option: str, several: bool) -> dict[s
     return settings
 
 
-def _config_objects(model, scope: str) -> list[Any]:
-    """Every config object of `scope` the model's modules read (the composite's sub-config and the tower's own)."""
-    svitt = model.svitt
-    candidates = {
-        "vision_config": [model.config.vision_config, svitt.config.vision_config, svitt.vision_model.config],
-        "text_config": [model.config.text_config, svitt.config.text_config, svitt.text_model.config],
-        "config": [model.config, svitt.config],
-    }[scope]
-    return list({id(config): config for config in candidates}.values())
-
-
 @contextlib.contextmanager
 def settings_applied(model, spec: EvaluationSpec, settings: dict[str, Any]) -> Iterator[EvaluationSpec]:
-    """Set inference-time settings on the model's configs for the duration of the block (restored after); yields the
+    """Set inference-time settings on the model (`sparsity_overrides`) for the duration of the block; yields the
     evaluation spec with its protocol settings applied. An impossible value raises [`RecipeError`] naming it."""
-    previous = []
-    evaluation = {}
-    try:
-        for key, value in settings.items():
-            scope, name = resolve_setting(key)
-            if scope == "evaluation":
-                evaluation[name] = value
-                continue
-            for config in _config_objects(model, scope):
-                previous.append((config, name, getattr(config, name)))
-                setattr(config, name, value)
-        for config in {id(config): config for config, _, _ in previous}.values():
-            if hasattr(config, "validate_architecture"):
-                config.validate_architecture()
-        spec = dataclasses.replace(spec, **evaluation)
+    model_settings, evaluation = {}, {}
+    for key, value in settings.items():
+        scope, name = resolve_setting(key)
+        (evaluation if scope == "evaluation" else model_settings)[name] = value
 
-        def check(condition, field, message):
-            if not condition:
-                raise RecipeError(f"{field}: {message}")
+    def check(condition, field, message):
+        if not condition:
+            raise RecipeError(f"{field}: {message}")
 
-        validate_evaluation(spec, check, "evaluation")
-    except (ValueError, TypeError) as error:
-        for config, name, value in reversed(previous):
-            setattr(config, name, value)
-        if isinstance(error, RecipeError):
+    with contextlib.ExitStack() as stack:
+        try:
+            spec = dataclasses.replace(spec, **evaluation)
+            validate_evaluation(spec, check, "evaluation")
+            stack.enter_context(model.sparsity_overrides(**model_settings))
+        except RecipeError:
             raise
-        raise RecipeError(f"settings {settings}: {error}") from None
-    try:
+        except (ValueError, TypeError) as error:
+            raise RecipeError(f"settings {settings}: {error}") from None
         yield spec
-    finally:
-        for config, name, value in reversed(previous):
-            setattr(config, name, value)
 
 
 @torch.no_grad()
