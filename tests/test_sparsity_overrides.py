@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from tiny_configs import captions, make_model, tiny_config, videos
+from helpers.tiny_configs import captions, make_model, tiny_config, videos
 
 from modeling_svitt import SViTTConfig, SViTTModel, SViTTTextConfig, SViTTVisionConfig
 from modeling_svitt.modeling_heads import SViTTForMultipleChoice, SViTTForVideoTextRetrieval
