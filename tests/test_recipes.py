@@ -10,14 +10,10 @@ import torch
 
 from tiny_configs import tiny_config
 from tiny_recipe import TINY_RECIPE, write_tiny_recipe
-from training.common import (
-    build_optimizer,
-    freeze_unused_parameters,
-    init_relative_bias_for_motion,
-    launch_problem,
-    learning_rate_multiplier,
-    step_seed,
-)
+from modeling_svitt.relative_position import init_relative_bias_for_motion
+from training.building import freeze_unused_parameters
+from training.launch import launch_problem
+from training.optimization import build_optimizer, learning_rate_multiplier, step_seed
 from training.recipe import (
     OptimizerSpec,
     RecipeError,

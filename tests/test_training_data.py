@@ -60,12 +60,13 @@ def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_af
     import weakref
 
     import training.pretrain as pretrain
+    import training.run as run
     from tiny_recipe import write_tiny_recipe
 
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     opened = []  # (stage, weak reference) of every dataset opened, in order
-    open_train_dataset = pretrain.open_train_dataset
+    open_train_dataset = run.open_train_dataset
 
     def recording(recipe, index, *args, **kwargs):
         gc.collect()
@@ -76,7 +77,7 @@ def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_af
         opened.append((index, weakref.ref(dataset)))
         return dataset
 
-    monkeypatch.setattr(pretrain, "open_train_dataset", recording)
+    monkeypatch.setattr(run, "open_train_dataset", recording)
     recipe = write_tiny_recipe(tmp_path, stages=[
         {"num_frames": 2, "token_keep_rate": 0.75, "steps": 1}, {"num_frames": 2, "token_keep_rate": 0.5, "steps": 1},
     ])

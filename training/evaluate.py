@@ -27,17 +27,11 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTProcessor
 from modeling_svitt.answer_ranking import ANSWER_SCORINGS
 from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
-from training.common import make_accelerator, plain_loading, prepare_synthetic_data
 from training.evaluation import (
     EVALUATION_HEADS,
     build_evaluation_dataset,
@@ -45,8 +39,11 @@ from training.evaluation import (
     evaluation_results,
     load_checkpoint_config,
 )
+from training.launch import make_accelerator, plain_loading
 from training.recipe import EvaluationSpec, RecipeError, load_recipe, validate_evaluation
+from training.recipe_data import prepare_synthetic_data
 from training.report import plot_sweep, results_table, sweep_table
+from training.run import run_script
 from training.run_folder import RunFolderError, write_json_atomically
 from training.sweep import parse_settings, run_sweep, settings_applied, values_of
 
@@ -215,7 +212,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RecipeError, RunFolderError) as error:
-        sys.exit(f"error: {error}")
+    run_script(main)

@@ -35,7 +35,6 @@ from modeling_svitt.losses import all_gather_no_grad
 from modeling_svitt.retrieval_ranking import SViTTTextGallery, SViTTVideoGallery, itm_pair_scores
 from svitt_tools.compute_cost import video_tower_gmacs
 from svitt_tools.metrics import egomcq_accuracy, first_occurrence_indices, qa_accuracy, retrieval_metrics
-from training.common import FieldName, open_dataset, plain_loading
 from training.data import (
     ANNOTATION_FORMATS,
     AnnotationError,
@@ -48,7 +47,9 @@ from training.data import (
     load_answer_list,
     make_dataloader,
 )
+from training.launch import plain_loading
 from training.recipe import EvaluationSpec, RecipeError, resolve_path
+from training.recipe_data import FieldName, open_dataset
 from training.report import results_record
 
 EVALUATION_HEADS = {
