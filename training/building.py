@@ -18,7 +18,7 @@ from modeling_svitt import (
 )
 from modeling_svitt.pretrained_init import svitt_from_beit_and_bert
 from modeling_svitt.relative_position import init_relative_bias_for_motion
-from training.recipe import CONTRASTIVE_LOSSES, RELEASE_PROCESSOR, Recipe, StageSpec, resolve_path
+from training.recipe import RELEASE_PROCESSOR, Recipe, StageSpec, resolve_path
 
 
 def build_processor(recipe: Recipe) -> SViTTProcessor:
@@ -111,7 +111,7 @@ def configure_stage(model, stage: StageSpec, contrastive: bool = True) -> None:
     config.vision_config = vision.config
     if not contrastive:
         return
-    config.contrastive_loss = CONTRASTIVE_LOSSES[stage.contrastive_loss]
+    config.contrastive_loss = stage.contrastive_loss
     config.loss_weight_itc = stage.loss_weights.itc
     config.loss_weight_itm = stage.loss_weights.itm
     config.loss_weight_mlm = stage.loss_weights.mlm

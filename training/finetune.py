@@ -25,7 +25,7 @@ import argparse
 import json
 import shutil
 
-from training.evaluation import (
+from training.evaluation_loops import (
     EVALUATION_HEADS,
     build_evaluation_dataset,
     checkpoint_problem,
@@ -34,7 +34,7 @@ from training.evaluation import (
 )
 from training.launch import plain_loading
 from training.options import add_run_arguments, check_run_arguments
-from training.recipe import Recipe, RecipeError, builtin_recipes, load_recipe, resolve_path
+from training.recipe import EVALUATION_TASKS, Recipe, RecipeError, builtin_recipes, load_recipe, resolve_path
 from training.recipe_data import recipe_field_name
 from training.report import results_table
 from training.run import run_script, start_run
@@ -46,8 +46,6 @@ from training.run_folder import (
     write_json_atomically,
 )
 
-EVALUATIONS = {"retrieval": "retrieval", "qa": "qa", "multiple_choice": "egomcq"}  # task -> how its recipes test
-HEADS = {task: EVALUATION_HEADS[kind] for task, kind in EVALUATIONS.items()}
 # What a fine-tuning run writes into its folder besides its model and training states (`--no-resume` removes them).
 OWNED_NAMES = ("results.json", "finetune")
 DEFAULT_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
@@ -63,10 +61,11 @@ PATH_OPTIONS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=list(HEADS))
+    parser.add_argument("--task", required=True, choices=EVALUATION_TASKS)
+    builtin = [name for task in EVALUATION_TASKS for name in builtin_recipes(task)]
     parser.add_argument("--recipe", help="a built-in task recipe or a YAML file (default: the task's synthetic "
                                          f"recipe, {', '.join(DEFAULT_RECIPES.values())}); built-in: "
-                                         f"{', '.join(name for task in HEADS for name in builtin_recipes(task))}")
+                                         f"{', '.join(builtin)}")
     parser.add_argument("--model", help="the checkpoint to start from: a folder or Hub id (default: the recipe's)")
     parser.add_argument("--media-root", help="the folder the video paths of the annotations are relative to")
     parser.add_argument("--train-annotations", help="the training annotation file (default: the recipe's)")
@@ -111,7 +110,8 @@ def main(argv=None) -> dict | None:
     test_set = build_evaluation_dataset(spec, run.processor, stage.num_frames, run.synthetic_root, test_field)
 
     saved = run.resume("finetune")
-    model = run.build_model(HEADS[args.task])  # what the checkpoint lacks (a new head) starts from the seed alone
+    head_class = EVALUATION_HEADS[args.task]
+    model = run.build_model(head_class)  # what the checkpoint lacks (a new head) starts from the seed alone
     staging = output_dir / ".model"
     stage_run = run.train_stage(
         model, 0, dataset, args.task, description=f"{recipe.name} ({stage.num_frames} frames, keep "
@@ -125,7 +125,7 @@ def main(argv=None) -> dict | None:
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
     with plain_loading():
-        head = EVALUATION_HEADS[spec.kind].from_pretrained(output_dir).to(accelerator.device).eval()
+        head = head_class.from_pretrained(output_dir).to(accelerator.device).eval()
     record = evaluation_results(
         accelerator, head, test_set, run.processor, spec, model_name=str(output_dir), synthetic_root=run.synthetic_root
     )
@@ -134,7 +134,7 @@ def main(argv=None) -> dict | None:
     accelerator.log({f"eval/{key}": value for key, value in record["metrics"].items()}, step=stage_run.steps)
     if accelerator.is_main_process:
         write_json_atomically(output_dir / "results.json", record)
-    written = {f"{HEADS[args.task].__name__} + processor": output_dir, "results": output_dir / "results.json",
+    written = {f"{head_class.__name__} + processor": output_dir, "results": output_dir / "results.json",
                "curves": output_dir / "metrics.jsonl"}
     run.finish("results.json", results_table(record), written)
     return record
@@ -154,7 +154,7 @@ def check_starting_checkpoint(recipe: Recipe, task: str) -> None:
         itm = recipe.stages[0].loss_weights.itm > 0
     else:
         itm = task == "multiple_choice" and scoring == "itm"
-    problem = checkpoint_problem(config, recipe.evaluation[0].kind, training=True, use_itm=itm)
+    problem = checkpoint_problem(config, task, training=True, use_itm=itm)
     if problem:
         raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {task}: {problem}")
 

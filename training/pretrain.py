@@ -24,7 +24,7 @@ from pathlib import Path
 from huggingface_hub import get_token
 
 from modeling_svitt import SViTTForPreTraining
-from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
+from training.evaluation_loops import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
 from training.options import add_run_arguments, check_run_arguments
 from training.recipe import RecipeError, builtin_recipes, load_recipe
 from training.recipe_data import recipe_field_name

@@ -31,6 +31,22 @@ from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
 from training.recipe import SYNTHETIC_PLACEHOLDER, Recipe, RecipeError, StageSpec, resolve_path
 
 
+def check_data_paths(recipe: Recipe, synthetic_root: str | os.PathLike | None = None) -> None:
+    """Every annotation file and media folder the recipe names exists (raises [`RecipeError`] naming the field)."""
+    entries = [(f"stages.{i}.data", stage.data) for i, stage in enumerate(recipe.stages)]
+    entries += [(f"evaluation.{i}", evaluation) for i, evaluation in enumerate(recipe.evaluation)]
+    for where, spec in entries:
+        for key, what in (("annotations", "annotation file"), ("answer_list", "answer list file")):
+            if key == "annotations" and getattr(spec, "shards", None):
+                continue  # a streamed stage reads its shards (checked when the stage's data is opened)
+            path = resolve_path(getattr(spec, key, None) or None, synthetic_root)
+            if path is not None and not os.path.isfile(path):
+                raise RecipeError(f"recipe '{recipe.name}', {where}.{key}: {what} '{path}' does not exist")
+        media_root = resolve_path(spec.media_root, synthetic_root)
+        if media_root is not None and not os.path.isdir(media_root):
+            raise RecipeError(f"recipe '{recipe.name}', {where}.media_root: media folder '{media_root}' does not exist")
+
+
 def prepare_synthetic_data(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     """Generate the recipe's synthetic set if it has a `synthetic` section (main process first); its folder."""
     if recipe.synthetic is None:

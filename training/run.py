@@ -27,8 +27,8 @@ from modeling_svitt import SViTTProcessor
 from training.building import build_initial_model, build_processor
 from training.launch import check_one_run, make_accelerator, plain_loading, restore_scalar_shapes
 from training.loop import StagePlan, StageRun, prepare_stage, train_stage
-from training.recipe import Recipe, RecipeError, check_data_paths, check_recipe_against_model
-from training.recipe_data import open_train_dataset, prepare_synthetic_data
+from training.recipe import Recipe, RecipeError, check_recipe_against_model
+from training.recipe_data import check_data_paths, open_train_dataset, prepare_synthetic_data
 from training.run_folder import (
     RunFolder,
     RunFolderError,
