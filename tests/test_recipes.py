@@ -15,6 +15,9 @@ from training.building import freeze_unused_parameters
 from training.launch import launch_problem
 from training.optimization import build_optimizer, learning_rate_multiplier, step_seed
 from training.recipe import (
+    EVALUATION_TASKS,
+    SYNTHETIC_TASK_RECIPES,
+    TASKS,
     OptimizerSpec,
     RecipeError,
     apply_override,
@@ -49,6 +52,9 @@ def test_task_recipes_carry_the_release_settings():
     ]
     assert builtin_recipes("qa") == ["qa-agqa", "qa-anet", "qa-msrvtt", "qa-synthetic"]
     assert builtin_recipes("multiple_choice") == ["mc-egomcq", "mc-synthetic"]
+    # one task list: every fine-tuning task has its synthetic recipe, and that recipe is of the task
+    assert tuple(SYNTHETIC_TASK_RECIPES) == EVALUATION_TASKS == tuple(TASKS)[1:]
+    assert all(load_recipe(name).task == task for task, name in SYNTHETIC_TASK_RECIPES.items())
     assert load_recipe("mc-synthetic").stages[0].data.annotations == "{synthetic}/ego/egomcq_train.json"
     for name in builtin_recipes("retrieval") + builtin_recipes("qa"):
         recipe = load_recipe(name)

@@ -43,6 +43,7 @@ from training.launch import make_accelerator, plain_loading
 from training.recipe import (
     EVALUATION_TASKS,
     RENAMED_VALUES,
+    SYNTHETIC_TASK_RECIPES,
     EvaluationSpec,
     RecipeError,
     load_recipe,
@@ -54,7 +55,6 @@ from training.run import run_script
 from training.run_folder import RunFolderError, write_json_atomically
 from training.sweep import parse_settings, run_sweep, settings_applied, values_of
 
-SYNTHETIC_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # 12 / 24 test frames as 3 clips; EgoMCQ one clip
 RELEASE_NUM_CLIPS = {"retrieval": 3, "qa": 3, "multiple_choice": 1}
 # option -> EvaluationSpec field, for the options that override a field
@@ -127,7 +127,7 @@ def task_name(value: str) -> str:
 def evaluation_spec(args: argparse.Namespace) -> tuple[EvaluationSpec, dict | None, str]:
     """The evaluation entry (from the recipe, or the release's defaults), overridden by the options given; the
     recipe's synthetic section; the recipe's name (`None` without a recipe)."""
-    recipe_name = args.recipe or (SYNTHETIC_RECIPES[args.task] if args.dataset else None)
+    recipe_name = args.recipe or (SYNTHETIC_TASK_RECIPES[args.task] if args.dataset else None)
     synthetic = None
     if recipe_name:
         recipe = load_recipe(recipe_name)

@@ -34,7 +34,15 @@ from training.evaluation_loops import (
 )
 from training.launch import plain_loading
 from training.options import add_run_arguments, check_run_arguments
-from training.recipe import EVALUATION_TASKS, Recipe, RecipeError, builtin_recipes, load_recipe, resolve_path
+from training.recipe import (
+    EVALUATION_TASKS,
+    SYNTHETIC_TASK_RECIPES,
+    Recipe,
+    RecipeError,
+    builtin_recipes,
+    load_recipe,
+    resolve_path,
+)
 from training.recipe_data import recipe_field_name
 from training.report import results_table
 from training.run import run_script, start_run
@@ -48,7 +56,6 @@ from training.run_folder import (
 
 # What a fine-tuning run writes into its folder besides its model and training states (`--no-resume` removes them).
 OWNED_NAMES = ("results.json", "finetune")
-DEFAULT_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # option -> the recipe fields it sets
 PATH_OPTIONS = {
     "model": ["model.checkpoint"],
@@ -64,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", required=True, choices=EVALUATION_TASKS)
     builtin = [name for task in EVALUATION_TASKS for name in builtin_recipes(task)]
     parser.add_argument("--recipe", help="a built-in task recipe or a YAML file (default: the task's synthetic "
-                                         f"recipe, {', '.join(DEFAULT_RECIPES.values())}); built-in: "
+                                         f"recipe, {', '.join(SYNTHETIC_TASK_RECIPES.values())}); built-in: "
                                          f"{', '.join(builtin)}")
     parser.add_argument("--model", help="the checkpoint to start from: a folder or Hub id (default: the recipe's)")
     parser.add_argument("--media-root", help="the folder the video paths of the annotations are relative to")
@@ -91,7 +98,7 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
-    recipe = load_recipe(args.recipe or DEFAULT_RECIPES[args.task], recipe_overrides(args))
+    recipe = load_recipe(args.recipe or SYNTHETIC_TASK_RECIPES[args.task], recipe_overrides(args))
     if recipe.task != args.task:
         raise RecipeError(f"recipe '{recipe.name}' is a {recipe.task} recipe, not {args.task}: pick one with "
                           f"task: {args.task} ({', '.join(builtin_recipes(args.task))}) or a file of your own")

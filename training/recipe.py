@@ -522,9 +522,10 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = N
 
 INITS = ("checkpoint", "pretrained", "scratch")
 WEIGHT_DECAY_RULES = ("release", "fixed")
-# What a fine-tuning recipe trains and `training/evaluate.py` evaluates; a recipe's evaluation entries name one
-# (`kind`), and so do `finetune.py --task`, `evaluate.py --task` and the `task` of `results.json`.
+# The tasks `finetune.py --task` trains and `evaluate.py --task` evaluates (an evaluation entry's `kind`, results' `task`)
 EVALUATION_TASKS = ("retrieval", "qa", "multiple_choice")
+# Each task's recipe on the synthetic set: `finetune.py`'s default, and what `evaluate.py --dataset synthetic` reads.
+SYNTHETIC_TASK_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # recipe task -> (training data formats, evaluation tasks) it accepts
 TASKS = {
     "pretraining": (("captions", "egoclip"), ("retrieval", "multiple_choice")),
@@ -783,6 +784,7 @@ __all__ = [
     "ProcessorSpec",
     "Recipe",
     "RecipeError",
+    "SYNTHETIC_TASK_RECIPES",
     "ScheduleSpec",
     "StageSpec",
     "apply_override",
