@@ -522,7 +522,7 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = N
 
 INITS = ("checkpoint", "pretrained", "scratch")
 WEIGHT_DECAY_RULES = ("release", "fixed")
-# The tasks `finetune.py --task` trains and `evaluate.py --task` evaluates (an evaluation entry's `kind`, results' `task`)
+# The tasks `finetune.py --task` trains and `evaluate.py --task` evaluates (evaluation `kind`, results' `task`)
 EVALUATION_TASKS = ("retrieval", "qa", "multiple_choice")
 # Each task's recipe on the synthetic set: `finetune.py`'s default, and what `evaluate.py --dataset synthetic` reads.
 SYNTHETIC_TASK_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
