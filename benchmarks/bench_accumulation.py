@@ -70,7 +70,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from training import loop
-    from training.common import make_accelerator
+    from training.launch import make_accelerator
 
     if spec["configuration"].endswith("without cache"):
         loop.takes_contrastive_cache = lambda model: False

@@ -176,9 +176,43 @@ def resample_relative_position_bias_table(
     return torch.cat([resized, special], dim=0)
 
 
+# Preferred frame offset (query frame - key frame) of head h, by h modulo 4: the previous frame, the next frame, the
+# same frame, none.
+_MOTION_HEAD_OFFSETS = (1, -1, 0, None)
+
+
+@torch.no_grad()
+def init_relative_bias_for_motion(vision_model: torch.nn.Module, temporal: float, spatial_decay: float) -> None:
+    """Start a fresh video tower able to see motion.
+
+    Without position embeddings its only position signal is the relative-position bias, which starts at zero: every
+    head then mixes all frames alike, a clip and its time reversal encode almost the same, and contrastive training
+    stays at that symmetric point for hundreds of steps (the captions of a clip and of its reversal barely differ
+    either, so neither tower pulls the other away from it). Here every head prefers nearby patches (`-spatial_decay`
+    per patch of distance) and, by head index, the same place in the previous frame, the next frame or the same frame
+    (`+temporal`, see `_MOTION_HEAD_OFFSETS`): comparing a patch with its neighbour in time is what reveals a
+    direction of motion. The global-token entries stay at zero."""
+    config = vision_model.config
+    frames, side = config.num_frames, config.patches_per_side
+    offsets_t = torch.arange(1 - frames, frames)[:, None, None]
+    offsets_h = torch.arange(1 - side, side)[None, :, None]
+    offsets_w = torch.arange(1 - side, side)[None, None, :]
+    spatial = -spatial_decay * (offsets_h.abs() + offsets_w.abs()).float().expand(2 * frames - 1, -1, -1)
+    for layer in vision_model.encoder.layer:
+        table = layer.attention.attention.relative_position_bias.relative_position_bias_table
+        heads = []
+        for head in range(table.shape[1]):
+            preferred = _MOTION_HEAD_OFFSETS[head % len(_MOTION_HEAD_OFFSETS)]
+            temporal_bias = 0.0 if preferred is None else temporal * (offsets_t == preferred).float()
+            heads.append((spatial + temporal_bias).reshape(-1))
+        local = torch.stack(heads, dim=1)
+        table[: local.shape[0]] = local.to(table.dtype)
+
+
 __all__ = [
     "SViTTRelativePositionBias3D",
     "global_token_positions",
+    "init_relative_bias_for_motion",
     "inflate_relative_position_bias_table",
     "relative_position_codes",
     "relative_position_index",

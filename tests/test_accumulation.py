@@ -22,7 +22,7 @@ from modeling_svitt import ContrastiveCache, SViTTForPreTraining
 from modeling_svitt.losses import itc_loss
 from helpers.tiny_configs import tiny_config
 from helpers.tiny_recipe import pretrain_command, subprocess_env, write_tiny_recipe
-from training.common import make_accelerator
+from training.launch import make_accelerator
 from training.data.readers import BadSampleTracker, TooManyBadSamplesError
 from training.loop import accumulate_gradients, configure_deepspeed_batch
 from training.recipe import RecipeError, load_recipe

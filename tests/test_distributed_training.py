@@ -82,8 +82,8 @@ def test_ddp_launch_two_cpu_processes_and_sharded_evaluation_equals_one_process(
     run_dir = tmp_path / "run"
     check_two_ranks(probe, run_dir, "MULTI_CPU")
     # the two processes evaluated shards (videos, ITM pairs) and gathered them: one process gets the same numbers
-    from training.common import make_accelerator
-    from training.evaluation import evaluate_checkpoint
+    from training.launch import make_accelerator
+    from training.evaluation_loops import evaluate_checkpoint
     from training.data.synthetic import SyntheticConfig, generate_synthetic_dataset
     from training.recipe import load_recipe
     from helpers.tiny_recipe import TINY_SYNTHETIC

@@ -47,6 +47,14 @@ TIMEOUT = 300
 REPO = "someone/svitt-pushed"
 
 
+def test_task_names_of_earlier_versions_are_refused_naming_the_new_one(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--task", "egomcq", "--model", "m", "--dataset", "synthetic"])
+    assert "--task egomcq is now spelled --task multiple_choice" in capsys.readouterr().err
+    args = evaluate.parse_args(["--task", "multiple_choice", "--model", "m", "--dataset", "synthetic"])
+    assert args.task == "multiple_choice"
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finetune")
@@ -160,7 +168,7 @@ def test_qa_fine_tuning_then_evaluation_report_accuracy_per_question_type(worksp
 
 def test_egomcq_evaluation_and_fine_tuning_of_an_ego_checkpoint(workspace, heads):
     recipe = str(workspace["recipes"]["multiple_choice"])
-    record = evaluate.main(["--task", "egomcq", "--model", str(heads["egomcq"]), "--recipe", recipe,
+    record = evaluate.main(["--task", "multiple_choice", "--model", str(heads["egomcq"]), "--recipe", recipe,
                             "--output-dir", str(workspace["folder"] / "eval-ego")])
     assert set(record["metrics"]) == {"egomcq_inter_accuracy", "egomcq_intra_accuracy"}
     assert [entry["metric_name"] for entry in record["model_index"]] == ["Inter-video accuracy",
@@ -306,7 +314,7 @@ def test_two_gloo_processes_give_the_results_of_one(workspace, heads, monkeypatc
     runs = {
         "retrieval": ["--task", "retrieval", "--model", str(heads["retrieval"]), "--recipe", str(recipes["retrieval"])],
         "qa": ["--task", "qa", "--model", str(heads["qa"]), "--recipe", str(recipes["qa"])],
-        "egomcq": ["--task", "egomcq", "--model", str(heads["egomcq"]), "--recipe", str(recipes["multiple_choice"])],
+        "egomcq": ["--task", "multiple_choice", "--model", str(heads["egomcq"]), "--recipe", str(recipes["multiple_choice"])],
     }
     two = workspace["folder"] / "two-processes"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -319,7 +327,7 @@ def test_two_gloo_processes_give_the_results_of_one(workspace, heads, monkeypatc
 
     alone, current = {}, [""]
     # the same recording in this process (monkeypatch puts the original back afterwards)
-    monkeypatch.setattr(evaluate_probe.evaluation, "_gathered_unique", evaluate_probe.evaluation._gathered_unique)
+    monkeypatch.setattr(evaluate_probe.evaluation_loops, "_gathered_unique", evaluate_probe.evaluation_loops._gathered_unique)
     evaluate_probe.record_first_gathering(alone, current)
     for name, args in runs.items():
         current[0] = name

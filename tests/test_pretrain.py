@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoProcessor
 
-import modeling_svitt  # noqa: F401
+from modeling_svitt import SViTTConfig
 from svitt_tools.model_card import _usage
 from helpers.tiny_recipe import TINY_EGO_STAGES, pretrain_command, subprocess_env, write_tiny_recipe
 
@@ -71,7 +71,7 @@ def test_run_writes_stage_folders_summary_curves_and_a_loadable_root(uninterrupt
         config = json.loads((folder / "config.json").read_text())["vision_config"]
         assert (config["num_frames"], config["token_keep_rate"]) == (frames, keep)
         model, processor = AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
-        assert model.config.vision_config.num_frames == frames
+        assert isinstance(model.config, SViTTConfig) and model.config.vision_config.num_frames == frames
         assert processor.image_processor.size == {"height": 32, "width": 32}
     # the last stage also at the root: the output folder loads by its name
     root_model = AutoModel.from_pretrained(output)

@@ -10,22 +10,21 @@ import torch
 
 from helpers.tiny_configs import tiny_config
 from helpers.tiny_recipe import TINY_RECIPE, write_tiny_recipe
-from training.common import (
-    build_optimizer,
-    freeze_unused_parameters,
-    init_relative_bias_for_motion,
-    launch_problem,
-    learning_rate_multiplier,
-    step_seed,
-)
+from modeling_svitt.relative_position import init_relative_bias_for_motion
+from training.building import freeze_unused_parameters
+from training.launch import launch_problem
+from training.optimization import build_optimizer, learning_rate_multiplier, step_seed
 from training.recipe import (
+    EVALUATION_TASKS,
+    SYNTHETIC_TASK_RECIPES,
+    TASKS,
     OptimizerSpec,
     RecipeError,
     apply_override,
     builtin_recipes,
-    check_data_paths,
     load_recipe,
 )
+from training.recipe_data import check_data_paths
 
 
 def test_builtin_recipes_load_and_describe_the_curricula():
@@ -35,7 +34,7 @@ def test_builtin_recipes_load_and_describe_the_curricula():
     assert svitt.stages[0].optimizer.lr == 3e-5 and svitt.stages[0].epochs == 10
     assert svitt.stages[0].optimizer.weight_decay_rule == "release"
     ego = load_recipe("svitt-ego")
-    assert ego.stages[0].contrastive_loss == "egonce" and ego.evaluation[0].kind == "egomcq"
+    assert ego.stages[0].contrastive_loss == "egonce" and ego.evaluation[0].kind == "multiple_choice"
     synthetic = load_recipe("synthetic")
     frames = [s.num_frames for s in synthetic.stages]
     keep = [s.token_keep_rate for s in synthetic.stages]
@@ -44,7 +43,7 @@ def test_builtin_recipes_load_and_describe_the_curricula():
     # the ego variant on synthetic data inherits the tiny model and swaps data, loss and evaluation
     ego_synthetic = load_recipe("svitt-ego-synthetic")
     assert ego_synthetic.model == synthetic.model
-    assert ego_synthetic.stages[0].data.format == "egoclip" and ego_synthetic.evaluation[0].kind == "egomcq"
+    assert ego_synthetic.stages[0].data.format == "egoclip" and ego_synthetic.evaluation[0].kind == "multiple_choice"
 
 
 def test_task_recipes_carry_the_release_settings():
@@ -53,6 +52,9 @@ def test_task_recipes_carry_the_release_settings():
     ]
     assert builtin_recipes("qa") == ["qa-agqa", "qa-anet", "qa-msrvtt", "qa-synthetic"]
     assert builtin_recipes("multiple_choice") == ["mc-egomcq", "mc-synthetic"]
+    # one task list: every fine-tuning task has its synthetic recipe, and that recipe is of the task
+    assert tuple(SYNTHETIC_TASK_RECIPES) == EVALUATION_TASKS == tuple(TASKS)[1:]
+    assert all(load_recipe(name).task == task for task, name in SYNTHETIC_TASK_RECIPES.items())
     assert load_recipe("mc-synthetic").stages[0].data.annotations == "{synthetic}/ego/egomcq_train.json"
     for name in builtin_recipes("retrieval") + builtin_recipes("qa"):
         recipe = load_recipe(name)
@@ -119,12 +121,18 @@ def test_set_overrides_reach_nested_fields_lists_and_every_stage():
     [
         ("stages.0.token_kep_rate=0.5", "stages.0.token_kep_rate", "unknown key"),
         ("stages.1.token_keep_rate=0", "stages.1.token_keep_rate", r"\(0, 1\]"),
-        ("stages.0.num_frames=0", "stages.0.num_frames", "positive integer"),
+        ("stages.0.num_frames=0", "stages.0.num_frames", "must be >= 1"),
         ("stages.0.num_frames=2.5", "stages.0.num_frames", "integer"),
         ("stages.2.num_frames=4", "stages.2.num_frames", "shrink"),
         ("stages.0.batch_size=1", "stages.0.batch_size", ">= 2"),
         ("stages.0.epochs=3", "stages.0.epochs", "exactly one of epochs and steps"),
-        ("stages.0.contrastive_loss=nce", "stages.0.contrastive_loss", "itc"),
+        ("stages.0.contrastive_loss=nce", "stages.0.contrastive_loss", "infonce"),
+        # the spellings of earlier versions name the new one
+        ("stages.0.contrastive_loss=itc", "stages.0.contrastive_loss", "'itc' is now spelled 'infonce'"),
+        ("evaluation.0.kind=egomcq", "evaluation.0.kind", "'egomcq' is now spelled 'multiple_choice'"),
+        # clip length and sparsity under the video tower's own rules, also before a checkpoint's tower is known
+        ("stages.0.attention_block_size=0", "stages.0.attention_block_size", "must be >= 1"),
+        ("stages.0.fusion_token_keep_rate=1.5", "stages.0.fusion_token_keep_rate", r"\(0, 1\]"),
         ("stages.0.contrastive_loss=egonce", "stages.0.contrastive_loss", "egoclip"),
         ("stages.0.optimizer.lr=-1", "stages.0.optimizer.lr", "positive"),
         ("stages.0.loss_weights={itc: 0, itm: 0, mlm: 0}", "stages.0.loss_weights", "at least one"),
@@ -139,7 +147,7 @@ def test_set_overrides_reach_nested_fields_lists_and_every_stage():
         ("stages.0.steps=.inf", "stages.0.steps", "integer"),
         ("seed=4294967296", "seed", r"\[0, 2\*\*32 - 1\]"),
         ("seed=-1", "seed", r"\[0, 2\*\*32 - 1\]"),
-        ("stages.0.token_drop_layers=[-5, 99]", "stages.0.token_drop_layers", "distinct layer indices >= 0"),
+        ("stages.0.token_drop_layers=[-5, 99]", "stages.0.token_drop_layers", "layer indices >= 0"),
         ("stages.1.token_drop_layers=[1, 99]", "stages.1.token_drop_layers", "contains 99.*layers 0..3"),
         ("processor.image_size=32", "processor.image_size", "model takes 64x64"),
         # model fields that configure nothing
@@ -171,7 +179,9 @@ def test_infinite_epochs_fail_when_the_recipe_loads(tmp_path):
         ("svitt-ego", "evaluation.0.chunk_seconds=-1", "evaluation.0.chunk_seconds", "must be positive"),
         ("svitt-ego", "stages.*.data.chunk_seconds=null", "stages.0.data.chunk_seconds", "names chunk files"),
         ("svitt-ego", "stages.0.data.path_template={video_id}.mp4", "stages.0.data.path_template", "video_id"),
-        ("svitt", "stages.0.token_drop_layers=[3, 3]", "stages.0.token_drop_layers", "distinct"),
+        ("svitt", "stages.0.token_drop_layers=[3, 3]", "stages.0.token_drop_layers", "lists a layer twice"),
+        ("svitt", "stages.1.token_keep_rate=0", "stages.1.token_keep_rate", r"\(0, 1\]"),
+        ("ret-msrvtt", "stages.0.num_local_blocks=2", "stages.0.num_local_blocks", "odd"),
         ("ret-msrvtt", "model.vision.num_frames=8", "model.vision", "init: checkpoint keeps"),
     ],
 )

@@ -192,7 +192,7 @@ def test_sweep_settings_go_through_the_model_and_come_back():
 
 
 def test_a_curriculum_stage_sets_sparsity_through_the_model_and_its_nulls_keep_the_previous_values():
-    from training.common import configure_stage
+    from training.building import configure_stage
     from training.recipe import StageSpec
 
     model = make_model(SViTTForVideoTextRetrieval)

@@ -16,7 +16,7 @@ import torch
 
 from helpers.tiny_recipe import TINY_SYNTHETIC, write_tiny_recipe, write_tiny_task_recipe
 from training import finetune, pretrain
-from training.evaluation import progress_bar, sharded_pair_scorer
+from training.evaluation_loops import progress_bar, sharded_pair_scorer
 from training.recipe import load_recipe
 from training.tracking import flatten_hyperparameters, resolve_report_to, tracker_names
 

@@ -60,12 +60,13 @@ def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_af
     import weakref
 
     import training.pretrain as pretrain
+    import training.run as run
     from helpers.tiny_recipe import write_tiny_recipe
 
     monkeypatch.setenv("SVITT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     opened = []  # (stage, weak reference) of every dataset opened, in order
-    open_train_dataset = pretrain.open_train_dataset
+    open_train_dataset = run.open_train_dataset
 
     def recording(recipe, index, *args, **kwargs):
         gc.collect()
@@ -76,9 +77,25 @@ def test_pretraining_opens_a_stage_data_when_the_stage_starts_and_releases_it_af
         opened.append((index, weakref.ref(dataset)))
         return dataset
 
-    monkeypatch.setattr(pretrain, "open_train_dataset", recording)
+    monkeypatch.setattr(run, "open_train_dataset", recording)
     recipe = write_tiny_recipe(tmp_path, stages=[
         {"num_frames": 2, "token_keep_rate": 0.75, "steps": 1}, {"num_frames": 2, "token_keep_rate": 0.5, "steps": 1},
     ])
     pretrain.main(["--recipe", str(recipe), "--output-dir", str(tmp_path / "out")])
     assert [stage for stage, _ in opened] == [0, 1, 0, 1]  # checked up front, then opened at each stage's start
+
+
+def test_fine_tuning_and_pretraining_open_this_process_share_of_a_stage(tmp_path, monkeypatch):
+    # Both scripts open a stage's data through the run skeleton, which passes the process's rank: a streamed stage
+    # (shards) is split by rank, and fine-tuning used to open rank 0's share on every process.
+    from types import SimpleNamespace
+
+    import training.run as run
+
+    opened = []
+    monkeypatch.setattr(run, "open_train_dataset", lambda recipe, index, *args: opened.append((index, *args[-2:])))
+    accelerator = SimpleNamespace(num_processes=4, process_index=3)
+    training_run = run.TrainingRun(recipe=None, output_dir=tmp_path, accelerator=accelerator, folder=None,
+                                   synthetic_root=None, processor=None, max_steps=None, started=0.0)
+    training_run.open_train_dataset(1)
+    assert opened == [(1, 4, 3)]

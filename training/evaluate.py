@@ -5,7 +5,7 @@ sparsity over a grid of settings.
         --annotations data/msrvtt/msrvtt_ret_test1k.json --media-root data/msrvtt/videos --output-dir eval-msrvtt
     python training/evaluate.py --task qa --model ft-msrvtt-qa --annotations data/msrvtt_qa/test.json \\
         --answer-list data/msrvtt_qa/answer_list.json --media-root data/msrvtt/videos
-    python training/evaluate.py --task egomcq --model svitt-ego --recipe mc-egomcq       # a recipe's test settings
+    python training/evaluate.py --task multiple_choice --model svitt-ego --recipe mc-egomcq   # a recipe's test settings
     python training/evaluate.py --task retrieval --model outputs/synthetic --dataset synthetic --no-itm \\
         --sweep token_keep_rate=1.0,0.7,0.5,0.3 --sweep fusion_token_keep_rate=1.0,0.5,0.1
 
@@ -27,32 +27,36 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTProcessor
 from modeling_svitt.answer_ranking import ANSWER_SCORINGS
 from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
-from training.common import make_accelerator, plain_loading, prepare_synthetic_data
-from training.evaluation import (
+from training.evaluation_loops import (
     EVALUATION_HEADS,
     build_evaluation_dataset,
     checkpoint_problem,
     evaluation_results,
     load_checkpoint_config,
 )
-from training.recipe import EvaluationSpec, RecipeError, load_recipe, validate_evaluation
+from training.launch import make_accelerator, plain_loading
+from training.recipe import (
+    EVALUATION_TASKS,
+    RENAMED_VALUES,
+    SYNTHETIC_TASK_RECIPES,
+    EvaluationSpec,
+    RecipeError,
+    load_recipe,
+    validate_evaluation,
+)
+from training.recipe_data import prepare_synthetic_data
 from training.report import plot_sweep, results_table, sweep_table
+from training.run import run_script
 from training.run_folder import RunFolderError, write_json_atomically
 from training.sweep import parse_settings, run_sweep, settings_applied, values_of
 
-TASKS = ("retrieval", "qa", "egomcq")
-SYNTHETIC_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "egomcq": "mc-synthetic"}
-RELEASE_NUM_CLIPS = {"retrieval": 3, "qa": 3, "egomcq": 1}  # 12 / 24 test frames as 3 clips; EgoMCQ one clip
+# 12 / 24 test frames as 3 clips; EgoMCQ one clip
+RELEASE_NUM_CLIPS = {"retrieval": 3, "qa": 3, "multiple_choice": 1}
 # option -> EvaluationSpec field, for the options that override a field
 SPEC_OPTIONS = {
     "annotations": "annotations", "answer_list": "answer_list", "media_root": "media_root", "num_clips": "num_clips",
@@ -65,7 +69,7 @@ SPEC_OPTIONS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--task", required=True, type=task_name, choices=EVALUATION_TASKS)
     parser.add_argument("--model", required=True, help="the checkpoint: a save_pretrained folder or a Hub id")
     parser.add_argument("--dataset", choices=["synthetic"],
                         help="the built-in synthetic split of the task (retrieval with the temporal probe, QA, EgoMCQ)")
@@ -112,10 +116,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def task_name(value: str) -> str:
+    """`--task`, with the new name of a task that earlier versions spelled otherwise."""
+    renamed = RENAMED_VALUES["kind"].get(value)
+    if renamed:
+        raise argparse.ArgumentTypeError(f"--task {value} is now spelled --task {renamed}")
+    return value
+
+
 def evaluation_spec(args: argparse.Namespace) -> tuple[EvaluationSpec, dict | None, str]:
     """The evaluation entry (from the recipe, or the release's defaults), overridden by the options given; the
     recipe's synthetic section; the recipe's name (`None` without a recipe)."""
-    recipe_name = args.recipe or (SYNTHETIC_RECIPES[args.task] if args.dataset else None)
+    recipe_name = args.recipe or (SYNTHETIC_TASK_RECIPES[args.task] if args.dataset else None)
     synthetic = None
     if recipe_name:
         recipe = load_recipe(recipe_name)
@@ -163,7 +175,7 @@ def main(argv=None) -> dict:
     use_itm = (values_of(settings, "use_itm") or [spec.use_itm]) + values_of(grid, "use_itm")
     scorings = (values_of(settings, "multiple_choice_scoring") or [config.multiple_choice_scoring])
     scorings += values_of(grid, "multiple_choice_scoring")
-    itm = (spec.kind == "retrieval" and any(use_itm)) or (spec.kind == "egomcq" and "itm" in scorings)
+    itm = (spec.kind == "retrieval" and any(use_itm)) or (spec.kind == "multiple_choice" and "itm" in scorings)
     problem = checkpoint_problem(config, args.task, training=False, use_itm=itm)
     if problem:
         raise RecipeError(f"--model {args.model} cannot be evaluated on --task {args.task}: {problem}")
@@ -215,7 +227,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RecipeError, RunFolderError) as error:
-        sys.exit(f"error: {error}")
+    run_script(main)

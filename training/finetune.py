@@ -24,55 +24,38 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
-import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from accelerate.utils import set_seed
-
-import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
-from training.common import (
-    add_run_arguments,
-    build_initial_model,
-    check_run_arguments,
-    open_train_dataset,
-    plain_loading,
-    recipe_field_name,
-    restore_scalar_shapes,
-    start_run,
-    start_trackers,
-)
-from training.evaluation import (
+from training.evaluation_loops import (
     EVALUATION_HEADS,
     build_evaluation_dataset,
     checkpoint_problem,
     evaluation_results,
     load_checkpoint_config,
 )
-from training.loop import prepare_stage, train_stage
-from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe, resolve_path
+from training.launch import plain_loading
+from training.options import add_run_arguments, check_run_arguments
+from training.recipe import (
+    EVALUATION_TASKS,
+    SYNTHETIC_TASK_RECIPES,
+    Recipe,
+    RecipeError,
+    builtin_recipes,
+    load_recipe,
+    resolve_path,
+)
+from training.recipe_data import recipe_field_name
 from training.report import results_table
+from training.run import run_script, start_run
 from training.run_folder import (
-    RunFolderError,
     check_not_model_folder,
-    latest_state,
     output_folder,
     publish_model_files,
-    remove_states,
     run_fingerprint,
-    save_pretrained_atomically,
-    trim_metrics_log,
     write_json_atomically,
 )
 
-EVALUATIONS = {"retrieval": "retrieval", "qa": "qa", "multiple_choice": "egomcq"}  # task -> how its recipes test
-HEADS = {task: EVALUATION_HEADS[kind] for task, kind in EVALUATIONS.items()}
 # What a fine-tuning run writes into its folder besides its model and training states (`--no-resume` removes them).
 OWNED_NAMES = ("results.json", "finetune")
-DEFAULT_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
 # option -> the recipe fields it sets
 PATH_OPTIONS = {
     "model": ["model.checkpoint"],
@@ -85,10 +68,11 @@ PATH_OPTIONS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, choices=list(HEADS))
+    parser.add_argument("--task", required=True, choices=EVALUATION_TASKS)
+    builtin = [name for task in EVALUATION_TASKS for name in builtin_recipes(task)]
     parser.add_argument("--recipe", help="a built-in task recipe or a YAML file (default: the task's synthetic "
-                                         f"recipe, {', '.join(DEFAULT_RECIPES.values())}); built-in: "
-                                         f"{', '.join(name for task in HEADS for name in builtin_recipes(task))}")
+                                         f"recipe, {', '.join(SYNTHETIC_TASK_RECIPES.values())}); built-in: "
+                                         f"{', '.join(builtin)}")
     parser.add_argument("--model", help="the checkpoint to start from: a folder or Hub id (default: the recipe's)")
     parser.add_argument("--media-root", help="the folder the video paths of the annotations are relative to")
     parser.add_argument("--train-annotations", help="the training annotation file (default: the recipe's)")
@@ -114,92 +98,73 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
-    recipe = load_recipe(args.recipe or DEFAULT_RECIPES[args.task], recipe_overrides(args))
+    recipe = load_recipe(args.recipe or SYNTHETIC_TASK_RECIPES[args.task], recipe_overrides(args))
     if recipe.task != args.task:
         raise RecipeError(f"recipe '{recipe.name}' is a {recipe.task} recipe, not {args.task}: pick one with "
                           f"task: {args.task} ({', '.join(builtin_recipes(args.task))}) or a file of your own")
     stage, spec = recipe.stages[0], recipe.evaluation[0]
     output_dir = output_folder(args.output_dir, recipe.name)
-    checkpoint_dir = output_dir / "checkpoints"
     start_model = resolve_path(recipe.model.checkpoint) if recipe.model.checkpoint else None
     check_not_model_folder(output_dir, start_model)
+    check_starting_checkpoint(recipe, args.task)
     fingerprint = run_fingerprint(f"finetune --task {args.task}", recipe, model=start_model, max_steps=args.max_steps)
-
-    # The starting checkpoint must serve the task; the data must be readable: checked before anything runs.
-    if recipe.model.init == "checkpoint":
-        if not recipe.model.checkpoint:
-            raise RecipeError(f"recipe '{recipe.name}' names no checkpoint to start from: pass --model PATH_OR_HUB_ID")
-        checkpoint = resolve_path(recipe.model.checkpoint)
-        config = load_checkpoint_config(checkpoint)
-        scoring = recipe.model.config.get("multiple_choice_scoring", config.multiple_choice_scoring)
-        if args.task == "retrieval":
-            itm = stage.loss_weights.itm > 0
-        else:
-            itm = args.task == "multiple_choice" and scoring == "itm"
-        problem = checkpoint_problem(config, spec.kind, training=True, use_itm=itm)
-        if problem:
-            raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {args.task}: {problem}")
-    started = time.perf_counter()
-    accelerator, run_folder, synthetic_root, processor = start_run(
-        recipe, output_dir, fingerprint, OWNED_NAMES, args.resume, args.report_to, vars(args)
-    )
-    if run_folder.finished:
-        accelerator.print(run_folder.finished_note("results.json"))
+    run = start_run(recipe, output_dir, fingerprint, OWNED_NAMES, args, "results.json")
+    if run.folder.finished:
         return None
-    dataset = open_train_dataset(recipe, 0, processor, synthetic_root, accelerator.num_processes)
+    accelerator = run.accelerator
+    dataset = run.open_train_dataset(0)
     test_field = recipe_field_name(recipe.name, "evaluation.0")
-    test_set = build_evaluation_dataset(spec, processor, stage.num_frames, synthetic_root, test_field)
+    test_set = build_evaluation_dataset(spec, run.processor, stage.num_frames, run.synthetic_root, test_field)
 
-    saved = latest_state(checkpoint_dir)
-    if accelerator.is_main_process:
-        trim_metrics_log(output_dir / "metrics.jsonl", saved[1]["global_step"] if saved else 0, 0)
-    start_trackers(accelerator, "finetune", recipe, num_processes=accelerator.num_processes)
-    with plain_loading():
-        set_seed(recipe.seed)  # what the checkpoint lacks (a new head) starts from the seed alone
-        model = build_initial_model(recipe, HEADS[args.task])
-    check_recipe_against_model(recipe, model, processor)
-    prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed,
-                             f"recipe '{recipe.name}', stages.0", args.max_steps, contrastive=args.task == "retrieval")
-    run = train_stage(
-        accelerator, prepared, dataset, seed=recipe.seed, stage_index=0, name=args.task,
-        description=f"{recipe.name} ({stage.num_frames} frames, keep {stage.token_keep_rate:g})",
-        checkpoint_dir=checkpoint_dir, save_every_steps=recipe.save_every_steps,
-        log_every_steps=recipe.log_every_steps, max_grad_norm=stage.optimizer.max_grad_norm, resume_from=saved,
+    saved = run.resume("finetune")
+    head_class = EVALUATION_HEADS[args.task]
+    model = run.build_model(head_class)  # what the checkpoint lacks (a new head) starts from the seed alone
+    staging = output_dir / ".model"
+    stage_run = run.train_stage(
+        model, 0, dataset, args.task, description=f"{recipe.name} ({stage.num_frames} frames, keep "
+        f"{stage.token_keep_rate:g})", save_to=staging, resume_from=saved, contrastive=args.task == "retrieval",
     )
+    del model, dataset
 
     # The fine-tuned head and its processor at the root of the output folder, then its evaluation.
-    state_dict = restore_scalar_shapes(accelerator.get_state_dict(prepared.model), prepared.scalar_parameters)
     if accelerator.is_main_process:
-        staging = output_dir / ".model"
-        save_pretrained_atomically(accelerator.unwrap_model(prepared.model), processor, staging, state_dict)
         publish_model_files(staging, output_dir)
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
-    accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
-    del model, prepared
     with plain_loading():
-        head = EVALUATION_HEADS[spec.kind].from_pretrained(output_dir).to(accelerator.device).eval()
+        head = head_class.from_pretrained(output_dir).to(accelerator.device).eval()
     record = evaluation_results(
-        accelerator, head, test_set, processor, spec, model_name=str(output_dir), synthetic_root=synthetic_root
+        accelerator, head, test_set, run.processor, spec, model_name=str(output_dir), synthetic_root=run.synthetic_root
     )
-    record["training"] = {"recipe": recipe.name, "from": recipe.model.checkpoint, "steps": run.steps,
-                          "final_loss": run.final_loss, "train_seconds": round(run.train_seconds, 3)}
-    accelerator.log({f"eval/{key}": value for key, value in record["metrics"].items()}, step=run.steps)
+    record["training"] = {"recipe": recipe.name, "from": recipe.model.checkpoint, "steps": stage_run.steps,
+                          "final_loss": stage_run.final_loss, "train_seconds": round(stage_run.train_seconds, 3)}
+    accelerator.log({f"eval/{key}": value for key, value in record["metrics"].items()}, step=stage_run.steps)
     if accelerator.is_main_process:
         write_json_atomically(output_dir / "results.json", record)
-        remove_states(checkpoint_dir)
-        run_folder.mark_finished("results.json")
-        print(results_table(record))
-        print(f"\nFinished in {time.perf_counter() - started:.0f} s. Everything is in {output_dir}:")
-        print(f"  {HEADS[args.task].__name__} + processor   {output_dir}")
-        print(f"  results   {output_dir / 'results.json'}")
-        print(f"  curves    {output_dir / 'metrics.jsonl'}")
-    accelerator.end_training()
+    written = {f"{head_class.__name__} + processor": output_dir, "results": output_dir / "results.json",
+               "curves": output_dir / "metrics.jsonl"}
+    run.finish("results.json", results_table(record), written)
     return record
 
 
+def check_starting_checkpoint(recipe: Recipe, task: str) -> None:
+    """The checkpoint a recipe starts from must serve `task` (a trained ITM head where the task scores with it):
+    checked before anything runs."""
+    if recipe.model.init != "checkpoint":
+        return
+    if not recipe.model.checkpoint:
+        raise RecipeError(f"recipe '{recipe.name}' names no checkpoint to start from: pass --model PATH_OR_HUB_ID")
+    checkpoint = resolve_path(recipe.model.checkpoint)
+    config = load_checkpoint_config(checkpoint)
+    scoring = recipe.model.config.get("multiple_choice_scoring", config.multiple_choice_scoring)
+    if task == "retrieval":
+        itm = recipe.stages[0].loss_weights.itm > 0
+    else:
+        itm = task == "multiple_choice" and scoring == "itm"
+    problem = checkpoint_problem(config, task, training=True, use_itm=itm)
+    if problem:
+        raise RecipeError(f"--model {checkpoint} cannot be fine-tuned for --task {task}: {problem}")
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (RecipeError, RunFolderError) as error:
-        sys.exit(f"error: {error}")
+    run_script(main)

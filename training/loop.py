@@ -18,21 +18,13 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from modeling_svitt import ContrastiveCache, SViTTProcessor
-from training.common import (
-    build_optimizer,
-    build_scheduler,
-    check_prepared_model,
-    configure_stage,
-    freeze_unused_parameters,
-    make_stream_loader,
-    make_train_dataloader,
-    prepare_for_deepspeed,
-    share_cpu_cores,
-    step_seed,
-)
+from training.building import configure_stage, freeze_unused_parameters
+from training.launch import check_prepared_model, prepare_for_deepspeed, share_cpu_cores
+from training.optimization import build_optimizer, build_scheduler, step_seed
 from training.data import EpochShuffleSampler
 from training.data.streaming import StreamedVideoDataset, StreamLoader
 from training.recipe import RecipeError, StageSpec
+from training.recipe_data import make_stream_loader, make_train_dataloader
 from training.run_folder import save_state_atomically
 
 
@@ -198,28 +190,32 @@ def accumulate_gradients(
     return totals
 
 
-def train_stage(
-    accelerator: Accelerator,
-    prepared: PreparedStage,
-    dataset,
-    *,
-    seed: int,
-    stage_index: int,
-    name: str,
-    description: str,
-    checkpoint_dir: Path,
-    save_every_steps: int,
-    log_every_steps: int,
-    max_grad_norm: float | None = None,
-    global_step: int = 0,
-    resume_from: tuple[Path, dict] | None = None,
-) -> StageRun:
+@dataclass
+class StagePlan:
+    """Where a stage sits in its run and what it writes: its `index` in the recipe and `name` (the saved states are
+    `<name>-step-<N>` in `checkpoint_dir`), the progress bar's `description`, the run's `seed`, how often the state is
+    saved and the losses logged, the gradient clipping norm, the run's `global_step` before the stage (losses are
+    logged at `global_step + step`), and the state to resume from (saved by `train_stage` for this stage, from
+    `latest_state`)."""
+
+    index: int
+    name: str
+    description: str
+    seed: int
+    checkpoint_dir: Path
+    save_every_steps: int
+    log_every_steps: int
+    max_grad_norm: float | None = None
+    global_step: int = 0
+    resume_from: tuple[Path, dict] | None = None
+
+
+def train_stage(accelerator: Accelerator, prepared: PreparedStage, dataset, plan: StagePlan) -> StageRun:
     """Train a prepared stage for its `total_steps` optimiser steps, as `accelerate` examples do: a progress bar, the
-    losses, learning rate and throughput logged every `log_every_steps` steps (at `global_step + step`), and the
-    training state saved atomically every `save_every_steps` steps and at the end (`<name>-step-<N>` in
-    `checkpoint_dir`, with its progress). `resume_from` (a state saved by this function for this stage, from
-    `latest_state`) continues where it stopped: the data order and every step's randomness depend only on the seed,
-    the epoch and the step, so a resumed stage ends as an uninterrupted one.
+    losses, learning rate and throughput logged every `plan.log_every_steps` steps, and the training state saved
+    atomically every `plan.save_every_steps` steps and at the end (with its progress). `plan.resume_from` continues
+    where it stopped: the data order and every step's randomness depend only on the seed, the epoch and the step, so a
+    resumed stage ends as an uninterrupted one.
 
     Each step accumulates `prepared.accumulation_steps` micro-batches (`accumulate_gradients`). A step in which some
     process could not read any sample of a micro-batch is skipped by every process together: no update, but the step
@@ -227,17 +223,9 @@ def train_stage(
     model, optimizer, scheduler = prepared.model, prepared.optimizer, prepared.scheduler
     dataloader, sampler, total_steps = prepared.dataloader, prepared.sampler, prepared.total_steps
     accumulation, steps_per_epoch = prepared.accumulation_steps, prepared.steps_per_epoch
-    run = StageRun()
-    if resume_from is not None:
-        folder, progress = resume_from
-        accelerator.load_state(str(folder))
-        run = StageRun(progress["stage_step"], progress["train_seconds"], progress["clips"],
-                       skipped_steps=progress.get("skipped_steps", 0))
-        scheduler.last_epoch = run.steps - 1
-        scheduler.step()  # the learning rate of step `run.steps`
-        accelerator.print(f"Resuming {name} at step {run.steps} from {folder}")
-    bar = tqdm(total=total_steps, initial=run.steps, desc=description, disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    run = _resume(accelerator, prepared, plan)
+    bar = tqdm(total=total_steps, initial=run.steps, desc=plan.description,
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     losses: dict[str, torch.Tensor] = {}
     while run.steps < total_steps:
@@ -256,18 +244,18 @@ def train_stage(
             if len(micro_batches) < accumulation:
                 continue
             if every_process_has_data(accelerator, micro_batches):
-                seeds = [step_seed(seed, stage_index, run.steps * accumulation + micro, accelerator.process_index)
+                seeds = [step_seed(plan.seed, plan.index, run.steps * accumulation + micro, accelerator.process_index)
                          for micro in range(accumulation)]
                 losses = accumulate_gradients(accelerator, model, micro_batches, seeds)
-                if max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                if plan.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), plan.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
                 run.clips += sum(batch["pixel_values"].shape[0] for batch in micro_batches) * accelerator.num_processes
             else:
                 run.skipped_steps += 1
                 logger.warning("Step %d of %s skipped by every process: a process could read no sample of one of its "
-                               "micro-batches.", run.steps + 1, name)
+                               "micro-batches.", run.steps + 1, plan.name)
             micro_batches = []
             scheduler.step()
             run.steps += 1
@@ -275,13 +263,10 @@ def train_stage(
             run.train_seconds += now - tick
             tick = now
             bar.update(1)
-            if losses and (run.steps % log_every_steps == 0 or run.steps == total_steps):
-                _log_step(accelerator, bar, losses, scheduler, run, stage_index, epoch, global_step)
-            if run.steps % save_every_steps == 0 or run.steps == total_steps:
-                progress = {"stage": stage_index, "stage_step": run.steps, "train_seconds": run.train_seconds,
-                            "clips": run.clips, "global_step": global_step + run.steps,
-                            "skipped_steps": run.skipped_steps}
-                save_state_atomically(accelerator, checkpoint_dir, f"{name}-step-{run.steps:07d}", progress)
+            if losses and (run.steps % plan.log_every_steps == 0 or run.steps == total_steps):
+                _log_step(accelerator, bar, losses, scheduler, run, plan, epoch)
+            if run.steps % plan.save_every_steps == 0 or run.steps == total_steps:
+                _save_progress(accelerator, run, plan)
                 tick = time.perf_counter()
             if run.steps >= total_steps:
                 break
@@ -290,19 +275,41 @@ def train_stage(
     return run
 
 
+def _resume(accelerator: Accelerator, prepared: PreparedStage, plan: StagePlan) -> StageRun:
+    """The stage's progress so far: nothing, or the state `plan.resume_from` loaded and the schedule moved to it."""
+    if plan.resume_from is None:
+        return StageRun()
+    folder, progress = plan.resume_from
+    accelerator.load_state(str(folder))
+    run = StageRun(progress["stage_step"], progress["train_seconds"], progress["clips"],
+                   skipped_steps=progress.get("skipped_steps", 0))
+    prepared.scheduler.last_epoch = run.steps - 1
+    prepared.scheduler.step()  # the learning rate of step `run.steps`
+    accelerator.print(f"Resuming {plan.name} at step {run.steps} from {folder}")
+    return run
+
+
+def _save_progress(accelerator: Accelerator, run: StageRun, plan: StagePlan) -> None:
+    """Save the training state with the progress a resumed run starts from."""
+    progress = {"stage": plan.index, "stage_step": run.steps, "train_seconds": run.train_seconds, "clips": run.clips,
+                "global_step": plan.global_step + run.steps, "skipped_steps": run.skipped_steps}
+    save_state_atomically(accelerator, plan.checkpoint_dir, f"{plan.name}-step-{run.steps:07d}", progress)
+
+
 def _log_step(accelerator: Accelerator, bar, losses: dict[str, torch.Tensor], scheduler, run: StageRun,
-              stage_index: int, epoch: int, global_step: int) -> None:
+              plan: StagePlan, epoch: int) -> None:
     """Log the last step's losses (means over processes), learning rate and throughput, and show them on the bar."""
     values = {part: accelerator.reduce(value, "mean").item() for part, value in losses.items()}
     values.update(lr=scheduler.get_last_lr()[0], clips_per_second=run.clips / max(run.train_seconds, 1e-9),
-                  stage=stage_index, stage_step=run.steps, epoch=epoch, skipped_steps=run.skipped_steps)
-    accelerator.log(values, step=global_step + run.steps)
+                  stage=plan.index, stage_step=run.steps, epoch=epoch, skipped_steps=run.skipped_steps)
+    accelerator.log(values, step=plan.global_step + run.steps)
     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", clips_s=f"{values['clips_per_second']:.1f}")
 
 
 __all__ = [
     "LOSS_PARTS",
     "PreparedStage",
+    "StagePlan",
     "StageRun",
     "accumulate_gradients",
     "configure_deepspeed_batch",

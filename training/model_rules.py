@@ -70,6 +70,13 @@ def vision_config_from_recipe(recipe: Recipe) -> tuple[SViTTVisionConfig | None,
         return None, ("model.vision", str(error))
 
 
+def stand_in_vision_config(stages: list[StageSpec]) -> SViTTVisionConfig:
+    """A video tower to check stages on before the real one is known (a checkpoint's or BEiT's): the default tower,
+    deep enough for every drop layer the stages name (the real depth is checked once the model is built)."""
+    deepest = max((layer for stage in stages for layer in stage.token_drop_layers or []), default=0)
+    return SViTTVisionConfig(num_hidden_layers=max(SViTTVisionConfig().num_hidden_layers, deepest + 1))
+
+
 def stage_sparsity_problem(
     stages: list[StageSpec], vision_config: SViTTVisionConfig, text_config: SViTTTextConfig | None = None
 ) -> Problem | None:
@@ -147,5 +154,6 @@ __all__ = [
     "parameter_pattern_problems",
     "processor_size_problem",
     "stage_sparsity_problem",
+    "stand_in_vision_config",
     "vision_config_from_recipe",
 ]

@@ -19,43 +19,22 @@ every stage and a generated model card at the end (`training/push_to_hub.py`).
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from accelerate.utils import set_seed
 from huggingface_hub import get_token
 
-import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTForPreTraining
-from training.common import (
-    add_run_arguments,
-    build_initial_model,
-    check_run_arguments,
-    open_train_dataset,
-    plain_loading,
-    recipe_field_name,
-    restore_scalar_shapes,
-    start_run,
-    start_trackers,
-)
-from training.evaluation import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
-from training.loop import prepare_stage, train_stage
-from training.recipe import RecipeError, builtin_recipes, check_recipe_against_model, load_recipe
+from training.evaluation_loops import build_evaluation_dataset, evaluate_checkpoint, write_token_selection_picture
+from training.options import add_run_arguments, check_run_arguments
+from training.recipe import RecipeError, builtin_recipes, load_recipe
+from training.recipe_data import recipe_field_name
 from training.report import plot_curriculum, summary_record, summary_table
+from training.run import TrainingRun, run_script, start_run
 from training.run_folder import (
-    RunFolderError,
-    latest_state,
     output_folder,
     publish_model_files,
     read_json_record,
-    remove_states,
     run_fingerprint,
-    save_pretrained_atomically,
-    trim_metrics_log,
     write_json_atomically,
 )
 
@@ -92,17 +71,10 @@ def main(argv=None) -> None:
         raise RecipeError(f"recipe '{recipe.name}' fine-tunes ({recipe.task}): run it with training/finetune.py "
                           f"--task {recipe.task} --recipe {args.recipe}")
     output_dir = output_folder(args.output_dir, recipe.name)
-    run_state_file = output_dir / "run_state.json"
-    checkpoint_dir = output_dir / "checkpoints"
     fingerprint = run_fingerprint("pretrain", recipe, model=recipe.model.checkpoint, max_steps=args.max_steps)
-
-    started = time.perf_counter()
-    accelerator, run_folder, synthetic_root, processor = start_run(
-        recipe, output_dir, fingerprint, OWNED_NAMES, args.resume, args.report_to, vars(args)
-    )
-    if run_folder.finished:
-        accelerator.print(run_folder.finished_note("summary.json"))
-        if args.push_to_hub and accelerator.is_main_process:
+    run = start_run(recipe, output_dir, fingerprint, OWNED_NAMES, args, "summary.json")
+    if run.folder.finished:
+        if args.push_to_hub and run.accelerator.is_main_process:
             push(output_dir, args.push_to_hub)
         return
 
@@ -110,100 +82,78 @@ def main(argv=None) -> None:
     # The check converts each annotation file once (cached, memory-mapped); a stage opens its data again when it
     # starts and releases it when it ends, so no process holds the data of every stage.
     for index in range(len(recipe.stages)):
-        open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
-                           accelerator.process_index)
+        run.open_train_dataset(index)
     for index, spec in enumerate(recipe.evaluation):
         field_name = recipe_field_name(recipe.name, f"evaluation.{index}")
-        build_evaluation_dataset(spec, processor, recipe.stages[0].num_frames, synthetic_root, field_name)
+        build_evaluation_dataset(spec, run.processor, recipe.stages[0].num_frames, run.synthetic_root, field_name)
 
-    run_state = read_json_record(run_state_file) or {"recipe": recipe.name, "stages": []}
-    saved = latest_state(checkpoint_dir)
-    if accelerator.is_main_process:
-        resumed_step = saved[1]["global_step"] if saved else sum(stage["steps"] for stage in run_state["stages"])
-        trim_metrics_log(output_dir / "metrics.jsonl", resumed_step, len(run_state["stages"]))
-    start_trackers(accelerator, "pretrain", recipe, num_processes=accelerator.num_processes)
-
-    global_step = sum(stage["steps"] for stage in run_state["stages"])
+    run_state = read_json_record(output_dir / "run_state.json") or {"recipe": recipe.name, "stages": []}
+    saved = run.resume("pretrain", run_state["stages"])
     for index, stage in enumerate(recipe.stages):
         name = stage_name(index, stage.num_frames)
-        stage_dir = output_dir / name
-        if index < len(run_state["stages"]) and stage_dir.is_dir():
+        if index < len(run_state["stages"]) and (output_dir / name).is_dir():
             continue  # finished before a restart
-
         # Every stage starts from the previous stage's saved weights (the first from the recipe's model).
-        with plain_loading():
-            if index == 0:
-                set_seed(recipe.seed)  # the fresh weights depend on the seed alone
-                model = build_initial_model(recipe, SViTTForPreTraining)
-            else:
-                model = SViTTForPreTraining.from_pretrained(output_dir / run_state["stages"][-1]["checkpoint"])
-        check_recipe_against_model(recipe, model, processor)
-        dataset = open_train_dataset(recipe, index, processor, synthetic_root, accelerator.num_processes,
-                                     accelerator.process_index)
-        prepared = prepare_stage(accelerator, model, stage, dataset, processor, recipe.seed + index,
-                                 f"recipe '{recipe.name}', stages.{index}", args.max_steps)
-        run = train_stage(
-            accelerator, prepared, dataset, seed=recipe.seed, stage_index=index, name=name,
-            description=f"{name} (keep {stage.token_keep_rate:g})", checkpoint_dir=checkpoint_dir,
-            save_every_steps=recipe.save_every_steps, log_every_steps=recipe.log_every_steps,
-            max_grad_norm=stage.optimizer.max_grad_norm, global_step=global_step,
+        previous = output_dir / run_state["stages"][-1]["checkpoint"] if index else None
+        model = run.build_model(SViTTForPreTraining, previous)
+        dataset = run.open_train_dataset(index)
+        global_step = sum(record["steps"] for record in run_state["stages"])
+        stage_run = run.train_stage(
+            model, index, dataset, name, description=f"{name} (keep {stage.token_keep_rate:g})",
+            save_to=output_dir / name, global_step=global_step,
             resume_from=saved if saved is not None and saved[1]["stage"] == index else None,
         )
         saved = None
-
-        # Save the stage, evaluate it, picture what it keeps of a test clip, record it.
-        state_dict = restore_scalar_shapes(accelerator.get_state_dict(prepared.model), prepared.scalar_parameters)
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(prepared.model)
-            save_pretrained_atomically(unwrapped, processor, stage_dir, state_dict=state_dict)
-        accelerator.wait_for_everyone()
-        metrics = evaluate_checkpoint(accelerator, stage_dir, recipe.evaluation, synthetic_root)
-        if accelerator.is_main_process and recipe.evaluation:
-            write_token_selection_picture(stage_dir, recipe.evaluation[0], synthetic_root,
-                                          output_dir / "token_selection" / f"{name}.png", title=name)
-        num_test_videos = metrics.pop("num_test_videos", None)
-        global_step += run.steps
-        record = {
-            "name": name,
-            "num_frames": stage.num_frames,
-            "token_keep_rate": stage.token_keep_rate,
-            "checkpoint": name,
-            "steps": run.steps,
-            "end_step": global_step,
-            "final_loss": run.final_loss,
-            "train_seconds": round(run.train_seconds, 3),
-            "clips_per_second": round(run.clips / run.train_seconds, 3) if run.train_seconds else None,
-            "metrics": metrics,
-        }
-        accelerator.log({"stage": index, **{f"eval/{key}": value for key, value in metrics.items()}}, step=global_step)
-        run_state["stages"].append(record)
-        if num_test_videos is not None:
-            run_state["num_test_videos"] = num_test_videos
-        if accelerator.is_main_process:
-            write_json_atomically(run_state_file, run_state, keep_previous=True)
-            write_summary(output_dir, recipe, run_state)
-        accelerator.wait_for_everyone()
-        accelerator.free_memory(prepared.model, prepared.optimizer, prepared.dataloader)
-        del model, prepared, dataset
+        del model, dataset
+        record_stage(run, index, name, stage_run, run_state)
 
     # The last stage also at the root, so the output folder loads by its name.
-    if accelerator.is_main_process:
+    if run.accelerator.is_main_process:
         publish_model_files(output_dir / run_state["stages"][-1]["checkpoint"], output_dir)
         write_summary(output_dir, recipe, run_state)
         plot_curriculum(output_dir / "metrics.jsonl", run_state, output_dir / "curriculum.png")
-        remove_states(checkpoint_dir)
-        run_folder.mark_finished("summary.json")
-        print(summary_table(run_state))
-        print(f"\nFinished in {time.perf_counter() - started:.0f} s. Everything is in {output_dir}:")
-        print(f"  model + processor   {output_dir}  (AutoModel.from_pretrained('{output_dir}'))")
-        for record in run_state["stages"]:
-            print(f"  {record['name']:<19} {output_dir / record['checkpoint']}")
-        print(f"  summary             {output_dir / 'summary.json'}")
-        print(f"  curves              {output_dir / 'metrics.jsonl'}, {output_dir / 'curriculum.png'}")
-        print(f"  token selection     {output_dir / 'token_selection'}")
-        if args.push_to_hub:
-            push(output_dir, args.push_to_hub)
-    accelerator.end_training()
+    written = {"model + processor": f"{output_dir}  (AutoModel.from_pretrained('{output_dir}'))"}
+    written.update({record["name"]: output_dir / record["checkpoint"] for record in run_state["stages"]})
+    written.update({"summary": output_dir / "summary.json",
+                    "curves": f"{output_dir / 'metrics.jsonl'}, {output_dir / 'curriculum.png'}",
+                    "token selection": output_dir / "token_selection"})
+    run.finish("summary.json", summary_table(run_state), written)
+    if args.push_to_hub and run.accelerator.is_main_process:
+        push(output_dir, args.push_to_hub)
+
+
+def record_stage(run: TrainingRun, index: int, name: str, stage_run, run_state: dict) -> None:
+    """Evaluate the stage's saved model, picture what it keeps of a test clip, log and record the stage in
+    `run_state.json` and `summary.json`."""
+    accelerator, recipe, output_dir = run.accelerator, run.recipe, run.output_dir
+    stage, stage_dir = recipe.stages[index], output_dir / name
+    metrics = evaluate_checkpoint(accelerator, stage_dir, recipe.evaluation, run.synthetic_root)
+    if accelerator.is_main_process and recipe.evaluation:
+        write_token_selection_picture(stage_dir, recipe.evaluation[0], run.synthetic_root,
+                                      output_dir / "token_selection" / f"{name}.png", title=name)
+    num_test_videos = metrics.pop("num_test_videos", None)
+    end_step = sum(record["steps"] for record in run_state["stages"]) + stage_run.steps
+    seconds = stage_run.train_seconds
+    record = {
+        "name": name,
+        "num_frames": stage.num_frames,
+        "token_keep_rate": stage.token_keep_rate,
+        "checkpoint": name,
+        "steps": stage_run.steps,
+        "end_step": end_step,
+        "final_loss": stage_run.final_loss,
+        "train_seconds": round(seconds, 3),
+        "clips_per_second": round(stage_run.clips / seconds, 3) if seconds else None,
+        "metrics": metrics,
+    }
+    accelerator.log({"stage": index, **{f"eval/{key}": value for key, value in metrics.items()}}, step=end_step)
+    run_state["stages"].append(record)
+    if num_test_videos is not None:
+        run_state["num_test_videos"] = num_test_videos
+    if accelerator.is_main_process:
+        write_json_atomically(output_dir / "run_state.json", run_state, keep_previous=True)
+        write_summary(output_dir, recipe, run_state)
+    accelerator.wait_for_everyone()
 
 
 def push(output_dir: Path, repo_id: str) -> None:
@@ -218,7 +168,4 @@ def write_summary(output_dir: Path, recipe, run_state: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (RecipeError, RunFolderError) as error:
-        sys.exit(f"error: {error}")
+    run_script(main)

@@ -8,7 +8,8 @@ stage (`evaluation`). Built-in recipes live in `training/recipes/` and are found
 
 Every mistake a recipe can hold (an unknown key, a value of the wrong type, an impossible value, clip lengths that
 shrink from one stage to the next, a missing annotation file or media folder) raises [`RecipeError`], whose message
-names the recipe and the field, e.g. `recipe 'synthetic', stages.1.token_keep_rate: must be in (0, 1], got 0`.
+names the recipe and the field, e.g. `recipe 'synthetic', stages.0.batch_size: must be >= 2 (contrastive losses need
+in-batch negatives), got 1`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import re
 import string
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,13 @@ import yaml
 from modeling_svitt.answer_ranking import ANSWER_SCORINGS
 from modeling_svitt.clip_ensemble import CLIP_AGGREGATIONS
 from modeling_svitt.video_io import SAMPLING_STRATEGIES, is_sampling_strategy
+from modeling_svitt.configuration_svitt import CONTRASTIVE_LOSSES, SViTTTextConfig
 from training.model_rules import (
     built_model_problems,
     model_section_problems,
     processor_size_problem,
     stage_sparsity_problem,
+    stand_in_vision_config,
     vision_config_from_recipe,
 )
 
@@ -191,7 +195,7 @@ class StageSpec:
     gradient_accumulation_steps: int = 1
     epochs: float | None = None
     steps: int | None = None
-    contrastive_loss: str = "itc"
+    contrastive_loss: str = "infonce"
     loss_weights: LossWeights = field(default_factory=LossWeights)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -205,10 +209,10 @@ class EvaluationSpec:
     `kind`: `retrieval` (R@1/5/10, median and mean rank both ways: ITC over all pairs, then ITM re-ranking of each
     query's top `k`; plus the temporal probe when the annotations carry distractor captions; `is_paragraph_retrieval`
     for DiDeMo, `has_multi_vision_gt` for SSv2's captions of many videos), `qa` (accuracy of ranking the
-    `answer_list` with `qa_scoring`, overall and per question type) or `egomcq` (inter- and intra-video accuracy;
-    `path_template`, `chunk_seconds` as for [`DataSpec`]). `num_clips` clips of the model's clip length are read per
-    video and their scores combined with `clip_aggregation`. `dataset_type`, `dataset_name` and `split` name the set
-    in `results.json` and model cards (by default from the annotation file's name).
+    `answer_list` with `qa_scoring`, overall and per question type) or `multiple_choice` (EgoMCQ: inter- and
+    intra-video accuracy; `path_template`, `chunk_seconds` as for [`DataSpec`]). `num_clips` clips of the model's clip
+    length are read per video and their scores combined with `clip_aggregation`. `dataset_type`, `dataset_name` and
+    `split` name the set in `results.json` and model cards (by default from the annotation file's name).
     """
 
     kind: str = "retrieval"
@@ -517,36 +521,69 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = N
 # ----------------------------------------------------------------------------------------------------------------------
 
 INITS = ("checkpoint", "pretrained", "scratch")
-CONTRASTIVE_LOSSES = {"itc": "infonce", "egonce": "egonce"}
 WEIGHT_DECAY_RULES = ("release", "fixed")
-# task -> (training data formats, evaluation kinds) it accepts
+# The tasks `finetune.py --task` trains and `evaluate.py --task` evaluates (evaluation `kind`, results' `task`)
+EVALUATION_TASKS = ("retrieval", "qa", "multiple_choice")
+# Each task's recipe on the synthetic set: `finetune.py`'s default, and what `evaluate.py --dataset synthetic` reads.
+SYNTHETIC_TASK_RECIPES = {"retrieval": "ret-synthetic", "qa": "qa-synthetic", "multiple_choice": "mc-synthetic"}
+# recipe task -> (training data formats, evaluation tasks) it accepts
 TASKS = {
-    "pretraining": (("captions", "egoclip"), ("retrieval", "egomcq")),
+    "pretraining": (("captions", "egoclip"), ("retrieval", "multiple_choice")),
     "retrieval": (("captions",), ("retrieval",)),
     "qa": (("qa",), ("qa",)),
-    "multiple_choice": (("egomcq",), ("egomcq",)),
+    "multiple_choice": (("egomcq",), ("multiple_choice",)),
 }
-EVALUATION_KINDS = ("retrieval", "qa", "egomcq")
+# Spellings that earlier versions accepted -> the name to use now (a stage's `contrastive_loss` is the config's).
+RENAMED_VALUES = {"contrastive_loss": {"itc": "infonce"}, "kind": {"egomcq": "multiple_choice"}}
+
+Check = Callable[[bool, str, str], None]  # check(condition, field, message) raises naming the field
+
+
+def _check_one_of(check: Check, value: str, choices, field: str, context: str = "") -> None:
+    """`value` must be one of `choices`; a spelling of earlier versions is named with its replacement."""
+    renamed = RENAMED_VALUES.get(field.rsplit(".", 1)[-1], {}).get(value)
+    hint = f" ({value!r} is now spelled {renamed!r})" if renamed else ""
+    check(value in choices, field, f"must be one of {tuple(choices)}{context}, got {value!r}{hint}")
 
 
 def validate_recipe(recipe: Recipe) -> None:
-    """Check values that the types allow but the run cannot use (raises [`RecipeError`])."""
-    name = recipe.name
+    """Check values that the types allow but the run cannot use, part by part (raises [`RecipeError`] naming the
+    field); the stages' clip lengths and sparsity under the video tower's own rules (`validate_model_rules`)."""
 
     def check(condition: bool, where: str, message: str) -> None:
         if not condition:
-            raise _fail(name, where, message)
+            raise _fail(recipe.name, where, message)
 
-    check(recipe.task in TASKS, "task", f"must be one of {tuple(TASKS)}, got {recipe.task!r}")
-    data_formats, evaluation_kinds = TASKS[recipe.task]
+    _check_one_of(check, recipe.task, TASKS, "task")
+    data_formats, evaluation_tasks = TASKS[recipe.task]
     if recipe.task != "pretraining":
         check(len(recipe.stages) == 1, "stages",
               f"a {recipe.task} recipe fine-tunes in one stage, got {len(recipe.stages)}")
         check(len(recipe.evaluation) == 1, "evaluation",
               f"a {recipe.task} recipe evaluates one set, got {len(recipe.evaluation)}")
-    model = recipe.model
-    check(model.init in INITS, "model.init", f"must be one of {INITS}, got {model.init!r}")
-    if model.init == "checkpoint" and recipe.task == "pretraining":  # fine-tuning takes it from --model
+    check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
+    check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
+    check(0 <= recipe.seed < 2**32, "seed", f"must be in [0, 2**32 - 1] (NumPy takes 32-bit seeds), got {recipe.seed}")
+    _check_one_of(check, recipe.mixed_precision, ("auto", "no", "fp16", "bf16"), "mixed_precision")
+    validate_model_spec(recipe.model, recipe.task, check)
+    validate_processor_spec(recipe.processor, check)
+    previous_frames = 0
+    for index, stage in enumerate(recipe.stages):
+        check(stage.num_frames >= previous_frames, f"stages.{index}.num_frames",
+              f"clip lengths must not shrink from one stage to the next ({previous_frames} -> {stage.num_frames})")
+        previous_frames = stage.num_frames
+        validate_stage(stage, recipe.task, check, f"stages.{index}")
+    for index, evaluation in enumerate(recipe.evaluation):
+        where = f"evaluation.{index}"
+        _check_one_of(check, evaluation.kind, evaluation_tasks, f"{where}.kind", f" for a {recipe.task} recipe")
+        validate_evaluation(evaluation, check, where)
+    validate_model_rules(recipe)
+
+
+def validate_model_spec(model: ModelSpec, task: str, check: Check) -> None:
+    """How the model starts: a known `init` with what it needs, and the motion bias only on a fresh video tower."""
+    _check_one_of(check, model.init, INITS, "model.init")
+    if model.init == "checkpoint" and task == "pretraining":  # fine-tuning takes it from --model
         check(bool(model.checkpoint), "model.checkpoint", "is required with init: checkpoint (a folder or Hub id)")
     if model.init == "pretrained":
         check(bool(model.bert), "model.bert", "is required with init: pretrained (a BERT folder or Hub id)")
@@ -559,7 +596,9 @@ def validate_recipe(recipe: Recipe) -> None:
               "starts a fresh video tower's relative-position bias: it needs init: scratch, or pretrained with beit: "
               "null (it would overwrite the trained bias of a checkpoint or of BEiT)")
 
-    processor = recipe.processor
+
+def validate_processor_spec(processor: ProcessorSpec, check: Check) -> None:
+    """Frame size, text lengths, normalisation and crop of the processor."""
     for key, minimum in (("image_size", 1), ("max_text_length", 2), ("max_answer_length", 2)):
         value = getattr(processor, key)
         check(value is None or value >= minimum, f"processor.{key}", f"must be >= {minimum}, got {value}")
@@ -570,112 +609,80 @@ def validate_recipe(recipe: Recipe) -> None:
     scale = processor.crop_scale
     check(scale is None or (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1), "processor.crop_scale",
           f"must be two fractions 0 < low <= high <= 1, got {scale}")
-    check(recipe.save_every_steps > 0, "save_every_steps", f"must be positive, got {recipe.save_every_steps}")
-    check(recipe.log_every_steps > 0, "log_every_steps", f"must be positive, got {recipe.log_every_steps}")
-    check(0 <= recipe.seed < 2**32, "seed", f"must be in [0, 2**32 - 1] (NumPy takes 32-bit seeds), got {recipe.seed}")
-    check(recipe.mixed_precision in ("auto", "no", "fp16", "bf16"), "mixed_precision",
-          f"must be one of auto, no, fp16, bf16, got {recipe.mixed_precision!r}")
-
-    previous_frames = 0
-    for index, stage in enumerate(recipe.stages):
-        where = f"stages.{index}"
-        check(stage.num_frames > 0, f"{where}.num_frames", f"must be a positive integer, got {stage.num_frames}")
-        check(
-            stage.num_frames >= previous_frames,
-            f"{where}.num_frames",
-            f"clip lengths must not shrink from one stage to the next ({previous_frames} -> {stage.num_frames})",
-        )
-        previous_frames = stage.num_frames
-        check(0.0 < stage.token_keep_rate <= 1.0, f"{where}.token_keep_rate",
-              f"must be in (0, 1], got {stage.token_keep_rate:g}")
-        if stage.fusion_token_keep_rate is not None:
-            check(0.0 < stage.fusion_token_keep_rate <= 1.0, f"{where}.fusion_token_keep_rate",
-                  f"must be in (0, 1], got {stage.fusion_token_keep_rate:g}")
-        for key in ("attention_block_size", "num_local_blocks"):
-            value = getattr(stage, key)
-            check(value is None or value > 0, f"{where}.{key}", f"must be positive, got {value}")
-        if stage.num_local_blocks is not None:
-            check(stage.num_local_blocks % 2 == 1, f"{where}.num_local_blocks",
-                  f"must be odd (a window centred on the query block), got {stage.num_local_blocks}")
-        check(stage.num_random_blocks is None or stage.num_random_blocks >= 0, f"{where}.num_random_blocks",
-              f"must be >= 0, got {stage.num_random_blocks}")
-        if recipe.task in ("pretraining", "retrieval"):
-            check(stage.batch_size >= 2, f"{where}.batch_size",
-                  f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
-        check(stage.batch_size >= 1, f"{where}.batch_size", f"must be positive, got {stage.batch_size}")
-        check(isinstance(stage.gradient_accumulation_steps, int) and stage.gradient_accumulation_steps >= 1,
-              f"{where}.gradient_accumulation_steps",
-              f"must be a positive integer, got {stage.gradient_accumulation_steps!r}")
-        check((stage.epochs is None) != (stage.steps is None), f"{where}.epochs",
-              "give exactly one of epochs and steps")
-        if stage.epochs is not None:
-            check(stage.epochs > 0, f"{where}.epochs", f"must be positive, got {stage.epochs:g}")
-        if stage.steps is not None:
-            check(stage.steps > 0, f"{where}.steps", f"must be positive, got {stage.steps}")
-        check(stage.contrastive_loss in CONTRASTIVE_LOSSES, f"{where}.contrastive_loss",
-              f"must be one of {tuple(CONTRASTIVE_LOSSES)}, got {stage.contrastive_loss!r}")
-        weights = stage.loss_weights
-        for key in ("itc", "itm", "mlm"):
-            value = getattr(weights, key)
-            check(value >= 0, f"{where}.loss_weights.{key}", f"must be >= 0, got {value:g}")
-        check(weights.itc + weights.itm + weights.mlm > 0, f"{where}.loss_weights", "at least one weight must be > 0")
-        optimizer = stage.optimizer
-        check(optimizer.lr > 0, f"{where}.optimizer.lr", f"must be positive, got {optimizer.lr:g}")
-        check(optimizer.weight_decay >= 0, f"{where}.optimizer.weight_decay", "must be >= 0")
-        check(len(optimizer.betas) == 2 and all(0 <= b < 1 for b in optimizer.betas), f"{where}.optimizer.betas",
-              f"must be two numbers in [0, 1), got {optimizer.betas}")
-        check(optimizer.eps > 0, f"{where}.optimizer.eps", "must be positive")
-        check(optimizer.weight_decay_rule in WEIGHT_DECAY_RULES, f"{where}.optimizer.weight_decay_rule",
-              f"must be one of {WEIGHT_DECAY_RULES}, got {optimizer.weight_decay_rule!r}")
-        for prefix, factor in optimizer.lr_multipliers.items():
-            check(factor > 0, f"{where}.optimizer.lr_multipliers.{prefix}", f"must be positive, got {factor:g}")
-        check(optimizer.max_grad_norm is None or optimizer.max_grad_norm > 0, f"{where}.optimizer.max_grad_norm",
-              "must be positive or null")
-        schedule = stage.schedule
-        check(0 <= schedule.warmup_fraction < 1, f"{where}.schedule.warmup_fraction", "must be in [0, 1)")
-        check(0 <= schedule.min_lr_multiplier <= 1, f"{where}.schedule.min_lr_multiplier", "must be in [0, 1]")
-        data = stage.data
-        check(data.format in data_formats, f"{where}.data.format",
-              f"must be one of {data_formats} for a {recipe.task} recipe, got {data.format!r}")
-        check(data.match_by in ("video", "caption"), f"{where}.data.match_by",
-              f"must be video or caption, got {data.match_by!r}")
-        check(bool(data.annotations) or bool(data.shards), f"{where}.data.annotations",
-              "is required (the annotation file), unless data.shards names the stage's shards")
-        if data.shards:
-            check(data.format in ("captions", "egoclip"), f"{where}.data.shards",
-                  f"streams captions or egoclip data, not {data.format!r}")
-            check(stage.steps is not None, f"{where}.steps",
-                  "a stage streamed from shards has no length of its own: give it in steps, not epochs")
-            check(data.shuffle_buffer >= 0, f"{where}.data.shuffle_buffer", "must be >= 0")
-        check(data.num_workers >= 0, f"{where}.data.num_workers", "must be >= 0")
-        check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.data.group_size",
-              f"must divide the batch size ({stage.batch_size}), got {data.group_size}")
-        check(data.prefetch_factor >= 1, f"{where}.data.prefetch_factor", "must be >= 1")
-        check(0 <= data.max_bad_fraction <= 1, f"{where}.data.max_bad_fraction", "must be in [0, 1]")
-        if stage.contrastive_loss == "egonce":
-            check(data.format == "egoclip", f"{where}.contrastive_loss",
-                  "egonce needs verb and noun tags: use data.format: egoclip")
-        _validate_stage_inputs(stage, where, check)
-
-    for index, evaluation in enumerate(recipe.evaluation):
-        where = f"evaluation.{index}"
-        check(evaluation.kind in evaluation_kinds, f"{where}.kind",
-              f"must be one of {evaluation_kinds} for a {recipe.task} recipe, got {evaluation.kind!r}")
-        validate_evaluation(evaluation, check, where)
-    validate_model_rules(recipe)
 
 
-def _validate_stage_inputs(stage: StageSpec, where: str, check) -> None:
-    """A stage's frame sampling, video file layout and drop layers (what would otherwise fail inside a data-loader
-    worker, or in the middle of the run)."""
+def validate_stage(stage: StageSpec, task: str, check: Check, where: str) -> None:
+    """One stage of a `task` recipe: batch, length, losses, optimiser, schedule and data. Its clip length and
+    sparsity follow the video tower's own rules (`validate_model_rules`); the drop layers are 0-based here."""
+    if task in ("pretraining", "retrieval"):
+        check(stage.batch_size >= 2, f"{where}.batch_size",
+              f"must be >= 2 (contrastive losses need in-batch negatives), got {stage.batch_size}")
+    check(stage.batch_size >= 1, f"{where}.batch_size", f"must be positive, got {stage.batch_size}")
+    check(isinstance(stage.gradient_accumulation_steps, int) and stage.gradient_accumulation_steps >= 1,
+          f"{where}.gradient_accumulation_steps",
+          f"must be a positive integer, got {stage.gradient_accumulation_steps!r}")
+    check((stage.epochs is None) != (stage.steps is None), f"{where}.epochs", "give exactly one of epochs and steps")
+    if stage.epochs is not None:
+        check(stage.epochs > 0, f"{where}.epochs", f"must be positive, got {stage.epochs:g}")
+    if stage.steps is not None:
+        check(stage.steps > 0, f"{where}.steps", f"must be positive, got {stage.steps}")
+    layers = stage.token_drop_layers or []
+    check(all(layer >= 0 for layer in layers), f"{where}.token_drop_layers",
+          f"must list layer indices >= 0 (0-based layers of the video tower), got {layers}")
+    _check_one_of(check, stage.contrastive_loss, CONTRASTIVE_LOSSES, f"{where}.contrastive_loss")
+    if stage.contrastive_loss == "egonce":
+        check(stage.data.format == "egoclip", f"{where}.contrastive_loss",
+              "egonce needs verb and noun tags: use data.format: egoclip")
+    weights = stage.loss_weights
+    for key in ("itc", "itm", "mlm"):
+        value = getattr(weights, key)
+        check(value >= 0, f"{where}.loss_weights.{key}", f"must be >= 0, got {value:g}")
+    check(weights.itc + weights.itm + weights.mlm > 0, f"{where}.loss_weights", "at least one weight must be > 0")
+    validate_optimizer_spec(stage.optimizer, check, f"{where}.optimizer")
+    schedule = stage.schedule
+    check(0 <= schedule.warmup_fraction < 1, f"{where}.schedule.warmup_fraction", "must be in [0, 1)")
+    check(0 <= schedule.min_lr_multiplier <= 1, f"{where}.schedule.min_lr_multiplier", "must be in [0, 1]")
+    validate_data_spec(stage, TASKS[task][0], check, f"{where}.data", task)
+
+
+def validate_optimizer_spec(optimizer: OptimizerSpec, check: Check, where: str) -> None:
+    """AdamW's hyper-parameters, the weight-decay rule and the learning-rate multipliers."""
+    check(optimizer.lr > 0, f"{where}.lr", f"must be positive, got {optimizer.lr:g}")
+    check(optimizer.weight_decay >= 0, f"{where}.weight_decay", "must be >= 0")
+    check(len(optimizer.betas) == 2 and all(0 <= b < 1 for b in optimizer.betas), f"{where}.betas",
+          f"must be two numbers in [0, 1), got {optimizer.betas}")
+    check(optimizer.eps > 0, f"{where}.eps", "must be positive")
+    _check_one_of(check, optimizer.weight_decay_rule, WEIGHT_DECAY_RULES, f"{where}.weight_decay_rule")
+    for prefix, factor in optimizer.lr_multipliers.items():
+        check(factor > 0, f"{where}.lr_multipliers.{prefix}", f"must be positive, got {factor:g}")
+    check(optimizer.max_grad_norm is None or optimizer.max_grad_norm > 0, f"{where}.max_grad_norm",
+          "must be positive or null")
+
+
+def validate_data_spec(stage: StageSpec, data_formats: tuple[str, ...], check: Check, where: str, task: str) -> None:
+    """A stage's training data (`stage.data`, named `where`): a format the task reads, where it comes from, how it is
+    loaded, and what would otherwise fail inside a data-loader worker (frame sampling, video file layout)."""
     data = stage.data
-    check(is_sampling_strategy(data.frame_sampling), f"{where}.data.frame_sampling",
+    _check_one_of(check, data.format, data_formats, f"{where}.format", f" for a {task} recipe")
+    check(data.match_by in ("video", "caption"), f"{where}.match_by",
+          f"must be video or caption, got {data.match_by!r}")
+    check(bool(data.annotations) or bool(data.shards), f"{where}.annotations",
+          "is required (the annotation file), unless data.shards names the stage's shards")
+    if data.shards:
+        check(data.format in ("captions", "egoclip"), f"{where}.shards",
+              f"streams captions or egoclip data, not {data.format!r}")
+        check(stage.steps is not None, f"{where.rsplit('.', 1)[0]}.steps",
+              "a stage streamed from shards has no length of its own: give it in steps, not epochs")
+        check(data.shuffle_buffer >= 0, f"{where}.shuffle_buffer", "must be >= 0")
+    check(data.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
+    check(data.group_size >= 1 and stage.batch_size % data.group_size == 0, f"{where}.group_size",
+          f"must divide the batch size ({stage.batch_size}), got {data.group_size}")
+    check(data.prefetch_factor >= 1, f"{where}.prefetch_factor", "must be >= 1")
+    check(0 <= data.max_bad_fraction <= 1, f"{where}.max_bad_fraction", "must be in [0, 1]")
+    check(is_sampling_strategy(data.frame_sampling), f"{where}.frame_sampling",
           f"must be one of {SAMPLING_STRATEGIES} (fps<X> with X > 0, e.g. fps2), got {data.frame_sampling!r}")
     if data.format in ("egoclip", "egomcq"):
-        _validate_ego_layout(data.path_template, data.chunk_seconds, f"{where}.data", check)
-    layers = stage.token_drop_layers or []
-    check(all(layer >= 0 for layer in layers) and len(set(layers)) == len(layers), f"{where}.token_drop_layers",
-          f"must list distinct layer indices >= 0 (0-based layers of the video tower), got {layers}")
+        _validate_ego_layout(data.path_template, data.chunk_seconds, where, check)
 
 
 def _validate_ego_layout(path_template: str, chunk_seconds: float | None, where: str, check) -> None:
@@ -694,14 +701,17 @@ def _validate_ego_layout(path_template: str, chunk_seconds: float | None, where:
 
 
 def validate_model_rules(recipe: Recipe) -> None:
-    """`model.*` keys that configure nothing, and, when the recipe alone determines the video tower (a fresh one),
-    every stage's sparsity and the processor's frame size under that tower's own rules."""
+    """`model.*` keys that configure nothing, and every stage's clip length and sparsity under the towers' own
+    validation: on the video tower the recipe alone determines (a fresh one, whose frame size the processor must
+    make), else on a stand-in tower as deep as the stages need (the real one is checked once it is built)."""
     problems = model_section_problems(recipe)
     vision_config, problem = vision_config_from_recipe(recipe) if not problems else (None, None)
     problems += [problem] if problem else []
-    if vision_config is not None:
-        problem = stage_sparsity_problem(recipe.stages, vision_config)
+    if not problems:
+        tower = vision_config or stand_in_vision_config(recipe.stages)
+        problem = stage_sparsity_problem(recipe.stages, tower, SViTTTextConfig())
         problems += [problem] if problem else []
+    if vision_config is not None:
         size = recipe.processor.image_size
         problem = size and processor_size_problem((size, size), vision_config.image_size, "model.vision.image_size")
         problems += [problem] if problem else []
@@ -725,23 +735,20 @@ def _raise_problems(name: str, problems: list[tuple[str, str]]) -> None:
         raise RecipeError("\n".join(str(_fail(name, where, message)) for where, message in problems))
 
 
-def validate_evaluation(evaluation: EvaluationSpec, check, where: str) -> None:
+def validate_evaluation(evaluation: EvaluationSpec, check: Check, where: str) -> None:
     """The checks of one evaluation entry; `check(condition, field, message)` raises naming the field."""
-    check(evaluation.kind in EVALUATION_KINDS, f"{where}.kind",
-          f"must be one of {EVALUATION_KINDS}, got {evaluation.kind!r}")
+    _check_one_of(check, evaluation.kind, EVALUATION_TASKS, f"{where}.kind")
     check(bool(evaluation.annotations), f"{where}.annotations", "is required")
     if evaluation.kind == "qa":
         check(bool(evaluation.answer_list), f"{where}.answer_list", "is required for qa (a JSON list of answers)")
-    check(evaluation.clip_aggregation in CLIP_AGGREGATIONS, f"{where}.clip_aggregation",
-          f"must be one of {CLIP_AGGREGATIONS}, got {evaluation.clip_aggregation!r}")
-    check(evaluation.qa_scoring in ANSWER_SCORINGS, f"{where}.qa_scoring",
-          f"must be one of {ANSWER_SCORINGS}, got {evaluation.qa_scoring!r}")
+    _check_one_of(check, evaluation.clip_aggregation, CLIP_AGGREGATIONS, f"{where}.clip_aggregation")
+    _check_one_of(check, evaluation.qa_scoring, ANSWER_SCORINGS, f"{where}.qa_scoring")
     if evaluation.kind == "qa" and evaluation.qa_scoring == "release_concat":
         check(evaluation.num_clips == 1, f"{where}.num_clips", "release_concat scores one clip: set num_clips: 1")
     check(evaluation.batch_size > 0, f"{where}.batch_size", "must be positive")
     check(evaluation.num_clips > 0, f"{where}.num_clips", "must be positive")
     check(evaluation.k >= 0, f"{where}.k", "must be >= 0")
-    if evaluation.kind == "egomcq":
+    if evaluation.kind == "multiple_choice":
         _validate_ego_layout(evaluation.path_template, evaluation.chunk_seconds, where, check)
     check(evaluation.num_workers >= 0, f"{where}.num_workers", "must be >= 0")
 
@@ -764,24 +771,10 @@ def resolve_path(value: str | None, synthetic_root: str | os.PathLike | None = N
     return os.path.expanduser(value)
 
 
-def check_data_paths(recipe: Recipe, synthetic_root: str | os.PathLike | None = None) -> None:
-    """Every annotation file and media folder the recipe names exists (raises [`RecipeError`] naming the field)."""
-    entries = [(f"stages.{i}.data", stage.data) for i, stage in enumerate(recipe.stages)]
-    entries += [(f"evaluation.{i}", evaluation) for i, evaluation in enumerate(recipe.evaluation)]
-    for where, spec in entries:
-        for key, what in (("annotations", "annotation file"), ("answer_list", "answer list file")):
-            if key == "annotations" and getattr(spec, "shards", None):
-                continue  # a streamed stage reads its shards (checked when the stage's data is opened)
-            path = resolve_path(getattr(spec, key, None) or None, synthetic_root)
-            if path is not None and not os.path.isfile(path):
-                raise _fail(recipe.name, f"{where}.{key}", f"{what} '{path}' does not exist")
-        media_root = resolve_path(spec.media_root, synthetic_root)
-        if media_root is not None and not os.path.isdir(media_root):
-            raise _fail(recipe.name, f"{where}.media_root", f"media folder '{media_root}' does not exist")
-
-
 __all__ = [
+    "CONTRASTIVE_LOSSES",
     "DataSpec",
+    "EVALUATION_TASKS",
     "EvaluationSpec",
     "LossWeights",
     "RELEASE_PROCESSOR",
@@ -791,11 +784,11 @@ __all__ = [
     "ProcessorSpec",
     "Recipe",
     "RecipeError",
+    "SYNTHETIC_TASK_RECIPES",
     "ScheduleSpec",
     "StageSpec",
     "apply_override",
     "builtin_recipes",
-    "check_data_paths",
     "check_recipe_against_model",
     "load_recipe",
     "recipe_path",

@@ -41,8 +41,8 @@ SUMMARY_STAGE_KEYS = ("name", "num_frames", "token_keep_rate", "checkpoint", "st
 
 
 def metric_kind(name: str) -> str:
-    """The evaluation (`retrieval`, `qa`, `egomcq`) a metric comes from."""
-    return "egomcq" if name.startswith("egomcq") else "qa" if name.startswith("qa_") else "retrieval"
+    """The evaluation task (`retrieval`, `qa`, `multiple_choice`) a metric comes from (EgoMCQ's are `egomcq_*`)."""
+    return "multiple_choice" if name.startswith("egomcq") else "qa" if name.startswith("qa_") else "retrieval"
 
 
 def dataset_description(spec, synthetic: bool) -> tuple[str, str, str]:

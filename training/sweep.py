@@ -25,7 +25,7 @@ import yaml
 from accelerate import Accelerator
 
 from modeling_svitt import SViTTConfig, SViTTTextConfig, SViTTVisionConfig
-from training.evaluation import DecodedOnce, evaluate, video_gmacs_per_sample, videos_per_sample
+from training.evaluation_loops import DecodedOnce, run_evaluation, video_gmacs_per_sample, videos_per_sample
 from training.recipe import EvaluationSpec, RecipeError, validate_evaluation
 
 # the model's settings (`SViTTPreTrainedModel.set_sparsity`), by the config that holds them
@@ -160,7 +160,7 @@ def run_sweep(
             for _ in range(repeats):
                 accelerator.wait_for_everyone()
                 start = time.perf_counter()
-                results.append(evaluate(accelerator, model, decoded, processor, point_spec))
+                results.append(run_evaluation(accelerator, model, decoded, processor, point_spec))
                 accelerator.wait_for_everyone()
                 times.append(time.perf_counter() - start)
             gmacs = video_gmacs_per_sample(model, point_spec) / videos_per_sample(point_spec)

@@ -77,7 +77,7 @@ def accumulated_and_whole(accelerator, model, inputs) -> dict[str, object]:
 
 def prepared_model(accelerator, config):
     from modeling_svitt import SViTTForPreTraining
-    from training.common import freeze_unused_parameters
+    from training.building import freeze_unused_parameters
 
     torch.manual_seed(0)
     model = SViTTForPreTraining(config).train()
@@ -127,9 +127,10 @@ def train_with_one_bad_batch(accelerator, checkpoint_dir: Path, bad_rank: int = 
     from types import SimpleNamespace
 
     from modeling_svitt import SViTTForPreTraining
-    from training.common import build_scheduler, freeze_unused_parameters
+    from training.building import freeze_unused_parameters
     from training.data import EpochShuffleSampler
-    from training.loop import PreparedStage, train_stage
+    from training.loop import PreparedStage, StagePlan, train_stage
+    from training.optimization import build_scheduler
 
     batch_size, steps = 2, 3
     dataset = ClipsWithOneBadBatch(batch_size * steps * accelerator.num_processes, batch_size,
@@ -144,8 +145,9 @@ def train_with_one_bad_batch(accelerator, checkpoint_dir: Path, bad_rank: int = 
     scheduler = build_scheduler(optimizer, SimpleNamespace(schedule=schedule), steps)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     prepared = PreparedStage(model, optimizer, loader, sampler, scheduler, steps, [])
-    run = train_stage(accelerator, prepared, dataset, seed=0, stage_index=0, name="bad", description="bad",
-                      checkpoint_dir=checkpoint_dir, save_every_steps=100, log_every_steps=1)
+    plan = StagePlan(index=0, name="bad", description="bad", seed=0, checkpoint_dir=checkpoint_dir,
+                     save_every_steps=100, log_every_steps=1)
+    run = train_stage(accelerator, prepared, dataset, plan)
     weights = sum(float(p.detach().double().sum()) for p in accelerator.unwrap_model(model).parameters())
     return {"steps": run.steps, "skipped_steps": run.skipped_steps, "weights": weights,
             "lr": scheduler.get_last_lr()[0]}
@@ -159,7 +161,7 @@ def train_with_one_bad_batch(accelerator, checkpoint_dir: Path, bad_rank: int = 
 def run(rank: int, port: int, result_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from training.common import make_accelerator
+    from training.launch import make_accelerator
 
     results = {}
     try:

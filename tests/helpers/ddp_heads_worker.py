@@ -69,7 +69,7 @@ def cases():
 
 
 def run(rank: int, init_file: str, result_dir: str) -> None:
-    from training.common import freeze_unused_parameters
+    from training.building import freeze_unused_parameters
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     results = {}

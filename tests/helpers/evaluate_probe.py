@@ -12,20 +12,20 @@ from pathlib import Path
 
 import torch
 
-from training import evaluate, evaluation
+from training import evaluate, evaluation_loops
 
 
 def record_first_gathering(into: dict, name: list[str]):
-    """Wrap `evaluation._gathered_unique` to keep, per evaluation `name[0]`, its first call's local indices and
+    """Wrap `evaluation_loops._gathered_unique` to keep, per evaluation `name[0]`, its first call's local indices and
     result."""
-    original = evaluation._gathered_unique
+    original = evaluation_loops._gathered_unique
 
     def recording(accelerator, index, *values):
         result = original(accelerator, index, *values)
         into.setdefault(name[0], {"local": sorted(set(index.tolist())), "gathered": result})
         return result
 
-    evaluation._gathered_unique = recording
+    evaluation_loops._gathered_unique = recording
 
 
 if __name__ == "__main__":

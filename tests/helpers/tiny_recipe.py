@@ -63,7 +63,7 @@ TINY_EGO_STAGES = {
         "data": {"format": "egoclip", "annotations": "{synthetic}/ego/egoclip.tsv", "num_verbs": 4, "num_nouns": 12},
     },
     "stages": [{"num_frames": 2, "token_keep_rate": 0.75}],
-    "evaluation": [{"kind": "egomcq", "annotations": "{synthetic}/ego/egomcq.json", "batch_size": 2, "num_workers": 0}],
+    "evaluation": [{"kind": "multiple_choice", "annotations": "{synthetic}/ego/egomcq.json", "batch_size": 2, "num_workers": 0}],
 }
 
 
@@ -110,7 +110,7 @@ TINY_TASKS = {
     "multiple_choice": {
         "stage": {"num_frames": 2, "token_keep_rate": 0.75, "batch_size": 2,
                   "data": {"format": "egomcq", "annotations": "{synthetic}/ego/egomcq_train.json"}},
-        "evaluation": {"kind": "egomcq", "annotations": "{synthetic}/ego/egomcq.json"},
+        "evaluation": {"kind": "multiple_choice", "annotations": "{synthetic}/ego/egomcq.json"},
     },
 }
 

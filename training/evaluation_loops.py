@@ -35,7 +35,6 @@ from modeling_svitt.losses import all_gather_no_grad
 from modeling_svitt.retrieval_ranking import SViTTTextGallery, SViTTVideoGallery, itm_pair_scores
 from svitt_tools.compute_cost import video_tower_gmacs
 from svitt_tools.metrics import egomcq_accuracy, first_occurrence_indices, qa_accuracy, retrieval_metrics
-from training.common import FieldName, open_dataset, plain_loading
 from training.data import (
     ANNOTATION_FORMATS,
     AnnotationError,
@@ -48,13 +47,15 @@ from training.data import (
     load_answer_list,
     make_dataloader,
 )
+from training.launch import plain_loading
 from training.recipe import EvaluationSpec, RecipeError, resolve_path
+from training.recipe_data import FieldName, open_dataset
 from training.report import results_record
 
 EVALUATION_HEADS = {
     "retrieval": SViTTForVideoTextRetrieval,
     "qa": SViTTForVideoQuestionAnswering,
-    "egomcq": SViTTForMultipleChoice,
+    "multiple_choice": SViTTForMultipleChoice,
 }
 
 
@@ -77,7 +78,7 @@ def load_checkpoint_config(name: str, option: str = "--model") -> SViTTConfig:
 
 
 def checkpoint_problem(config: SViTTConfig, task: str, *, training: bool, use_itm: bool = False) -> str | None:
-    """Why a checkpoint cannot serve `task` (`retrieval`, `qa`, `egomcq`, `multiple_choice`) for training
+    """Why a checkpoint cannot serve `task` (`retrieval`, `qa`, `multiple_choice`) for training
     (`training=True`: the head may start untrained where the release starts it so) or evaluation, or `None`.
     `use_itm`: the task would train or rank with the ITM head."""
     architecture = (config.architectures or ["SViTTModel"])[0]
@@ -116,7 +117,7 @@ def build_evaluation_dataset(
     if spec.num_clips > 1:
         common["num_clips"] = spec.num_clips
     annotations = resolve_path(spec.annotations, synthetic_root)
-    if spec.kind == "egomcq":
+    if spec.kind == "multiple_choice":
         if spec.num_clips != 1:
             raise RecipeError(f"{field_name('num_clips')}: EgoMCQ scores one clip per choice, got {spec.num_clips}")
 
@@ -402,7 +403,7 @@ def evaluate_qa(
 
 
 @torch.no_grad()
-def evaluate_egomcq(
+def evaluate_multiple_choice(
     accelerator: Accelerator, model: SViTTForMultipleChoice, dataset: EgoMCQDataset, processor: SViTTProcessor,
     spec: EvaluationSpec,
 ) -> dict[str, float]:
@@ -432,17 +433,17 @@ def evaluate_egomcq(
     return metrics
 
 
-EVALUATION_LOOPS = {"retrieval": evaluate_retrieval, "qa": evaluate_qa, "egomcq": evaluate_egomcq}
+EVALUATION_LOOPS = {"retrieval": evaluate_retrieval, "qa": evaluate_qa, "multiple_choice": evaluate_multiple_choice}
 
 
-def evaluate(accelerator: Accelerator, model, dataset, processor: SViTTProcessor, spec: EvaluationSpec) -> dict:
+def run_evaluation(accelerator: Accelerator, model, dataset, processor: SViTTProcessor, spec: EvaluationSpec) -> dict:
     """The loop of `spec.kind` on a loaded head (see `EVALUATION_HEADS`)."""
     return EVALUATION_LOOPS[spec.kind](accelerator, model, dataset, processor, spec)
 
 
 def videos_per_sample(spec: EvaluationSpec) -> int:
     """Videos the video tower encodes per evaluated sample: 5 per EgoMCQ item (its choices), else 1."""
-    return 5 if spec.kind == "egomcq" else 1
+    return 5 if spec.kind == "multiple_choice" else 1
 
 
 def video_gmacs_per_sample(model, spec: EvaluationSpec) -> float:
@@ -455,7 +456,7 @@ def evaluation_results(
     synthetic_root=None,
 ) -> dict[str, Any]:
     """Evaluate a loaded head on a built dataset; `results.json`'s record of it (see `report.results_record`)."""
-    metrics = evaluate(accelerator, model, dataset, processor, spec)
+    metrics = run_evaluation(accelerator, model, dataset, processor, spec)
     files = [resolve_path(path, synthetic_root) for path in (spec.annotations, spec.answer_list) if path]
     return results_record(
         spec=spec, model=model_name, config=model.config, metrics=metrics, num_samples=len(dataset),
@@ -482,7 +483,7 @@ def evaluate_checkpoint(
         dataset = build_evaluation_dataset(
             spec, processor, clip_length, synthetic_root, lambda field, i=index: f"evaluation.{i}.{field}"
         )
-        metrics.update(evaluate(accelerator, model, dataset, processor, spec))
+        metrics.update(run_evaluation(accelerator, model, dataset, processor, spec))
         if spec.kind == "retrieval":
             metrics.setdefault("num_test_videos", len(dataset))
         del model
@@ -526,14 +527,14 @@ __all__ = [
     "DecodedOnce",
     "build_evaluation_dataset",
     "checkpoint_problem",
-    "evaluate",
     "evaluate_checkpoint",
-    "evaluate_egomcq",
+    "evaluate_multiple_choice",
     "evaluate_qa",
     "evaluate_retrieval",
     "evaluation_results",
     "load_checkpoint_config",
     "progress_bar",
+    "run_evaluation",
     "sharded_loader",
     "sharded_pair_scorer",
     "video_gmacs_per_sample",
