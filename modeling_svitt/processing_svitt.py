@@ -131,7 +131,7 @@ def random_resized_crop_box(
 
 
 class SViTTVideoProcessorKwargs(VideosKwargs, total=False):
-    """Arguments of [`SViTTVideoProcessor`] beyond the common image-processor ones."""
+    """Arguments of [`SViTTVideoProcessor`] beyond the common video-processor ones."""
 
     interpolation: str | None
     antialias: bool | None
