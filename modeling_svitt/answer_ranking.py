@@ -20,7 +20,6 @@ With one clip the two release scorings differ only in the second softmax, which 
 and, with small margins, the answer. [`SViTTForVideoQuestionAnswering.rank_answers`] is `rank_answers` here.
 """
 
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,16 +56,27 @@ class SViTTAnswerRankingOutput(ModelOutput):
 
 
 def first_token_logits(
-    model: "SViTTPreTrainedModel", question_states, question_mask, start_token_id
+    model: "SViTTPreTrainedModel",
+    question_states: torch.Tensor,
+    question_mask: torch.Tensor,
+    *,
+    start_token_id: int,
 ) -> torch.Tensor:
+    """`(B, vocab)` logits of the first answer position after the start token."""
     shape = (question_states.shape[0], 1)
     start = torch.full(shape, start_token_id, dtype=torch.long, device=question_states.device)
     return model.decode_answers(start, torch.ones_like(start), question_states, question_mask)[:, 0].float()
 
 
 def candidate_log_likelihood(
-    model: "SViTTPreTrainedModel", question_states, question_mask, answer_ids, answer_mask, candidates
-):
+    model: "SViTTPreTrainedModel",
+    question_states: torch.Tensor,
+    question_mask: torch.Tensor,
+    *,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor,
+    candidates: torch.Tensor,
+) -> torch.Tensor:
     """`(B, k)` sequence log-likelihood of each question's candidates (first answer token included once)."""
     batch, k = candidates.shape
     flat = candidates.reshape(-1)
@@ -79,7 +89,7 @@ def candidate_log_likelihood(
 
 
 def first_token_scores(
-    first_logits: torch.Tensor, first_tokens: torch.Tensor, scoring: str, clip_aggregation: str
+    first_logits: torch.Tensor, first_tokens: torch.Tensor, *, scoring: str, clip_aggregation: str
 ) -> torch.Tensor:
     """`(B, K, vocab)` per-clip logits of the first answer position -> `(B, num_answers)` score of every answer's
     first token: a log-probability (`"likelihood"`) or the release's probability."""
@@ -93,7 +103,7 @@ def first_token_scores(
 
 
 def candidate_scores(
-    first_scores: torch.Tensor, log_likelihood: torch.Tensor, scoring: str, clip_aggregation: str
+    first_scores: torch.Tensor, log_likelihood: torch.Tensor, *, scoring: str, clip_aggregation: str
 ) -> torch.Tensor:
     """Score of every candidate from its first-token score `(B, k)` and its per-clip sequence log-likelihood
     `(B, k, K)`; the release adds the log first-token probability (counting the first token twice)."""
@@ -118,7 +128,6 @@ def rank_answers(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     random_blocks: "RandomBlocks | None" = None,
-    release_scoring: bool | None = None,
 ) -> SViTTAnswerRankingOutput:
     """Pick each question's answer from a closed answer list.
 
@@ -140,46 +149,19 @@ def rank_answers(
             seeded with `seed`, a given `generator`, or recorded patterns to replay (`random_blocks`, as the tower's
             `forward` takes them; all clips of the batch go through the tower in one call). By default the tower's
             own rule applies (deterministic in eval mode, see `SViTTVisionConfig.deterministic_eval`).
-        release_scoring: deprecated; `True` is `scoring="release_ensemble"`, `False` is `scoring="likelihood"`.
     """
-    if release_scoring is not None:
-        warnings.warn(
-            "`release_scoring` is deprecated: use `scoring='release_ensemble'` (the release's default evaluation "
-            "path, which `release_scoring=True` reproduces) or `scoring='release_concat'` (its `rank_answer`).",
-            FutureWarning,
-            stacklevel=2,
-        )
-        if scoring != "likelihood":
-            raise ValueError("Pass either `scoring` or the deprecated `release_scoring`, not both.")
-        scoring = "release_ensemble" if release_scoring else "likelihood"
-    if scoring not in ANSWER_SCORINGS:
-        raise ValueError(f"`scoring` must be one of {ANSWER_SCORINGS}, got {scoring!r}.")
-    if clip_aggregation not in ANSWER_CLIP_AGGREGATIONS:
-        raise ValueError(f"`clip_aggregation` must be one of {ANSWER_CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
-    if seed is not None and generator is not None:
-        raise ValueError("Pass either `seed` or `generator`, not both.")
-    if k < 1 or answer_input_ids.shape[0] == 0:
-        raise ValueError(
-            f"Ranking needs k >= 1 and a non-empty answer list (k={k}, {answer_input_ids.shape[0]} answers)."
-        )
+    _check_ranking_options(
+        scoring, clip_aggregation, k=k, num_answers=answer_input_ids.shape[0], seed=seed, generator=generator
+    )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if answer_attention_mask is None:
         answer_attention_mask = torch.ones_like(answer_input_ids)
     _check_answer_list(answer_input_ids, answer_attention_mask)
     device = model.device
-    batch = input_ids.shape[0]
-    num_frames = model.config.vision_config.num_frames
-    if clip_aggregation == "concat":
-        if pixel_values.shape[1] != num_frames:
-            raise ValueError(
-                f"`clip_aggregation='concat'` feeds all {pixel_values.shape[1]} frames to the video tower as one clip, "
-                f"but the tower holds {num_frames} frames: load the model with `from_pretrained(..., num_frames="
-                f"{pixel_values.shape[1]})` or call `model.svitt.vision_model.resize_num_frames("
-                f"{pixel_values.shape[1]})`, or combine clips with 'lse', 'mean' or 'max'."
-            )
-        clip_aggregation = "mean"  # over the one clip: the identity
-    clips, num_clips = split_into_clips(pixel_values.to(device), num_frames, clip_sampling)
+    clips, num_clips, clip_aggregation = _clips_to_score(
+        model, pixel_values.to(device), clip_sampling, clip_aggregation
+    )
     if scoring == "release_concat" and num_clips > 1:
         raise ValueError(
             f"`scoring='release_concat'` is the release's single-clip `rank_answer`, but the videos hold {num_clips} "
@@ -192,26 +174,101 @@ def rank_answers(
     states, mask, _ = model.encode_questions(
         clips, question_ids, question_mask, random_blocks=random_blocks, generator=generator
     )
-    answer_ids, answer_mask = answer_input_ids.to(device), answer_attention_mask.to(device)
-    k = min(k, answer_ids.shape[0])
-
-    first_logits = first_token_logits(model, states, mask, int(answer_ids[0, 0])).reshape(batch, num_clips, -1)
-    selection = first_token_scores(first_logits, answer_ids[:, 1], scoring, clip_aggregation)
-    first_scores, candidates = selection.topk(k, dim=1)
-    per_clip = []
-    for clip in range(num_clips):
-        clip_states, clip_mask = states[clip::num_clips], mask[clip::num_clips]
-        per_clip.append(candidate_log_likelihood(model, clip_states, clip_mask, answer_ids, answer_mask, candidates))
-    log_likelihood = torch.stack(per_clip, dim=-1)
-    scores = candidate_scores(first_scores, log_likelihood, scoring, clip_aggregation)
-    scores, order = scores.sort(dim=1, descending=True, stable=True)
-    answer_indices = torch.gather(candidates, 1, order)
+    scores, answer_indices = _rank_candidates(
+        model,
+        states.unflatten(0, (input_ids.shape[0], num_clips)),
+        mask.unflatten(0, (input_ids.shape[0], num_clips)),
+        answer_ids=answer_input_ids.to(device),
+        answer_mask=answer_attention_mask.to(device),
+        k=k,
+        scoring=scoring,
+        clip_aggregation=clip_aggregation,
+    )
     return SViTTAnswerRankingOutput(
         predictions=answer_indices[:, 0],
         answer_indices=answer_indices,
         scores=scores,
         probabilities=scores.softmax(dim=1),
     )
+
+
+def _rank_candidates(
+    model: "SViTTPreTrainedModel",
+    question_states: torch.Tensor,
+    question_mask: torch.Tensor,
+    *,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor,
+    k: int,
+    scoring: str,
+    clip_aggregation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two stages on `(B, K, L, D)` question states of K clips: the first answer token keeps k candidates, their
+    scores rank them. Returns the `(B, k)` scores and answer indices, best first."""
+    batch, num_clips = question_states.shape[:2]
+    states, mask = question_states.flatten(0, 1), question_mask.flatten(0, 1)
+    start_token_id = int(answer_ids[0, 0])
+    first_logits = first_token_logits(model, states, mask, start_token_id=start_token_id).reshape(batch, num_clips, -1)
+    selection = first_token_scores(first_logits, answer_ids[:, 1], scoring=scoring, clip_aggregation=clip_aggregation)
+    first_scores, candidates = selection.topk(min(k, answer_ids.shape[0]), dim=1)
+    log_likelihood = torch.stack(
+        [
+            candidate_log_likelihood(
+                model,
+                question_states[:, clip],
+                question_mask[:, clip],
+                answer_ids=answer_ids,
+                answer_mask=answer_mask,
+                candidates=candidates,
+            )
+            for clip in range(num_clips)
+        ],
+        dim=-1,
+    )
+    scores = candidate_scores(first_scores, log_likelihood, scoring=scoring, clip_aggregation=clip_aggregation)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    return scores, torch.gather(candidates, 1, order)
+
+
+def _check_ranking_options(
+    scoring: str,
+    clip_aggregation: str,
+    *,
+    k: int,
+    num_answers: int,
+    seed: int | None,
+    generator: torch.Generator | None,
+) -> None:
+    if scoring not in ANSWER_SCORINGS:
+        raise ValueError(f"`scoring` must be one of {ANSWER_SCORINGS}, got {scoring!r}.")
+    if clip_aggregation not in ANSWER_CLIP_AGGREGATIONS:
+        raise ValueError(f"`clip_aggregation` must be one of {ANSWER_CLIP_AGGREGATIONS}, got {clip_aggregation!r}.")
+    if seed is not None and generator is not None:
+        raise ValueError("Pass either `seed` or `generator`, not both.")
+    if k < 1 or num_answers == 0:
+        raise ValueError(f"Ranking needs k >= 1 and a non-empty answer list (k={k}, {num_answers} answers).")
+
+
+def _clips_to_score(
+    model: "SViTTPreTrainedModel", pixel_values: torch.Tensor, clip_sampling: str, clip_aggregation: str
+) -> tuple[torch.Tensor, int, str]:
+    """`(B * K, T, C, H, W)` clips of the tower's length `T`, `K`, and how to combine the clips' scores.
+
+    `clip_aggregation="concat"` feeds all frames as one clip, so the tower must hold them all; the one clip's
+    scores then combine by the identity ("mean").
+    """
+    num_frames = model.config.vision_config.num_frames
+    if clip_aggregation == "concat":
+        if pixel_values.shape[1] != num_frames:
+            raise ValueError(
+                f"`clip_aggregation='concat'` feeds all {pixel_values.shape[1]} frames to the video tower as one clip, "
+                f"but the tower holds {num_frames} frames: load the model with `from_pretrained(..., num_frames="
+                f"{pixel_values.shape[1]})` or call `model.svitt.vision_model.resize_num_frames("
+                f"{pixel_values.shape[1]})`, or combine clips with 'lse', 'mean' or 'max'."
+            )
+        clip_aggregation = "mean"
+    clips, num_clips = split_into_clips(pixel_values, num_frames, clip_sampling)
+    return clips, num_clips, clip_aggregation
 
 
 def _check_answer_list(answer_ids: torch.Tensor, answer_mask: torch.Tensor) -> None:

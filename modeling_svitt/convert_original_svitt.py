@@ -157,8 +157,19 @@ def infer_config(
     """
     original_config = original_config or {}
     kind = detect_checkpoint_kind(state_dict)
-    keys = list(state_dict)
+    vision = _vision_fields(state_dict, original_config, kind)
+    vision.update(vision_overrides or {})
+    text = _text_fields(state_dict, kind, encoder_width=vision["hidden_size"])
+    text.update(text_overrides or {})
+    text_config = SViTTTextConfig(**text)
+    model_args = _model_fields(state_dict, original_config)
+    if kind == QUESTION_ANSWERING:
+        model_args["answer_decoder_config"] = _answer_decoder_config(state_dict, text_config, decoder_overrides)
+    return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=text_config, **model_args)
 
+
+def _vision_fields(state_dict: dict[str, torch.Tensor], original_config: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The video tower: sizes from the tensors, sparsity from `vision_encoder_args` over the release's defaults."""
     cls_token = state_dict["vision_encoder.embeddings.cls_token"]
     projection = state_dict["vision_encoder.embeddings.patch_embeddings.projection.weight"]
     layer0 = "vision_encoder.encoder.layer.0."
@@ -184,7 +195,7 @@ def infer_config(
         vision[new] = list(value) if old == "token_drop_loc" else value
     vision.update(
         hidden_size=cls_token.shape[-1],
-        num_hidden_layers=_layer_count(keys, "vision_encoder.encoder.layer."),
+        num_hidden_layers=_layer_count(state_dict, "vision_encoder.encoder.layer."),
         num_attention_heads=table.shape[1],
         intermediate_size=state_dict[layer0 + "intermediate.dense.weight"].shape[0],
         patch_size=projection.shape[-1],
@@ -197,25 +208,25 @@ def infer_config(
         attention_probs_dropout_prob=0.0,
         drop_path_rate=0.1,
     )
-    vision.update(vision_overrides or {})
+    return vision
 
+
+def _text_fields(state_dict: dict[str, torch.Tensor], kind: str, *, encoder_width: int) -> dict[str, Any]:
+    """The text tower: BERT sizes, and the first layer with cross-attention as the fusion layer."""
     text_prefix = "text_encoder.bert." if kind == PRETRAINING else "text_encoder."
     text = _bert_shapes(state_dict, text_prefix)
+    cross_attention = re.compile(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\.crossattention\.")
     fusion_layer = min(
-        (
-            int(m.group(1))
-            for key in keys
-            if (m := re.match(re.escape(text_prefix) + r"encoder\.layer\.(\d+)\.crossattention\.", key))
-        ),
+        (int(match.group(1)) for key in state_dict if (match := cross_attention.match(key))),
         default=text["num_hidden_layers"],
     )
-    text.update(fusion_layer=fusion_layer, encoder_width=vision["hidden_size"])
-    text.update(text_overrides or {})
-    text_config = SViTTTextConfig(**text)
+    text.update(fusion_layer=fusion_layer, encoder_width=encoder_width)
+    return text
 
+
+def _model_fields(state_dict: dict[str, torch.Tensor], original_config: dict[str, Any]) -> dict[str, Any]:
+    """The joint model's fields the checkpoint holds: the projection width, the temperature, the MLM rate."""
     model_args: dict[str, Any] = {}
-    if kind == QUESTION_ANSWERING:
-        model_args["answer_decoder_config"] = _answer_decoder_config(state_dict, text_config, decoder_overrides)
     if "vision_proj.weight" in state_dict:
         model_args["embed_dim"] = state_dict["vision_proj.weight"].shape[0]
     if "temp" in state_dict:
@@ -224,7 +235,7 @@ def infer_config(
         model_args["temperature_max"] = max(0.5, model_args["temperature"])
     if "mlm_prob" in original_config:
         model_args["mlm_probability"] = float(original_config["mlm_prob"])
-    return SViTTConfig(vision_config=SViTTVisionConfig(**vision), text_config=text_config, **model_args)
+    return model_args
 
 
 def _bert_shapes(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .configuration_svitt import EGONCE_POSITIVE_RULES
+from .configuration_svitt import CONTRASTIVE_LOSSES, EGONCE_POSITIVE_RULES
 
 IGNORE_INDEX = -100
 """Label value ignored by every token-level loss (the PyTorch / transformers convention)."""
@@ -219,6 +219,7 @@ def _shares_tag(row_tags: torch.Tensor, column_tags: torch.Tensor) -> torch.Tens
 def egonce_positive_mask(
     row_match_ids: torch.Tensor,
     column_match_ids: torch.Tensor,
+    *,
     row_verb_tags: torch.Tensor | None = None,
     column_verb_tags: torch.Tensor | None = None,
     row_noun_tags: torch.Tensor | None = None,
@@ -333,7 +334,19 @@ class ContrastiveLossOutput:
     local_offset: int = 0
 
 
-_CONTRASTIVE_LABELS = ("match_ids", "verb_tags", "noun_tags", "video_ids")
+class _ContrastiveLabels(NamedTuple):
+    """What decides the positives of a contrastive batch, one entry per row (see `itc_loss`)."""
+
+    match_ids: torch.Tensor | None
+    verb_tags: torch.Tensor | None
+    noun_tags: torch.Tensor | None
+    video_ids: torch.Tensor | None
+
+    def to(self, device: torch.device) -> _ContrastiveLabels:
+        return _ContrastiveLabels(*(None if label is None else label.to(device) for label in self))
+
+
+_CONTRASTIVE_LABELS = _ContrastiveLabels._fields
 
 
 @dataclass
@@ -480,71 +493,84 @@ def itc_loss(
     """
     if (cache is None) != (micro_batch_index is None):
         raise ValueError("Pass `cache` and `micro_batch_index` together (or neither).")
+    if loss_type not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"`loss_type` must be one of {CONTRASTIVE_LOSSES}, got {loss_type!r}.")
+    labels = _ContrastiveLabels(match_ids, verb_tags, noun_tags, video_ids)
     rows = None
     if cache is not None:
-        rows, accumulated = cache.accumulated_batch(
-            micro_batch_index, video_embeds, text_embeds,
-            match_ids=match_ids, verb_tags=verb_tags, noun_tags=noun_tags, video_ids=video_ids,
-        )
+        rows, accumulated = cache.accumulated_batch(micro_batch_index, video_embeds, text_embeds, **labels._asdict())
         video_embeds, text_embeds = accumulated["video_embeds"], accumulated["text_embeds"]
-        match_ids, verb_tags, noun_tags, video_ids = (accumulated[key] for key in _CONTRASTIVE_LABELS)
+        labels = _ContrastiveLabels(*(accumulated[key] for key in _CONTRASTIVE_LABELS))
         temperature = cache.share_temperature(temperature)
-    batch_size = video_embeds.shape[0]
     # everything is combined on the text side (where the fusion layers also run when the towers are split)
     device = text_embeds.device
     video_embeds = video_embeds.to(device)
-    if match_ids is None:
+    if labels.match_ids is None:
         if gather_across_processes and _distributed_world(group)[0] > 1:
             raise ValueError("`match_ids` unique across processes are required when gathering negatives.")
-        match_ids = torch.arange(batch_size, device=device)
-    match_ids = match_ids.to(device)
-    verb_tags, noun_tags, video_ids = (
-        None if tensor is None else tensor.to(device) for tensor in (verb_tags, noun_tags, video_ids)
-    )
+        labels = labels._replace(match_ids=torch.arange(video_embeds.shape[0], device=device))
+    labels = labels.to(device)
 
-    offset = 0
-    all_video_embeds, all_text_embeds, all_match_ids = video_embeds, text_embeds, match_ids
-    all_verb_tags, all_noun_tags, all_video_ids = verb_tags, noun_tags, video_ids
+    offset, all_video_embeds, all_text_embeds, all_labels = 0, video_embeds, text_embeds, labels
     if gather_across_processes:
-        # the row counts are read once (the only host synchronisation of the loss) and shared by every gather
-        sizes = gather_row_counts(video_embeds, group)
-        offset = sum(sizes[: _distributed_world(group)[1]])
-        all_video_embeds = all_gather_with_grad(video_embeds, group, sizes)
-        all_text_embeds = all_gather_with_grad(text_embeds, group, sizes)
-        all_match_ids = all_gather_no_grad(match_ids, group, sizes)
-        all_verb_tags = None if verb_tags is None else all_gather_no_grad(verb_tags, group, sizes)
-        all_noun_tags = None if noun_tags is None else all_gather_no_grad(noun_tags, group, sizes)
-        all_video_ids = None if video_ids is None else all_gather_no_grad(video_ids, group, sizes)
-
+        offset, all_video_embeds, all_text_embeds, all_labels = _gather_contrastive_batch(
+            video_embeds, text_embeds, labels, group
+        )
     logits_per_video = similarity_logits(video_embeds, all_text_embeds, temperature)
     logits_per_text = similarity_logits(text_embeds, all_video_embeds, temperature)
-
-    # Own pairs are always positives, so no row lacks one: the unchecked losses need no host synchronisation.
-    if loss_type == "infonce":
-        positives = positive_mask_from_ids(match_ids, all_match_ids)
-        loss_v2t = _soft_target_cross_entropy(logits_per_video, positives)
-        loss = (loss_v2t + _soft_target_cross_entropy(logits_per_text, positives)) / 2
-    elif loss_type == "egonce":
-        positives = egonce_positive_mask(
-            match_ids,
-            all_match_ids,
-            verb_tags,
-            all_verb_tags,
-            noun_tags,
-            all_noun_tags,
-            rule=egonce_rule,
-            row_video_ids=video_ids,
-            column_video_ids=all_video_ids,
-        )
-        loss = _egonce_loss(logits_per_video, logits_per_text, positives, positives)
-    else:
-        raise ValueError(f"`loss_type` must be 'infonce' or 'egonce', got {loss_type!r}.")
+    loss, positives = _contrastive_loss(
+        logits_per_video, logits_per_text, labels, all_labels, loss_type=loss_type, egonce_rule=egonce_rule
+    )
     if rows is not None:
         loss = cache.scale_loss(loss)
         logits_per_video, logits_per_text, positives = logits_per_video[rows], logits_per_text[rows], positives[rows]
         offset += rows.start
     # Videos and texts are paired row by row, so both directions share one positive structure.
     return ContrastiveLossOutput(loss, logits_per_video, logits_per_text, positives, positives, offset)
+
+
+def _contrastive_loss(
+    logits_per_video: torch.Tensor,
+    logits_per_text: torch.Tensor,
+    labels: _ContrastiveLabels,
+    all_labels: _ContrastiveLabels,
+    *,
+    loss_type: str,
+    egonce_rule: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of the local rows against every column, and the positives `(B, N)` both directions share (videos
+    and texts are paired row by row)."""
+    # Own pairs are always positives, so no row lacks one: the unchecked losses need no host synchronisation.
+    if loss_type == "infonce":
+        positives = positive_mask_from_ids(labels.match_ids, all_labels.match_ids)
+        loss_v2t = _soft_target_cross_entropy(logits_per_video, positives)
+        return (loss_v2t + _soft_target_cross_entropy(logits_per_text, positives)) / 2, positives
+    positives = egonce_positive_mask(
+        labels.match_ids,
+        all_labels.match_ids,
+        row_verb_tags=labels.verb_tags,
+        column_verb_tags=all_labels.verb_tags,
+        row_noun_tags=labels.noun_tags,
+        column_noun_tags=all_labels.noun_tags,
+        rule=egonce_rule,
+        row_video_ids=labels.video_ids,
+        column_video_ids=all_labels.video_ids,
+    )
+    return _egonce_loss(logits_per_video, logits_per_text, positives, positives), positives
+
+
+def _gather_contrastive_batch(
+    video_embeds: torch.Tensor, text_embeds: torch.Tensor, labels: _ContrastiveLabels, group
+) -> tuple[int, torch.Tensor, torch.Tensor, _ContrastiveLabels]:
+    """The batch of every process: this process's first row, the embeddings (gradients flow back to their owners)
+    and the labels."""
+    # the row counts are read once (the only host synchronisation of the loss) and shared by every gather
+    sizes = gather_row_counts(video_embeds, group)
+    offset = sum(sizes[: _distributed_world(group)[1]])
+    all_video_embeds = all_gather_with_grad(video_embeds, group, sizes)
+    all_text_embeds = all_gather_with_grad(text_embeds, group, sizes)
+    gathered = (None if label is None else all_gather_no_grad(label, group, sizes) for label in labels)
+    return offset, all_video_embeds, all_text_embeds, _ContrastiveLabels(*gathered)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

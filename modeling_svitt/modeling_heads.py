@@ -11,6 +11,7 @@ All losses come from `losses.py`; the heads only decide what to feed them.
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -237,6 +238,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         self,
         contrastive: ContrastiveLossOutput,
         batch_size: int,
+        *,
         negative_video_indices: torch.Tensor | None,
         negative_text_indices: torch.Tensor | None,
         generator: torch.Generator | None,
@@ -280,6 +282,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         self,
         text: SViTTTextEncoding,
         video: SViTTVideoEncoding,
+        *,
         negative_video_indices: torch.Tensor,
         negative_text_indices: torch.Tensor,
         output_attentions: bool | None = None,
@@ -313,6 +316,7 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
     def _contrastive_matching_forward(
         self,
         output_class: type[ModelOutput],
+        *,
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
@@ -339,9 +343,14 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
         videos can be scored against any number of texts (zero-shot use). With `contrastive_cache`, ITC covers the
         whole accumulated batch; ITM negatives and MLM stay within this micro-batch.
         """
-        config = self.config
         video, text = self.svitt.encode_pairs(
-            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+            pixel_values,
+            input_ids,
+            attention_mask,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         fields = dict(
             video_embeds=video.embeds,
@@ -353,58 +362,173 @@ class SViTTHeadPreTrainedModel(SViTTPreTrainedModel):
             logits_per_text = self.svitt.similarity_logits(text.embeds, video.embeds)
             return output_class(logits_per_video=logits_per_text.T, logits_per_text=logits_per_text, **fields)
 
-        contrastive = self.svitt.contrastive(
-            video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids, contrastive_cache, micro_batch_index
-        )
         fields.update(
+            self._training_objectives(
+                text,
+                video,
+                input_ids=input_ids,
+                match_ids=match_ids,
+                video_ids=video_ids,
+                verb_tags=verb_tags,
+                noun_tags=noun_tags,
+                contrastive_cache=contrastive_cache,
+                micro_batch_index=micro_batch_index,
+                negative_video_indices=negative_video_indices,
+                negative_text_indices=negative_text_indices,
+                mlm_input_ids=mlm_input_ids,
+                mlm_labels=mlm_labels,
+                sampling_generator=sampling_generator,
+                output_attentions=output_attentions,
+            )
+        )
+        return output_class(**fields)
+
+    def _training_objectives(
+        self,
+        text: SViTTTextEncoding,
+        video: SViTTVideoEncoding,
+        *,
+        input_ids: torch.Tensor,
+        match_ids: torch.Tensor | None,
+        video_ids: torch.Tensor | None,
+        verb_tags: torch.Tensor | None,
+        noun_tags: torch.Tensor | None,
+        contrastive_cache: ContrastiveCache | None,
+        micro_batch_index: int | None,
+        negative_video_indices: torch.Tensor | None,
+        negative_text_indices: torch.Tensor | None,
+        mlm_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+        sampling_generator: torch.Generator | None,
+        output_attentions: bool | None,
+    ) -> dict[str, Any]:
+        """ITC (or EgoNCE), then ITM and MLM where their weight is not 0: the losses, their weighted sum `loss`,
+        and the output fields each objective fills."""
+        contrastive = self.svitt.contrastive(
+            video.embeds,
+            text.embeds,
+            match_ids,
+            verb_tags=verb_tags,
+            noun_tags=noun_tags,
+            video_ids=video_ids,
+            cache=contrastive_cache,
+            micro_batch_index=micro_batch_index,
+        )
+        fields = dict(
             loss_itc=contrastive.loss,
             logits_per_video=contrastive.logits_per_video,
             logits_per_text=contrastive.logits_per_text,
         )
-        weighted_losses = [(config.loss_weight_itc, contrastive.loss)]
         # negatives and masks are drawn where the similarities are (the text tower's device)
         sampling_device = contrastive.logits_per_text.device
         sampling_generator = self._sampling_generator(sampling_generator, sampling_device)
-        if config.loss_weight_itm != 0:
-            negative_video_indices, negative_text_indices = self._itm_negatives(
-                contrastive, input_ids.shape[0], negative_video_indices, negative_text_indices, sampling_generator
-            )
-            itm_logits, itm_labels, fusion = self._matching(
-                text, video, negative_video_indices, negative_text_indices, output_attentions
-            )
+        if self.config.loss_weight_itm != 0:
             fields.update(
-                loss_itm=image_text_matching_loss(itm_logits, itm_labels),
-                itm_logits=itm_logits,
-                itm_labels=itm_labels,
-                negative_video_indices=negative_video_indices,
-                negative_text_indices=negative_text_indices,
-                itm_fusion_output=fusion,
-            )
-            weighted_losses.append((config.loss_weight_itm, fields["loss_itm"]))
-        if getattr(self, "mlm_head", None) is not None and config.loss_weight_mlm != 0:
-            if mlm_input_ids is None:
-                mlm_input_ids, mlm_labels = self.mask_tokens(
-                    input_ids.to(sampling_device), text.attention_mask.to(sampling_device), sampling_generator
+                self._matching_objective(
+                    contrastive,
+                    text,
+                    video,
+                    negative_video_indices=negative_video_indices,
+                    negative_text_indices=negative_text_indices,
+                    sampling_generator=sampling_generator,
+                    output_attentions=output_attentions,
                 )
-            masked_text = self.svitt.text_model(
-                input_ids=mlm_input_ids, attention_mask=text.attention_mask, return_dict=True, mode="text"
-            ).last_hidden_state
-            # The masked caption cross-attends to its own (positive) video.
-            mlm_fusion = self.svitt.fuse(
-                masked_text, text.attention_mask, video.tokens, video.token_mask, output_attentions=output_attentions
             )
-            mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
+        if getattr(self, "mlm_head", None) is not None and self.config.loss_weight_mlm != 0:
             fields.update(
-                loss_mlm=masked_lm_loss(mlm_logits, mlm_labels),
-                mlm_logits=mlm_logits,
-                mlm_labels=mlm_labels,
-                mlm_fusion_output=mlm_fusion,
+                self._masked_lm_objective(
+                    input_ids,
+                    text,
+                    video,
+                    mlm_input_ids=mlm_input_ids,
+                    mlm_labels=mlm_labels,
+                    sampling_device=sampling_device,
+                    sampling_generator=sampling_generator,
+                    output_attentions=output_attentions,
+                )
             )
-            weighted_losses.append((config.loss_weight_mlm, fields["loss_mlm"]))
-        # the parts may come from heads on different devices (device_map): add them up on the first one's
-        loss_device = contrastive.loss.device
-        fields["loss"] = sum(weight * loss.to(loss_device) for weight, loss in weighted_losses)
-        return output_class(**fields)
+        fields["loss"] = self._weighted_loss(fields)
+        return fields
+
+    def _weighted_loss(self, fields: dict[str, Any]) -> torch.Tensor:
+        """`loss_weight_itc * loss_itc` plus the ITM and MLM terms that were computed."""
+        config = self.config
+        weights = {
+            "loss_itc": config.loss_weight_itc,
+            "loss_itm": config.loss_weight_itm,
+            "loss_mlm": config.loss_weight_mlm,
+        }
+        # the parts may come from heads on different devices (device_map): add them up on the ITC loss's
+        loss_device = fields["loss_itc"].device
+        return sum(weight * fields[name].to(loss_device) for name, weight in weights.items() if name in fields)
+
+    def _matching_objective(
+        self,
+        contrastive: ContrastiveLossOutput,
+        text: SViTTTextEncoding,
+        video: SViTTVideoEncoding,
+        *,
+        negative_video_indices: torch.Tensor | None,
+        negative_text_indices: torch.Tensor | None,
+        sampling_generator: torch.Generator | None,
+        output_attentions: bool | None,
+    ) -> dict[str, torch.Tensor | SViTTTextModelOutput]:
+        """ITM: the loss and the output fields of the positives and the (given or drawn) in-batch negatives."""
+        negative_video_indices, negative_text_indices = self._itm_negatives(
+            contrastive,
+            text.hidden_states.shape[0],
+            negative_video_indices=negative_video_indices,
+            negative_text_indices=negative_text_indices,
+            generator=sampling_generator,
+        )
+        itm_logits, itm_labels, fusion = self._matching(
+            text,
+            video,
+            negative_video_indices=negative_video_indices,
+            negative_text_indices=negative_text_indices,
+            output_attentions=output_attentions,
+        )
+        return dict(
+            loss_itm=image_text_matching_loss(itm_logits, itm_labels),
+            itm_logits=itm_logits,
+            itm_labels=itm_labels,
+            negative_video_indices=negative_video_indices,
+            negative_text_indices=negative_text_indices,
+            itm_fusion_output=fusion,
+        )
+
+    def _masked_lm_objective(
+        self,
+        input_ids: torch.Tensor,
+        text: SViTTTextEncoding,
+        video: SViTTVideoEncoding,
+        *,
+        mlm_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+        sampling_device: torch.device,
+        sampling_generator: torch.Generator | None,
+        output_attentions: bool | None,
+    ) -> dict[str, torch.Tensor | SViTTTextModelOutput]:
+        """MLM on the caption (masked on `sampling_device` unless `mlm_input_ids` / `mlm_labels` are given)
+        cross-attending to its own video: the loss and the output fields."""
+        if mlm_input_ids is None:
+            mlm_input_ids, mlm_labels = self.mask_tokens(
+                input_ids.to(sampling_device), text.attention_mask.to(sampling_device), sampling_generator
+            )
+        masked_text = self.svitt.text_model(
+            input_ids=mlm_input_ids, attention_mask=text.attention_mask, return_dict=True, mode="text"
+        ).last_hidden_state
+        # The masked caption cross-attends to its own (positive) video.
+        mlm_fusion = self.svitt.fuse(
+            masked_text, text.attention_mask, video.tokens, video.token_mask, output_attentions=output_attentions
+        )
+        mlm_logits = self.mlm_head(mlm_fusion.last_hidden_state)
+        return dict(
+            loss_mlm=masked_lm_loss(mlm_logits, mlm_labels),
+            mlm_logits=mlm_logits,
+            mlm_labels=mlm_labels,
+            mlm_fusion_output=mlm_fusion,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,20 +657,20 @@ class SViTTForPreTraining(SViTTHeadPreTrainedModel):
             raise ValueError("Pass `mlm_input_ids` and `mlm_labels` together (or neither, to mask on the fly).")
         return self._contrastive_matching_forward(
             SViTTForPreTrainingOutput,
-            pixel_values,
-            input_ids,
-            attention_mask,
-            match_ids,
-            video_ids,
-            verb_tags,
-            noun_tags,
-            negative_video_indices,
-            negative_text_indices,
-            random_blocks,
-            generator,
-            sampling_generator,
-            output_attentions,
-            output_hidden_states,
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            match_ids=match_ids,
+            video_ids=video_ids,
+            verb_tags=verb_tags,
+            noun_tags=noun_tags,
+            negative_video_indices=negative_video_indices,
+            negative_text_indices=negative_text_indices,
+            random_blocks=random_blocks,
+            generator=generator,
+            sampling_generator=sampling_generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             compute_loss=return_loss,
             mlm_input_ids=mlm_input_ids,
             mlm_labels=mlm_labels,
@@ -622,20 +746,20 @@ class SViTTForVideoTextRetrieval(SViTTHeadPreTrainedModel):
             return_loss = self.training or match_ids is not None
         return self._contrastive_matching_forward(
             SViTTForVideoTextRetrievalOutput,
-            pixel_values,
-            input_ids,
-            attention_mask,
-            match_ids,
-            video_ids,
-            verb_tags,
-            noun_tags,
-            negative_video_indices,
-            negative_text_indices,
-            random_blocks,
-            generator,
-            sampling_generator,
-            output_attentions,
-            output_hidden_states,
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            match_ids=match_ids,
+            video_ids=video_ids,
+            verb_tags=verb_tags,
+            noun_tags=noun_tags,
+            negative_video_indices=negative_video_indices,
+            negative_text_indices=negative_text_indices,
+            random_blocks=random_blocks,
+            generator=generator,
+            sampling_generator=sampling_generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             compute_loss=return_loss,
             contrastive_cache=contrastive_cache,
             micro_batch_index=micro_batch_index,
@@ -714,10 +838,10 @@ class SViTTForMultipleChoice(SViTTHeadPreTrainedModel):
             pixel_values.flatten(0, 1),
             input_ids,
             attention_mask,
-            random_blocks,
-            generator,
-            output_attentions,
-            output_hidden_states,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         video_embeds = video.embeds.reshape(batch, num_choices, -1)
         if scoring == "itc":

@@ -144,6 +144,7 @@ class SViTTModel(SViTTPreTrainedModel):
     def encode_video(
         self,
         pixel_values: torch.Tensor,
+        *,
         random_blocks: RandomBlocks | None = None,
         generator: torch.Generator | None = None,
         output_attentions: bool | None = None,
@@ -170,6 +171,7 @@ class SViTTModel(SViTTPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> SViTTTextEncoding:
@@ -197,6 +199,7 @@ class SViTTModel(SViTTPreTrainedModel):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         random_blocks: RandomBlocks | None = None,
         generator: torch.Generator | None = None,
         output_attentions: bool | None = None,
@@ -206,8 +209,9 @@ class SViTTModel(SViTTPreTrainedModel):
         as the release does at every step)."""
         if self.training:
             self.clamp_temperature_()
-        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
-        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        towers = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        video = self.encode_video(pixel_values, random_blocks=random_blocks, generator=generator, **towers)
+        text = self.encode_text(input_ids, attention_mask, **towers)
         return video, text
 
     def similarity_logits(self, text_embeds: torch.Tensor, video_embeds: torch.Tensor) -> torch.Tensor:
@@ -220,6 +224,7 @@ class SViTTModel(SViTTPreTrainedModel):
         video_embeds: torch.Tensor,
         text_embeds: torch.Tensor,
         match_ids: torch.Tensor | None = None,
+        *,
         verb_tags: torch.Tensor | None = None,
         noun_tags: torch.Tensor | None = None,
         video_ids: torch.Tensor | None = None,
@@ -251,6 +256,7 @@ class SViTTModel(SViTTPreTrainedModel):
         attention_mask: torch.Tensor,
         video_tokens: torch.Tensor,
         video_token_mask: torch.Tensor | None = None,
+        *,
         output_attentions: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> SViTTTextModelOutput:
@@ -279,7 +285,13 @@ class SViTTModel(SViTTPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """The video tower's output with `pooler_output` = the L2-normalised projected video embedding
         `(batch_size, embed_dim)` (cosine similarity = dot product)."""
-        video = self.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        video = self.encode_video(
+            pixel_values,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         return _features_output(video.vision_output, video.embeds)
 
     @can_return_tuple
@@ -293,7 +305,9 @@ class SViTTModel(SViTTPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """The text layers' output with `pooler_output` = the L2-normalised projected text embedding
         `(batch_size, embed_dim)`."""
-        text = self.encode_text(input_ids, attention_mask, output_attentions, output_hidden_states)
+        text = self.encode_text(
+            input_ids, attention_mask, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
         return _features_output(text.text_output, text.embeds)
 
     @can_return_tuple
@@ -332,13 +346,25 @@ class SViTTModel(SViTTPreTrainedModel):
         gathered negatives, its columns cover the texts of every process (as in the heads).
         """
         video, text = self.encode_pairs(
-            pixel_values, input_ids, attention_mask, random_blocks, generator, output_attentions, output_hidden_states
+            pixel_values,
+            input_ids,
+            attention_mask,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
         loss = None
         if return_loss:
             contrastive = self.contrastive(
-                video.embeds, text.embeds, match_ids, verb_tags, noun_tags, video_ids, contrastive_cache,
-                micro_batch_index,
+                video.embeds,
+                text.embeds,
+                match_ids,
+                verb_tags=verb_tags,
+                noun_tags=noun_tags,
+                video_ids=video_ids,
+                cache=contrastive_cache,
+                micro_batch_index=micro_batch_index,
             )
             loss = contrastive.loss
             logits_per_video, logits_per_text = contrastive.logits_per_video, contrastive.logits_per_text

@@ -243,10 +243,9 @@ class SViTTTextEncoder(nn.Module):
                     num_global_video_tokens,
                 )
                 if encoder_padding_mask is not None:
-                    c = num_global_video_tokens
-                    encoder_padding_mask = torch.cat(
-                        [encoder_padding_mask[:, :c], gather_tokens(encoder_padding_mask[:, c:], kept)], dim=1
-                    )
+                    global_mask = encoder_padding_mask[:, :num_global_video_tokens]
+                    patch_mask = encoder_padding_mask[:, num_global_video_tokens:]
+                    encoder_padding_mask = torch.cat([global_mask, gather_tokens(patch_mask, kept)], dim=1)
                     encoder_mask = additive_attention_mask(encoder_padding_mask, dtype)
                 kept_video.append(kept)
         if output_hidden_states:

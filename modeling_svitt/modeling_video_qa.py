@@ -96,8 +96,7 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
     * `"release_concat"`: the release's `rank_answer` (`eval_frame_ensemble: concat`, all frames as one clip,
       `clip_aggregation="concat"`): the same score with a single softmax.
 
-    Use a release scoring to reproduce released numbers (`release_scoring=True` is the deprecated spelling of
-    `"release_ensemble"`).
+    Use a release scoring to reproduce released numbers.
     """
 
     _tied_weights_keys = {
@@ -277,7 +276,13 @@ class SViTTForVideoQuestionAnswering(SViTTHeadPreTrainedModel):
         question. Returns `(question_states, attention_mask, vision_output)`."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        video = self.svitt.encode_video(pixel_values, random_blocks, generator, output_attentions, output_hidden_states)
+        video = self.svitt.encode_video(
+            pixel_values,
+            random_blocks=random_blocks,
+            generator=generator,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         question = self.svitt.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,

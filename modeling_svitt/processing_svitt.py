@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.image_processing_utils import BaseImageProcessor
-from transformers.processing_utils import ImagesKwargs, ProcessorMixin
+from transformers.processing_utils import ProcessorMixin, VideosKwargs
 from transformers.utils import logging
+from transformers.video_processing_utils import VideoProcessorMixin
 
 from .tokenization_svitt import SViTTTokenizer
 from .video_io import CLIP_LAYOUTS, SAMPLING_STRATEGIES, DecodedVideo, is_sampling_strategy, read_video
@@ -130,8 +130,8 @@ def random_resized_crop_box(
     return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
 
-class SViTTVideoProcessorKwargs(ImagesKwargs, total=False):
-    """Arguments of [`SViTTVideoProcessor`] beyond the common image-processor ones."""
+class SViTTVideoProcessorKwargs(VideosKwargs, total=False):
+    """Arguments of [`SViTTVideoProcessor`] beyond the common video-processor ones."""
 
     interpolation: str | None
     antialias: bool | None
@@ -146,7 +146,7 @@ class SViTTVideoProcessorKwargs(ImagesKwargs, total=False):
     clip_layout: str | None
 
 
-class SViTTVideoProcessor(BaseImageProcessor):
+class SViTTVideoProcessor(VideoProcessorMixin):
     r"""
     Turns videos into `pixel_values (batch, frames, 3, height, width)` the way the SViTT release did, with torch only.
 
@@ -160,6 +160,10 @@ class SViTTVideoProcessor(BaseImageProcessor):
     A video holding several clips `(K, T, C, H, W)` (test-time ensembling) gives `pixel_values (B, K, T, 3, H, W)`.
 
     Every random choice (crop box, flip) is drawn once per video and applied to all its frames and clips.
+
+    It is a transformers video processor (`VideoProcessorMixin`: saved as `video_preprocessor_config.json`, loaded by
+    `AutoVideoProcessor`) that needs neither torchvision nor Pillow: transformers' `BaseVideoProcessor` requires
+    torchvision, so the transforms are written here in torch.
 
     Args:
         do_resize (`bool`, defaults to `True`): resize frames to `size` (evaluation transform).
@@ -263,9 +267,26 @@ class SViTTVideoProcessor(BaseImageProcessor):
         _check_channel_values("image_std", options["image_std"], positive=True)
         _check_channel_values("rescale_factor", options["rescale_factor"], positive=True)
 
+    @classmethod
+    def get_video_processor_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """transformers' `get_video_processor_dict`, also reading a processor folder saved before the video processor
+        had its own name (`"image_processor"` in `processor_config.json`)."""
+        try:
+            return super().get_video_processor_dict(pretrained_model_name_or_path, **kwargs)
+        except OSError as missing:
+            try:
+                processor_dict, kwargs = SViTTProcessor.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+            except OSError:
+                raise missing from None
+            if not isinstance(processor_dict.get("video_processor"), dict):
+                raise missing
+            return processor_dict["video_processor"], kwargs
+
     def to_dict(self) -> dict[str, Any]:
         output = {key: getattr(self, key) for key in self._call_kwargs}
-        output["image_processor_type"] = type(self).__name__
+        output["video_processor_type"] = type(self).__name__
         if getattr(self, "auto_map", None) is not None:
             output["auto_map"] = self.auto_map
         return output
@@ -474,8 +495,7 @@ class SViTTProcessor(ProcessorMixin):
     accepted as in other transformers processors.
 
     Args:
-        image_processor ([`SViTTVideoProcessor`]): the video processor (stored under the `image_processor` name
-            because transformers' video-processor base class requires torchvision).
+        video_processor ([`SViTTVideoProcessor`]): the video processor.
         tokenizer ([`SViTTTokenizer`]): the tokenizer.
         max_text_length (`int`, defaults to 32): text length (pretraining 32; MSRVTT/DiDeMo 64, Charades 48, SSv2
             and QA questions 25 in the release).
@@ -493,7 +513,7 @@ class SViTTProcessor(ProcessorMixin):
 
     def __init__(
         self,
-        image_processor: SViTTVideoProcessor | None = None,
+        video_processor: SViTTVideoProcessor | None = None,
         tokenizer: SViTTTokenizer | None = None,
         max_text_length: int = 32,
         max_answer_length: int = 5,
@@ -501,25 +521,30 @@ class SViTTProcessor(ProcessorMixin):
     ):
         self.max_text_length = max_text_length
         self.max_answer_length = max_answer_length
-        super().__init__(image_processor, tokenizer, **kwargs)
+        super().__init__(video_processor, tokenizer, **kwargs)
 
     def check_argument_for_proper_class(self, argument_name: str, argument: Any):
-        # Private hook, kept because `SViTTProcessor(video_processor, tokenizer)` (and every `from_pretrained`) must
-        # work where Pillow is not installed: there the class the base checks against is a placeholder nothing is an
-        # instance of (tests/test_processing.py::test_the_processor_is_built_and_loaded_without_pillow).
-        if argument_name == "image_processor":
-            if not isinstance(argument, BaseImageProcessor):
+        # Public behaviour this fixes: `SViTTProcessor(video_processor, tokenizer)` and every `from_pretrained` must
+        # work without torchvision (and Pillow), where the base looks the video-processor class up through
+        # `transformers.VIDEO_PROCESSOR_MAPPING`, a placeholder that fails
+        # (tests/test_processing.py::test_the_processor_is_built_and_loaded_without_pillow_or_torchvision).
+        if argument_name == "video_processor":
+            if not isinstance(argument, VideoProcessorMixin):
                 raise TypeError(
-                    f"Received a {type(argument).__name__} for argument image_processor, but an image processor such "
+                    f"Received a {type(argument).__name__} for argument video_processor, but a video processor such "
                     "as SViTTVideoProcessor was expected."
                 )
-            return BaseImageProcessor
+            return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
-    @property
-    def video_processor(self) -> SViTTVideoProcessor:
-        """The video processor (alias of `image_processor`)."""
-        return self.image_processor
+    @classmethod
+    def get_processor_dict(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """transformers' `get_processor_dict`, reading folders saved before the video processor had its own name
+        (`"image_processor"` in `processor_config.json`) as the current format."""
+        processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        return _upgrade_processor_dict(processor_dict), kwargs
 
     def _tokenizer_arguments(self) -> set[str]:
         parameters = inspect.signature(self.tokenizer.__call__).parameters.values()
@@ -532,7 +557,7 @@ class SViTTProcessor(ProcessorMixin):
         text_kwargs = dict(kwargs.pop("text_kwargs", None) or {})
         video_kwargs = dict(kwargs.pop("videos_kwargs", None) or {})
         video_kwargs.update(kwargs.pop("images_kwargs", None) or {})
-        video_arguments = set(self.image_processor._call_kwargs) | {"generator"}
+        video_arguments = set(self.video_processor._call_kwargs) | {"generator"}
         text_arguments = self._tokenizer_arguments()
         unknown = sorted((set(kwargs) | set(text_kwargs)) - video_arguments - text_arguments)
         if unknown:
@@ -581,7 +606,7 @@ class SViTTProcessor(ProcessorMixin):
             data.update(self.tokenizer(text, return_tensors=return_tensors, **text_kwargs))
         visual = videos if videos is not None else images
         if visual is not None:
-            data.update(self.image_processor(visual, return_tensors=return_tensors, **video_kwargs))
+            data.update(self.video_processor(visual, return_tensors=return_tensors, **video_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def encode_answers(
@@ -605,7 +630,31 @@ class SViTTProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.video_processor.model_input_names))
+
+
+def _upgrade_processor_dict(processor_dict: dict[str, Any]) -> dict[str, Any]:
+    """A `processor_config.json` of the first format (the video processor under `"image_processor"`, typed and
+    auto-mapped as an image processor) in the current one; other dictionaries are returned as they are."""
+    legacy = processor_dict.get("image_processor")
+    if not isinstance(legacy, dict) or "video_processor" in processor_dict:
+        return processor_dict
+    video_processor = dict(legacy)
+    processor_type = video_processor.pop("image_processor_type", None)
+    if processor_type is not None and processor_type != SViTTVideoProcessor.__name__:
+        raise ValueError(
+            f"`processor_config.json` holds a {processor_type} under `image_processor`, but SViTTProcessor takes an "
+            f"{SViTTVideoProcessor.__name__}: save the folder again with an SViTTProcessor, or load its parts "
+            "separately."
+        )
+    video_processor["video_processor_type"] = SViTTVideoProcessor.__name__
+    auto_map = dict(video_processor.get("auto_map") or {})
+    if "AutoImageProcessor" in auto_map:
+        auto_map["AutoVideoProcessor"] = auto_map.pop("AutoImageProcessor")
+        video_processor["auto_map"] = auto_map
+    upgraded = {key: value for key, value in processor_dict.items() if key != "image_processor"}
+    upgraded["video_processor"] = video_processor
+    return upgraded
 
 
 def register_processing_auto_classes() -> None:
@@ -615,22 +664,21 @@ def register_processing_auto_classes() -> None:
     """
     from transformers import AutoProcessor, AutoTokenizer
 
-    # The public `transformers.AutoImageProcessor` is a placeholder that demands Pillow; the real class is here.
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    # The public `transformers.AutoVideoProcessor` is a placeholder that demands torchvision; the real class is here.
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
     from .configuration_svitt import SViTTConfig
 
     AutoTokenizer.register(SViTTConfig, tokenizer_class=SViTTTokenizer, exist_ok=True)
-    # The processor has no backend dependency: serve it whichever backend transformers asks for, so that neither
-    # choice logs a fallback warning.
-    AutoImageProcessor.register(
+    # The processor has no backend dependency: serve it whichever backend transformers asks for.
+    AutoVideoProcessor.register(
         SViTTConfig,
-        image_processor_classes={"torchvision": SViTTVideoProcessor, "pil": SViTTVideoProcessor},
+        video_processor_classes={"torchvision": SViTTVideoProcessor, "pil": SViTTVideoProcessor},
         exist_ok=True,
     )
     AutoProcessor.register(SViTTConfig, SViTTProcessor, exist_ok=True)
     SViTTTokenizer.register_for_auto_class("AutoTokenizer")
-    SViTTVideoProcessor.register_for_auto_class("AutoImageProcessor")
+    SViTTVideoProcessor.register_for_auto_class("AutoVideoProcessor")
     SViTTProcessor.register_for_auto_class("AutoProcessor")
 
 

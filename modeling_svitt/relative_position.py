@@ -5,10 +5,10 @@ a patch token carries `n = t * P * P + h * P + w` (frame-major raster order) and
 carries the negative position `-(i + 1)`. A zero-padded slot of a block-sparse layout carries -1,
 i.e. it is looked up as the first global token, which is what the release does.
 
-Table layout (rows x heads), with `R = (2T-1, 2P-1, 2P-1)` relative extents and `c` global tokens:
+Table layout (rows x heads), with `R = (2T-1, 2P-1, 2P-1)` relative extents and `num_global` global tokens:
 rows `0 .. L-1` with `L = (2T-1)(2P-1)^2` hold patch->patch offsets (temporal offset most
-significant); then `c` rows global_i->patch, `c` rows patch->global_j and `c*c` rows global_i->global_j.
-For `c = 1` and `T = 1` this is exactly HF BEiT's 2-D table (732 rows at 224 px).
+significant); then `num_global` rows global_i->patch, `num_global` rows patch->global_j and `num_global**2` rows
+global_i->global_j. For `num_global = 1` and `T = 1` this is exactly HF BEiT's 2-D table (732 rows at 224 px).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ def relative_position_table_rows(num_frames: int, patches_per_side: int, num_glo
 
 
 def global_token_positions(num_global_tokens: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Positions of the global tokens, `-1, -2, ..., -c` (patch tokens carry their raster position `0, 1, ...`)."""
+    """Positions of the global tokens, `-1, -2, ..., -num_global_tokens` (patch tokens carry their raster position
+    `0, 1, ...`)."""
     return -torch.arange(1, num_global_tokens + 1, device=device)
 
 
 def with_global_positions(positions: torch.Tensor, num_global_tokens: int) -> torch.Tensor:
-    """`(P, n)` patch positions -> `(P, c + n)` positions of the whole sequence, global tokens first."""
+    """`(P, n)` patch positions -> `(P, num_global_tokens + n)` positions of the whole sequence, global tokens first."""
     glob = global_token_positions(num_global_tokens, positions.device).expand(positions.shape[0], -1)
     return torch.cat([glob, positions], dim=1)
 
@@ -59,7 +60,7 @@ def relative_position_index(
 ) -> torch.Tensor:
     """Row of the bias table for every (query, key) pair; positions broadcast against each other."""
     num_local = relative_position_table_rows(num_frames, patches_per_side, 0)
-    c = num_global_tokens
+    num_global = num_global_tokens
     query_is_global = query_positions < 0
     key_is_global = key_positions < 0
     query_codes = relative_position_codes(query_positions.clamp(min=0), patches_per_side)
@@ -69,8 +70,9 @@ def relative_position_index(
     global_query = -query_positions - 1
     global_key = -key_positions - 1
     index = torch.where(query_is_global & ~key_is_global, num_local + global_query, index)
-    index = torch.where(~query_is_global & key_is_global, num_local + c + global_key, index)
-    index = torch.where(query_is_global & key_is_global, num_local + 2 * c + global_query * c + global_key, index)
+    index = torch.where(~query_is_global & key_is_global, num_local + num_global + global_key, index)
+    global_pair_rows = num_local + 2 * num_global + global_query * num_global + global_key
+    index = torch.where(query_is_global & key_is_global, global_pair_rows, index)
     return index
 
 
@@ -134,9 +136,14 @@ def inflate_relative_position_bias_table(
     if (2 * side - 1) ** 2 != spatial_rows:
         raise ValueError(f"{table_2d.shape[0]} rows is not a BEiT 2-D relative-position table ((2P-1)^2 + 3 rows).")
     spatial, (cls_to_token, token_to_cls, cls_to_cls) = table_2d[:spatial_rows], table_2d[spatial_rows:]
-    c = num_global_tokens
+    num_global = num_global_tokens
     special = torch.cat(
-        [cls_to_token.expand(c, -1), token_to_cls.expand(c, -1), cls_to_cls.expand(c * c, -1)], dim=0
+        [
+            cls_to_token.expand(num_global, -1),
+            token_to_cls.expand(num_global, -1),
+            cls_to_cls.expand(num_global * num_global, -1),
+        ],
+        dim=0,
     )
     return torch.cat([spatial.repeat(2 * num_frames - 1, 1), special], dim=0)
 

@@ -2,7 +2,7 @@
 
 Counts the matrix products of the transformer layers (query/key/value/output projections, the feed-forward, and
 the query-key and attention-value products); the patch embedding, layer norms, softmax and the relative-bias
-lookup are left out. Edge sparsity changes the keys every patch query sees (`c` global tokens plus
+lookup are left out. Edge sparsity changes the keys every patch query sees (the `num_global_tokens` global tokens plus
 `num_local_blocks + num_random_blocks` blocks of `attention_block_size`); node sparsity shrinks the number of
 tokens after each drop layer (`ceil(token_keep_rate * n)`). Benchmarks report measured speed-ups as a share of
 the ratio of these counts, between SViTT settings and against the peers counted the same way
@@ -34,7 +34,7 @@ def video_tower_macs(
     frames = config.num_frames if num_frames is None else num_frames
     sparse = config.use_sparse_attention if use_sparse_attention is None else use_sparse_attention
     keep_rate = config.token_keep_rate if token_keep_rate is None else token_keep_rate
-    width, c = config.hidden_size, config.num_global_tokens
+    width, num_global = config.hidden_size, config.num_global_tokens
     drop_layers = set(config.token_drop_layers) if keep_rate < 1.0 else set()
 
     def dense_part(num_tokens: int) -> int:  # projections and feed-forward, per token linear in width
@@ -43,17 +43,17 @@ def video_tower_macs(
     patches = frames * config.patches_per_frame
     total = 0
     for layer in range(config.num_hidden_layers):
-        tokens = patches + c
+        tokens = patches + num_global
         if sparse:
             blocks = math.ceil(patches / config.attention_block_size)
             key_blocks = min(blocks, config.num_local_blocks + config.num_random_blocks)
-            score_pairs = patches * (c + key_blocks * config.attention_block_size) + c * tokens
+            score_pairs = patches * (num_global + key_blocks * config.attention_block_size) + num_global * tokens
         else:
             score_pairs = tokens * tokens
         total += 2 * score_pairs * width  # query-key scores and attention-weighted values
         if layer in drop_layers:
             kept = math.ceil(keep_rate * patches)
-            mlp_tokens = tokens if config.prune_after_mlp else kept + c
+            mlp_tokens = tokens if config.prune_after_mlp else kept + num_global
             total += tokens * 4 * width * width + mlp_tokens * 2 * width * config.intermediate_size
             patches = kept
         else:

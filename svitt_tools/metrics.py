@@ -63,11 +63,12 @@ def _select(values: Any, index: torch.Tensor) -> Any:
     return [values[i] for i in index.tolist()]
 
 
-def gather_for_metrics(tensor: torch.Tensor, group=None) -> torch.Tensor:
+def gather_rows_across_processes(tensor: torch.Tensor, group=None) -> torch.Tensor:
     """Concatenate `tensor` (rows along dim 0) from every process; batch sizes may differ.
 
-    Outside torch.distributed this returns `tensor`. Pair it with the `ids` argument of the metrics to
-    drop the duplicates a padding sampler adds.
+    Outside torch.distributed this returns `tensor`. Unlike `Accelerator.gather_for_metrics` it keeps every row,
+    including the repeats a padding sampler adds at the end of the data: pass the rows' dataset indices as the
+    `ids` argument of the metrics to count each sample once.
     """
     return all_gather_no_grad(tensor, group)
 
@@ -296,7 +297,7 @@ __all__ = [
     "EGOMCQ_INTRA_VIDEO",
     "egomcq_accuracy",
     "first_occurrence_indices",
-    "gather_for_metrics",
+    "gather_rows_across_processes",
     "qa_accuracy",
     "rank_metrics",
     "retrieval_metrics",

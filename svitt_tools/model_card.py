@@ -10,8 +10,10 @@ their analytic cost at 4 / 8 / 16 frames) is computed here, never typed.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -140,6 +142,31 @@ def num_parameters(config: SViTTConfig) -> int:
     )
     with torch.device("meta"):
         return model_class(config).num_parameters()
+
+
+_RANK_WORDS = frozenset({"rank", "medr", "mnr"})
+
+
+def is_rank_metric(name: str) -> bool:
+    """A rank (1 is best, no upper bound): a name with the word `rank`, `MedR` or `MnR` (`t2v_median_rank`)."""
+    return bool(_RANK_WORDS & set(re.split(r"[^a-z0-9]+", name.lower())))
+
+
+def format_metric(name: str, value: Any) -> str:
+    """How every table of this project (cards, evaluation and sweep reports) prints a metric.
+
+    A rank (a name with the word `rank`, `MedR` or `MnR`, e.g. `t2v_median_rank`) as a number with one decimal; a
+    count (`num_*`) as an integer; any other number in [0, 1] is a fraction, printed as a percentage with one
+    decimal (`t2v_r1` 0.5 -> `50.0%`), and one outside [0, 1] as a number with one decimal (a score already in
+    percent stays readable). Anything else (a missing value's `-`) as it is.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if name.startswith("num_"):
+        return f"{value:.0f}"
+    if is_rank_metric(name) or not 0 <= value <= 1:
+        return f"{value:.1f}"
+    return f"{100 * value:.1f}%"
 
 
 def _gmacs(value: float) -> str:
@@ -385,6 +412,8 @@ def write_converted_extras(
 __all__ = [
     "CardContent",
     "REPORTED_RESULTS",
+    "format_metric",
+    "is_rank_metric",
     "model_family",
     "num_parameters",
     "render_model_card",

@@ -207,7 +207,7 @@ def token_selection_picture(
             [caption], padding="max_length", truncation=True, max_length=processor.max_text_length, return_tensors="pt"
         )
         text = dict(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-    video_processor = processor.image_processor
+    video_processor = processor.video_processor
     selection = token_selection(
         model, pixel_values, video_processor.image_mean, video_processor.image_std, fusion_keep_rate=fusion_keep_rate,
         **text,

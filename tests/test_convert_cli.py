@@ -106,7 +106,7 @@ def test_model_card_makes_a_push_ready_folder_that_loads_by_name(release_checkpo
     assert type(AutoModelForPreTraining.from_pretrained("svitt-ego")).__name__ == "SViTTForPreTraining"
     assert type(AutoModel.from_pretrained("svitt-ego")).__name__ == "SViTTModel"
     processor = AutoProcessor.from_pretrained("svitt-ego")
-    assert processor.image_processor.num_frames == 4 and processor.tokenizer("a dog").input_ids == [101, 1037, 3899]
+    assert processor.video_processor.num_frames == 4 and processor.tokenizer("a dog").input_ids == [101, 1037, 3899]
 
     card = ModelCard.load(tmp_path / "svitt-ego" / "README.md")
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict()  # it measured nothing

@@ -147,7 +147,7 @@ def test_retrieval_fine_tuning_from_the_smoke_pretrained_checkpoint(workspace, p
     model = SViTTForVideoTextRetrieval.from_pretrained(output)
     assert model.config.vision_config.num_frames == 2 and model.config.architectures == ["SViTTForVideoTextRetrieval"]
     processor = SViTTProcessor.from_pretrained(output)
-    assert processor.max_text_length == 12 and processor.image_processor.num_frames == 2  # the model's clip length
+    assert processor.max_text_length == 12 and processor.video_processor.num_frames == 2  # the model's clip length
     assert not (output / "checkpoints").exists()
     assert finetune.main(arguments) is None  # a finished run is not trained again
 

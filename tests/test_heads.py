@@ -3,6 +3,7 @@
 The video QA head has its own tests in `test_video_qa.py`.
 """
 
+import inspect
 import json
 
 import pytest
@@ -12,9 +13,34 @@ from helpers.tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
 
 from modeling_svitt import losses, register_head_auto_classes
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
-from modeling_svitt.modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
+from modeling_svitt.modeling_heads import (
+    SViTTForMultipleChoice,
+    SViTTForPreTraining,
+    SViTTForVideoTextRetrieval,
+    SViTTHeadPreTrainedModel,
+)
+from modeling_svitt.modeling_svitt import SViTTModel
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 from svitt_tools.metrics import retrieval_metrics
+
+
+@pytest.mark.parametrize(
+    ("function", "positional"),
+    [
+        (SViTTHeadPreTrainedModel._contrastive_matching_forward, ("self", "output_class")),
+        (SViTTHeadPreTrainedModel._training_objectives, ("self", "text", "video")),
+        (SViTTHeadPreTrainedModel._matching, ("self", "text", "video")),
+        (SViTTHeadPreTrainedModel._itm_negatives, ("self", "contrastive", "batch_size")),
+        (SViTTModel.encode_pairs, ("self", "pixel_values", "input_ids", "attention_mask")),
+        (SViTTModel.contrastive, ("self", "video_embeds", "text_embeds", "match_ids")),
+        (losses.egonce_positive_mask, ("row_match_ids", "column_match_ids")),
+    ],
+)
+def test_helpers_with_interchangeable_tensors_take_them_by_name(function, positional):
+    """Optional tensors of one shape (verb / noun tags, the two negative indices, ...) passed by position could be
+    swapped without an error: past the leading inputs, these helpers take everything by name."""
+    parameters = inspect.signature(function).parameters.values()
+    assert tuple(p.name for p in parameters if p.kind is not inspect.Parameter.KEYWORD_ONLY) == positional
 
 
 # Pretraining ---------------------------------------------------------------------------------------

@@ -60,28 +60,36 @@ def _tags():
     return torch.arange(4), verbs, nouns, torch.tensor([0, 0, 1, 1])
 
 
+def _same_batch_egonce_mask(ids, verbs, nouns, **kwargs):
+    """EgoNCE positives of a batch against itself (rows and columns alike)."""
+    tags = dict(row_verb_tags=verbs, column_verb_tags=verbs, row_noun_tags=nouns, column_noun_tags=nouns)
+    return losses.egonce_positive_mask(ids, ids, **tags, **kwargs)
+
+
 def test_egonce_action_aware_positive_rules():
     ids, verbs, nouns, _ = _tags()
-    both = losses.egonce_positive_mask(ids, ids, verbs, verbs, nouns, nouns, rule="verb_and_noun")
+    both = _same_batch_egonce_mask(ids, verbs, nouns, rule="verb_and_noun")
     assert both.tolist() == [
         [True, False, False, True],
         [False, True, False, False],
         [False, False, True, False],
         [True, False, False, True],
     ]
-    either = losses.egonce_positive_mask(ids, ids, verbs, verbs, nouns, nouns, rule="verb_or_noun")
+    either = _same_batch_egonce_mask(ids, verbs, nouns, rule="verb_or_noun")
     assert either[0].tolist() == [True, True, True, True] and either[1].tolist() == [True, True, False, True]
     verb_only = losses.egonce_positive_mask(ids, ids, row_verb_tags=verbs, column_verb_tags=verbs, rule="verb")
     assert verb_only[2].tolist() == [False, False, True, False]
     with pytest.raises(ValueError, match="noun_tags"):
-        losses.egonce_positive_mask(ids, ids, verbs, verbs, rule="noun")
+        losses.egonce_positive_mask(ids, ids, row_verb_tags=verbs, column_verb_tags=verbs, rule="noun")
+    with pytest.raises(TypeError):  # the row / column tags of verbs and nouns are named: a swap cannot go unseen
+        losses.egonce_positive_mask(ids, ids, verbs, verbs, nouns, nouns)
 
 
 def test_egonce_scene_aware_negatives_override_shared_tags_within_a_video():
     ids, verbs, nouns, videos = _tags()
-    either = losses.egonce_positive_mask(ids, ids, verbs, verbs, nouns, nouns, rule="verb_or_noun")
-    scene = losses.egonce_positive_mask(
-        ids, ids, verbs, verbs, nouns, nouns, rule="verb_or_noun", row_video_ids=videos, column_video_ids=videos
+    either = _same_batch_egonce_mask(ids, verbs, nouns, rule="verb_or_noun")
+    scene = _same_batch_egonce_mask(
+        ids, verbs, nouns, rule="verb_or_noun", row_video_ids=videos, column_video_ids=videos
     )
     # clip 1 shares "cut" with clip 0, but both come from video A: a scene-aware negative, not a positive
     assert either[0, 1] and not scene[0, 1]
@@ -109,8 +117,8 @@ def test_itc_loss_selects_egonce():
     video, text = _normalised(4, 8, seed=5), _normalised(4, 8, seed=6)
     ids, verbs, nouns, videos = _tags()
     out = losses.itc_loss(video, text, 0.05, ids, loss_type="egonce", verb_tags=verbs, noun_tags=nouns, video_ids=videos)
-    expected_mask = losses.egonce_positive_mask(
-        ids, ids, verbs, verbs, nouns, nouns, row_video_ids=videos, column_video_ids=videos
+    expected_mask = _same_batch_egonce_mask(
+        ids, verbs, nouns, row_video_ids=videos, column_video_ids=videos
     )
     assert torch.equal(out.video_positive_mask, expected_mask)
     logits = video @ text.T / 0.05

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from svitt_tools.metrics import (
     egomcq_accuracy,
     first_occurrence_indices,
-    gather_for_metrics,
+    gather_rows_across_processes,
     qa_accuracy,
     rank_metrics,
     retrieval_metrics,
@@ -174,9 +174,9 @@ def test_egomcq_duplicates_removed():
     assert metrics["inter_video_accuracy"] == 50.0 and metrics["num_inter_video"] == 2
 
 
-def test_gather_for_metrics_is_identity_in_one_process():
+def test_gather_rows_across_processes_is_identity_in_one_process():
     values = torch.arange(4)
-    assert torch.equal(gather_for_metrics(values), values)
+    assert torch.equal(gather_rows_across_processes(values), values)
 
 
 def _brute_force_rank(scores, positives, pessimistic):

@@ -72,7 +72,7 @@ def test_run_writes_stage_folders_summary_curves_and_a_loadable_root(uninterrupt
         assert (config["num_frames"], config["token_keep_rate"]) == (frames, keep)
         model, processor = AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
         assert isinstance(model.config, SViTTConfig) and model.config.vision_config.num_frames == frames
-        assert processor.image_processor.size == {"height": 32, "width": 32}
+        assert processor.video_processor.size == {"height": 32, "width": 32}
     # the last stage also at the root: the output folder loads by its name
     root_model = AutoModel.from_pretrained(output)
     last = AutoModel.from_pretrained(output / "stage-2-4f")
@@ -151,7 +151,7 @@ def test_every_saved_folder_runs_the_cards_usage_code_with_its_own_processor(wor
     video = next((workspace["folder"] / "cache").rglob("*.mp4"))  # a clip of the synthetic set
     usage = _usage("LOAD_NAME").split("```python\n")[1].split("```")[0]
     for folder, frames in ((output / "stage-1-2f", 2), (output / "stage-2-4f", 4), (output, 4)):
-        assert AutoProcessor.from_pretrained(folder).image_processor.num_frames == frames
+        assert AutoProcessor.from_pretrained(folder).video_processor.num_frames == frames
         scope = {}
         exec(usage.replace("LOAD_NAME", str(folder)).replace("clip.mp4", str(video)), scope)
         assert scope["similarity"].shape == (1, 2), folder

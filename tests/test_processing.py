@@ -157,13 +157,26 @@ def test_processor_rejects_a_keyword_that_neither_part_accepts(tokenizer, noise_
 
 
 def test_video_processor_save_load(tmp_path):
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
     processor = SViTTVideoProcessor(size={"height": 20, "width": 30}, crop_scale=(0.3, 0.9), num_frames=8)
     processor.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert config["image_processor_type"] == "SViTTVideoProcessor" and config["num_frames"] == 8
+    config = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert config["video_processor_type"] == "SViTTVideoProcessor" and config["num_frames"] == 8
     reloaded = SViTTVideoProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == processor.to_dict()
     assert SViTTVideoProcessor.from_pretrained(tmp_path, num_frames=4).num_frames == 4
+    register_processing_auto_classes()
+    assert AutoVideoProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
+
+
+def test_a_video_processor_saved_in_the_first_format_loads(tmp_path):
+    """Before it was a transformers video processor, it was saved as an image processor."""
+    processor = SViTTVideoProcessor(size=20, num_frames=8)
+    first_format = {**processor.to_dict(), "image_processor_type": "SViTTVideoProcessor"}
+    del first_format["video_processor_type"]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(first_format))
+    assert SViTTVideoProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
 
 
 def _processor(tokenizer) -> SViTTProcessor:
@@ -193,18 +206,64 @@ def test_encode_answers(tokenizer):
 
 def test_processor_save_load_and_auto_processor(tokenizer, noise_video, tmp_path):
     from transformers import AutoProcessor
-    from transformers.models.auto.image_processing_auto import AutoImageProcessor
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
     register_processing_auto_classes()
     processor = _processor(tokenizer)
     processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    # where transformers' processors keep a video processor: its own entry, typed and auto-mapped as one
+    assert "image_processor" not in saved and saved["video_processor"]["video_processor_type"] == "SViTTVideoProcessor"
+    assert saved["video_processor"]["auto_map"]["AutoVideoProcessor"] == "processing_svitt.SViTTVideoProcessor"
+    assert SViTTProcessor.get_attributes() == ["video_processor", "tokenizer"]
     for loaded in (SViTTProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is SViTTProcessor and loaded.max_text_length == 8
-        assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
+        assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
         expected = processor(text="a dog", videos=noise_video)
         actual = loaded(text="a dog", videos=noise_video)
         assert all(torch.equal(expected[key], actual[key]) for key in expected)
-    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is SViTTVideoProcessor
+    assert type(AutoVideoProcessor.from_pretrained(tmp_path)) is SViTTVideoProcessor
+
+
+def _first_format(folder) -> None:
+    """Rewrite a saved processor as the first format did: the video processor under `image_processor`, typed and
+    auto-mapped as an image processor."""
+    path = folder / "processor_config.json"
+    saved = json.loads(path.read_text())
+    video_processor = saved.pop("video_processor")
+    video_processor["image_processor_type"] = video_processor.pop("video_processor_type")
+    video_processor["auto_map"]["AutoImageProcessor"] = video_processor["auto_map"].pop("AutoVideoProcessor")
+    path.write_text(json.dumps({**saved, "image_processor": video_processor}))
+
+
+def test_a_processor_saved_in_the_first_format_loads(tokenizer, noise_video, tmp_path):
+    from transformers import AutoProcessor
+
+    register_processing_auto_classes()
+    processor = _processor(tokenizer)
+    processor.save_pretrained(tmp_path)
+    _first_format(tmp_path)
+    for loaded in (
+        SViTTProcessor.from_pretrained(tmp_path),
+        AutoProcessor.from_pretrained(tmp_path),
+    ):
+        assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
+        assert torch.equal(loaded(videos=noise_video).pixel_values, processor(videos=noise_video).pixel_values)
+    assert SViTTVideoProcessor.from_pretrained(tmp_path).to_dict() == processor.video_processor.to_dict()
+    # saved again, it is in the current format
+    SViTTProcessor.from_pretrained(tmp_path).save_pretrained(tmp_path / "again")
+    assert "video_processor" in json.loads((tmp_path / "again" / "processor_config.json").read_text())
+
+
+def test_a_first_format_folder_holding_another_image_processor_is_refused(tokenizer, tmp_path):
+    _processor(tokenizer).save_pretrained(tmp_path)
+    _first_format(tmp_path)
+    path = tmp_path / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved["image_processor"]["image_processor_type"] = "CLIPImageProcessor"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="holds a CLIPImageProcessor under `image_processor`"):
+        SViTTProcessor.from_pretrained(tmp_path)
 
 
 def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
@@ -218,14 +277,14 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
     script = """
         import numpy as np
         from transformers import AutoProcessor, AutoTokenizer
-        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+        from transformers.models.auto.video_processing_auto import AutoVideoProcessor
         processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
         out = processor(text="A red square!", videos=np.zeros((4, 20, 20, 3), np.uint8))
         tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
-        video_processor = AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+        video_processor = AutoVideoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
         assert tokenizer("A red square!").input_ids == [101, 1037, 2417, 2675], tokenizer("A red square!").input_ids
         assert type(video_processor).__name__ == "SViTTVideoProcessor" and video_processor.size["height"] == 16
-        print(type(processor).__name__, type(processor.tokenizer).__name__, type(processor.image_processor).__name__)
+        print(type(processor).__name__, type(processor.tokenizer).__name__, type(processor.video_processor).__name__)
         print(out["input_ids"].tolist(), tuple(out["pixel_values"].shape))
         """
     env = dict(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
@@ -290,19 +349,20 @@ def test_impossible_transform_settings_name_the_field(noise_video, kwargs, field
         SViTTVideoProcessor(**kwargs)
     with pytest.raises(ValueError, match=field):  # also as a call-time override
         SViTTVideoProcessor(size=8)(noise_video, **kwargs)
-def test_the_processor_is_built_and_loaded_without_pillow(tmp_path):
-    """What `SViTTProcessor.check_argument_for_proper_class` and `_get_arguments_from_pretrained` are there for:
-    transformers' image-processor classes are placeholders that demand Pillow; a video model needs none."""
+def test_the_processor_is_built_and_loaded_without_pillow_or_torchvision(tmp_path):
+    """What `SViTTProcessor.check_argument_for_proper_class` is there for: transformers' video-processor classes are
+    placeholders that demand torchvision (its image-processor classes demand Pillow); a video model needs neither."""
     script = f"""
         import sys
         sys.modules["PIL"] = None  # importing Pillow fails, as where it is not installed
+        sys.modules["torchvision"] = None
         from transformers import AutoProcessor
         from modeling_svitt import SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
         tokenizer = SViTTTokenizer.from_pretrained({bert_vocab_dir()!r})
         SViTTProcessor(SViTTVideoProcessor(size=16), tokenizer).save_pretrained(sys.argv[1])
         for load in (SViTTProcessor.from_pretrained, AutoProcessor.from_pretrained):
             processor = load(sys.argv[1])
-            print(type(processor.image_processor).__name__, processor.image_processor.size["height"])
+            print(type(processor.video_processor).__name__, processor.video_processor.size["height"])
         try:
             SViTTProcessor(tokenizer, tokenizer)
         except TypeError as error:
@@ -312,4 +372,4 @@ def test_the_processor_is_built_and_loaded_without_pillow(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[:2] == ["SViTTVideoProcessor 16", "SViTTVideoProcessor 16"]
-    assert lines[2].startswith("refused: Received a SViTTTokenizer for argument image_processor")
+    assert lines[2].startswith("refused: Received a SViTTTokenizer for argument video_processor")

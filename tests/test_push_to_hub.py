@@ -374,3 +374,29 @@ def test_when_the_hub_is_down_cached_repos_load_and_unknown_names_fail_fast(hub_
         assert "--recipe svitt-ego --output-dir svitt-ego" in line and "convert_original_svitt" in line, line
         assert "could not be reached" in line and "holds nothing for it" in line, line
     assert "Retrying" not in hub_session["logs"]["down"].stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("t2v_r1", 0.5, "50.0%"),  # fractions as percentages
+        ("t2v_r1", 0.004, "0.4%"),
+        ("qa_accuracy", 1, "100.0%"),
+        ("t2v_median_rank", 1.0, "1.0"),  # ranks as numbers, also at 1
+        ("v2t_mean_rank", 0.5, "0.5"),
+        ("t2v_MedR", 1, "1.0"),  # the raw metrics' spelling of ranks
+        ("t2v_MnR", 3.25, "3.2"),
+        ("itm_reranked_r1", 0.25, "25.0%"),  # "rank" inside another word is not a rank
+        ("num_test_videos", 200, "200"),  # counts as integers
+        ("t2v_R@1", 45.3, "45.3"),  # a score already in percent stays a number
+        ("qa_accuracy", "-", "-"),
+        ("qa_accuracy", True, "True"),
+    ],
+)
+def test_cards_and_reports_print_a_metric_alike(name, value, shown):
+    """The card's stage table (push_to_hub) and the evaluation / sweep tables (report) share one rule."""
+    from svitt_tools.model_card import format_metric
+    from training import report
+
+    assert push_to_hub.format_metric is report.format_metric is format_metric
+    assert format_metric(name, value) == shown

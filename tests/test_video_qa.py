@@ -73,11 +73,14 @@ def _per_clip_scores(model, clips, ids, mask, num_clips):
     split, _ = split_into_clips(clips, FRAMES)
     # eval mode: the video tower draws its deterministic evaluation patterns, as rank_answers does
     states, qmask, _ = model.encode_questions(split, ids.repeat_interleave(num_clips, 0), mask.repeat_interleave(num_clips, 0))
-    first = first_token_logits(model, states, qmask, 2).reshape(ids.shape[0], num_clips, -1)
+    first = first_token_logits(model, states, qmask, start_token_id=2).reshape(ids.shape[0], num_clips, -1)
     every = torch.arange(ANSWERS.shape[0]).expand(ids.shape[0], -1)
     likelihood = torch.stack(
         [
-            candidate_log_likelihood(model, states[c::num_clips], qmask[c::num_clips], ANSWERS, ANSWER_MASK, every)
+            candidate_log_likelihood(
+                model, states[c::num_clips], qmask[c::num_clips], answer_ids=ANSWERS, answer_mask=ANSWER_MASK,
+                candidates=every,
+            )
             for c in range(num_clips)
         ],
         dim=-1,
@@ -119,12 +122,8 @@ def test_rank_answers_release_mode_reproduces_the_quirks():
     torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(result.answer_indices, torch.gather(candidates, 1, expected.indices))
     torch.testing.assert_close(result.probabilities.sum(1), torch.ones(2))
-    # the former switch still works, with a deprecation warning
-    with pytest.warns(FutureWarning, match="release_ensemble"):
-        alias = model.rank_answers(
-            clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, clip_aggregation="mean", release_scoring=True
-        )
-    assert torch.equal(alias.scores, result.scores) and torch.equal(alias.answer_indices, result.answer_indices)
+    with pytest.raises(TypeError, match="release_scoring"):  # the pre-release switch is gone: `scoring=` says it
+        model.rank_answers(clips, ids, mask, ANSWERS, ANSWER_MASK, k=3, release_scoring=True)
 
 
 # Three answers whose first tokens are 0, 1, 2 of a 3-word vocabulary with first-token probabilities 0.9, 0.05, 0.05,
@@ -143,10 +142,12 @@ def _hand_first_scores(scoring):
 @pytest.mark.parametrize("scoring, winner", [("release_concat", 0), ("release_ensemble", 1)])
 def test_release_scorings_by_hand(scoring, winner):
     logits = torch.tensor([[HAND_PROBABILITIES]]).log()  # (1 question, 1 clip, 3 words)
-    first = first_token_scores(logits, torch.tensor([0, 1, 2]), scoring, "lse")
+    first = first_token_scores(logits, torch.tensor([0, 1, 2]), scoring=scoring, clip_aggregation="lse")
     expected_first = _hand_first_scores(scoring)
     torch.testing.assert_close(first, torch.tensor([expected_first]))
-    scores = candidate_scores(first, torch.tensor([HAND_LOG_LIKELIHOOD])[..., None], scoring, "lse")
+    scores = candidate_scores(
+        first, torch.tensor([HAND_LOG_LIKELIHOOD])[..., None], scoring=scoring, clip_aggregation="lse"
+    )
     expected = [math.log(p) + ll for p, ll in zip(expected_first, HAND_LOG_LIKELIHOOD)]
     torch.testing.assert_close(scores, torch.tensor([expected]))
     assert int(scores.argmax()) == winner
@@ -158,12 +159,12 @@ def test_release_ensemble_by_hand_over_two_clips():
     # the clips' first-token *probabilities* are combined (lse), then flattened by the second softmax
     p, q = (0.9, 0.05, 0.05), (0.2, 0.7, 0.1)
     logits = torch.tensor([[p, q]]).log()
-    first = first_token_scores(logits, torch.tensor([0, 1, 2]), "release_ensemble", "lse")
+    first = first_token_scores(logits, torch.tensor([0, 1, 2]), scoring="release_ensemble", clip_aggregation="lse")
     flattened = [math.exp(math.log(math.exp(a) + math.exp(b))) for a, b in zip(p, q)]
     expected_first = [value / sum(flattened) for value in flattened]
     torch.testing.assert_close(first, torch.tensor([expected_first]))
     likelihood = ((-2.0, -1.0), (-0.5, -4.0), (-3.0, -3.0))  # (candidate, clip)
-    scores = candidate_scores(first, torch.tensor([likelihood]), "release_ensemble", "lse")
+    scores = candidate_scores(first, torch.tensor([likelihood]), scoring="release_ensemble", clip_aggregation="lse")
     expected = [
         math.log(sum(math.exp(math.log(first_p) + ll) for ll in per_clip))
         for first_p, per_clip in zip(expected_first, likelihood)
@@ -206,9 +207,11 @@ def test_concat_feeds_all_frames_to_a_tower_of_that_length(tmp_path):
     )
     states, qmask, _ = long_tower.encode_questions(video, ids, mask)  # eval: the deterministic evaluation patterns
     assert states.shape[0] == 1  # one question pass over the one long clip
-    probabilities = first_token_logits(long_tower, states, qmask, 2).softmax(-1)[:, ANSWERS[:, 1]]
+    probabilities = first_token_logits(long_tower, states, qmask, start_token_id=2).softmax(-1)[:, ANSWERS[:, 1]]
     every = torch.arange(5)[None]
-    scores = probabilities.log() + candidate_log_likelihood(long_tower, states, qmask, ANSWERS, ANSWER_MASK, every)
+    scores = probabilities.log() + candidate_log_likelihood(
+        long_tower, states, qmask, answer_ids=ANSWERS, answer_mask=ANSWER_MASK, candidates=every
+    )
     expected = scores.sort(dim=1, descending=True)
     torch.testing.assert_close(result.scores, expected.values, atol=1e-5, rtol=1e-5)
     assert torch.equal(result.answer_indices, expected.indices)
@@ -588,3 +591,13 @@ def test_converter_reads_the_answer_decoder_from_its_tensors(decoder, tmp_path):
     inputs = dict(pixel_values=videos(2), input_ids=ids, attention_mask=mask, answer_input_ids=ANSWERS[:2])
     with torch.no_grad():
         torch.testing.assert_close(converted(**inputs).logits, source(**inputs).logits)
+
+
+def test_ranking_helpers_take_their_options_by_name():
+    # positional scorings or tensors of the same shape could be swapped silently
+    logits = torch.tensor([[HAND_PROBABILITIES]]).log()
+    with pytest.raises(TypeError):
+        first_token_scores(logits, torch.tensor([0, 1, 2]), "release_concat", "lse")
+    first = first_token_scores(logits, torch.tensor([0, 1, 2]), scoring="release_concat", clip_aggregation="lse")
+    with pytest.raises(TypeError):
+        candidate_scores(first, torch.tensor([HAND_LOG_LIKELIHOOD])[..., None], "release_concat", "lse")

@@ -34,7 +34,7 @@ def build_processor(recipe: Recipe) -> SViTTProcessor:
         except (OSError, ValueError, TypeError):  # weights and tokenizer without a processor (e.g. converted)
             tokenizer = SViTTTokenizer.from_pretrained(checkpoint)
         else:
-            tokenizer, video = saved.tokenizer, saved.image_processor
+            tokenizer, video = saved.tokenizer, saved.video_processor
             base.update(
                 image_size=video.size["height"], crop_scale=video.crop_scale, image_mean=video.image_mean,
                 image_std=video.image_std, max_text_length=saved.max_text_length,

@@ -32,12 +32,13 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, get_token
 
 from modeling_svitt.configuration_svitt import SViTTConfig
 from modeling_svitt.remote_code import copy_model_sources, model_auto_map
-from svitt_tools.model_card import CardContent, render_model_card
+from svitt_tools.model_card import CardContent, format_metric, render_model_card
 
 WEIGHT_PATTERNS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
+# a processor saved whole, and a video processor saved on its own (now, and in the first format)
+PROCESSOR_CONFIGS = ("processor_config.json", "video_preprocessor_config.json", "preprocessor_config.json")
 PROCESSOR_FILES = (
-    "processor_config.json",
-    "preprocessor_config.json",
+    *PROCESSOR_CONFIGS,
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.txt",
@@ -72,7 +73,7 @@ def check_checkpoint(folder: Path) -> SViTTConfig:
         raise CheckpointError(f"{config_file} describes a {model_type!r} model, not an SViTT checkpoint ('svitt').")
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise CheckpointError(f"{folder} has no weights (model.safetensors or its shards).")
-    has_processor = (folder / "processor_config.json").is_file() or (folder / "preprocessor_config.json").is_file()
+    has_processor = any((folder / name).is_file() for name in PROCESSOR_CONFIGS)
     has_tokenizer = (folder / "tokenizer_config.json").is_file() and any(
         (folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")
     )
@@ -200,14 +201,6 @@ def _model_index(records: list[tuple[Path, dict]]) -> list[dict]:
     return entries
 
 
-def _format_metric(name: str, value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return str(value)
-    if re.search(r"(^|_)(medr|mnr|rank)", name.lower()) or value > 1:
-        return f"{value:.1f}"
-    return f"{100 * value:.1f}%"
-
-
 def _training_section(summary: dict | None, stage_dirs: list[str], records: list[str]) -> str:
     if summary is None:
         return "The checkpoint folder holds no `summary.json`, so its training recipe is not recorded here."
@@ -225,7 +218,7 @@ def _training_section(summary: dict | None, stage_dirs: list[str], records: list
     ]
     for stage in stages:
         metrics = stage.get("metrics") or {}
-        cells = [_format_metric(name, metrics[name]) if name in metrics else "" for name in metric_names]
+        cells = [format_metric(name, metrics[name]) if name in metrics else "" for name in metric_names]
         row = [
             stage.get("name", ""),
             stage.get("num_frames", ""),

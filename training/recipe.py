@@ -725,7 +725,7 @@ def check_recipe_against_model(recipe: Recipe, model, processor=None) -> None:
     size against the model's. Raises [`RecipeError`] naming each field."""
     frame_size = None
     if processor is not None:
-        size = processor.image_processor.size
+        size = processor.video_processor.size
         frame_size = (size["height"], size["width"])
     _raise_problems(recipe.name, built_model_problems(recipe, model, frame_size))
 

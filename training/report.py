@@ -11,6 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from svitt_tools.model_card import format_metric, is_rank_metric
+
 # Metrics shown first in the table and the plot when present; fractions are printed as percentages.
 HEADLINE_METRICS = (
     "t2v_r1",
@@ -212,13 +214,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def format_metric(name: str, value: Any) -> str:
-    """Fractions as percentages, ranks and counts as they are."""
-    if not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:.1f}" if "rank" in name or value > 1 else f"{100 * value:.1f}%"
-
-
 def results_record(
     *, spec, model: str, config, metrics: dict[str, float], num_samples: int, synthetic: bool,
     files: list[str], media_root: str | None, video_tower_gmacs: float,
@@ -309,7 +304,7 @@ def plot_sweep(rows: list[dict], output: str | Path) -> Path:
         series.setdefault(f"{series_key}={row['settings'][series_key]}", []).append(row)
     figure, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.4 * len(metrics)), squeeze=False)
     for axis_row, name in zip(axes, metrics):
-        scale = 1 if "rank" in name else 100
+        scale = 1 if is_rank_metric(name) else 100
         for axis, key, xlabel in zip(axis_row, ("seconds_per_video", "video_tower_gmacs"),
                                      ("measured seconds per video", "video tower GMACs per video (analytic)")):
             for label, members in series.items():

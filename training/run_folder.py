@@ -137,7 +137,7 @@ def save_pretrained_atomically(model, processor, folder: Path, state_dict=None) 
     """`save_pretrained` of the model and its processor into a temporary folder renamed to `folder` (main process).
     The processor saved decodes the model's clip length, whatever the processor used for training read."""
     processor = copy.deepcopy(processor)
-    processor.image_processor.num_frames = model.config.vision_config.num_frames
+    processor.video_processor.num_frames = model.config.vision_config.num_frames
     temporary = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary, state_dict=state_dict)

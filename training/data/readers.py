@@ -187,7 +187,7 @@ def _video_processor(processor: SViTTProcessor | SViTTVideoProcessor | None) -> 
     if processor is None:
         return SViTTVideoProcessor()
     if isinstance(processor, SViTTProcessor):
-        return processor.image_processor
+        return processor.video_processor
     return processor
 
 
