@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor, BeitConfig, BeitModel
 
-import modeling_svitt  # noqa: F401  (registers SViTT with the Auto classes)
 from modeling_svitt import SViTTProcessor, SViTTTokenizer, SViTTVideoProcessor
 from modeling_svitt.pretrained_init import svitt_from_beit_and_bert
 from modeling_svitt.video_io import write_video
