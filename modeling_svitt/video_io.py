@@ -442,6 +442,14 @@ class _SeekingFrameReader:
         self._pending = None  # first (frame, seconds) after the current target, kept for the next one
         self.ended = False  # the stream ran out before a target: `frame_at` returned the last decodable frame
 
+    def close(self) -> None:
+        """Let go of the decoding generator and the frames held. The generator refers to the reader, so until then the
+        two form a cycle that keeps the stream's decoder, with FFmpeg's threads and frame buffers, alive until the
+        garbage collector runs: a data-loader worker carried hundreds of them."""
+        if self._frames is not None:
+            self._frames.close()
+        self._frames = self._previous = self._pending = None
+
     def _seek_container(self, seconds: float) -> None:
         av = _import_av()
         offset = int(math.floor(seconds / self.time_base)) if self.time_base else 0
@@ -594,33 +602,39 @@ def _decode_positions(container, path: str, metadata: VideoMetadata, positions: 
 
 
 def _decode_with(reader: _SeekingFrameReader, path: str, metadata: VideoMetadata, positions: list[int]):
+    """The frames and timestamps at `positions`, read through `reader`; the reader in use at the end (`reader`, or one
+    that took over at the end of the stream) is closed whatever happens (see [`~_SeekingFrameReader.close`])."""
     frames, timestamps = [], []
     # Half a step of slack picks frame i itself despite rounding in its timestamp.
     targets = [metadata.start_time + (position + 0.5) * metadata.frame_step for position in positions]
-    for target, landing in zip(targets, reader.landing_times(targets)):
-        item = reader.frame_at(target, landing)
-        if item is None and reader.sequential is not None:
-            raise VideoDecodingError(path, "no frame could be decoded")
-        if item is None:
-            # The seek found no data: the stream ends before `target`. Decode forward from the last frame obtained
-            # (or the start) to find the last decodable one.
-            reader = _SeekingFrameReader(reader.container, reader.stream, math.inf)
-            reader._seek_to(timestamps[-1] if timestamps else metadata.start_time)
-            item = reader.frame_at(target)
+    try:
+        for target, landing in zip(targets, reader.landing_times(targets)):
+            item = reader.frame_at(target, landing)
+            if item is None and reader.sequential is not None:
+                raise VideoDecodingError(path, "no frame could be decoded")
             if item is None:
-                # Seeking found nothing even where frames were found before (or at the start): only reading from the
-                # start can tell an undecodable file from one whose seeks cannot be trusted.
-                raise _NeedsSequentialReading()
-        # Whichever way the end of the stream was reached (a seek past it, or decoding forward into it), a last frame
-        # far short of the target means the file is cut short.
-        if reader.ended and target - item[1] > max(1.0, 0.1 * metadata.duration):
-            raise VideoDecodingError(
-                path,
-                f"the video stream ends at {item[1]:.2f} s but the file declares {metadata.duration:.2f} s "
-                "(truncated?)",
-            )
-        frames.append(item[0].to_ndarray(format="rgb24"))
-        timestamps.append(item[1])
+                # The seek found no data: the stream ends before `target`. Decode forward from the last frame obtained
+                # (or the start) to find the last decodable one.
+                reader.close()
+                reader = _SeekingFrameReader(reader.container, reader.stream, math.inf)
+                reader._seek_to(timestamps[-1] if timestamps else metadata.start_time)
+                item = reader.frame_at(target)
+                if item is None:
+                    # Seeking found nothing even where frames were found before (or at the start): only reading from
+                    # the start can tell an undecodable file from one whose seeks cannot be trusted.
+                    raise _NeedsSequentialReading()
+            # Whichever way the end of the stream was reached (a seek past it, or decoding forward into it), a last
+            # frame far short of the target means the file is cut short.
+            if reader.ended and target - item[1] > max(1.0, 0.1 * metadata.duration):
+                raise VideoDecodingError(
+                    path,
+                    f"the video stream ends at {item[1]:.2f} s but the file declares {metadata.duration:.2f} s "
+                    "(truncated?)",
+                )
+            frames.append(item[0].to_ndarray(format="rgb24"))
+            timestamps.append(item[1])
+    finally:
+        reader.close()
     shapes = {frame.shape for frame in frames}
     if len(shapes) > 1:
         raise VideoDecodingError(path, f"frames change size mid-stream ({sorted(shapes)})")
