@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_svitt import video_io
+from modeling_svitt import video_seeking
 from modeling_svitt.video_io import (
     VideoDecodingError,
     VideoNotFoundError,
@@ -210,7 +210,7 @@ def test_seeking_decodes_only_around_the_wanted_frames(tmp_path, monkeypatch):
     # 400 frames with a keyframe every 25: four frames must not cost decoding the whole video
     path = write_index_video(tmp_path / "long.mp4", 400, fps=25, keyframe_interval=25)
     pulled = []
-    original = video_io._SeekingFrameReader._next_frame
+    original = video_seeking.SeekingFrameReader._next_frame
 
     def counting(self):
         item = original(self)  # (frame, seconds)
@@ -218,7 +218,7 @@ def test_seeking_decodes_only_around_the_wanted_frames(tmp_path, monkeypatch):
             pulled.append(item[1])
         return item
 
-    monkeypatch.setattr(video_io._SeekingFrameReader, "_next_frame", counting)
+    monkeypatch.setattr(video_seeking.SeekingFrameReader, "_next_frame", counting)
     decoded = read_video(path, 4, "middle")
     assert decoded_indices(decoded.frames) == [i % 64 for i in (49, 149, 249, 349)]  # the colour code wraps at 64
     # each wanted frame costs at most one keyframe interval plus the look-ahead frame that shows it was passed
@@ -287,7 +287,7 @@ def test_frames_are_byte_identical_to_a_sequential_decode(textured_video, sample
 
 def _count_decoded_frames(monkeypatch) -> list[float]:
     pulled = []
-    original = video_io._SeekingFrameReader._next_frame
+    original = video_seeking.SeekingFrameReader._next_frame
 
     def counting(self):
         from_decoder = self._pending is None  # a pending frame comes back once more without being decoded again
@@ -296,7 +296,7 @@ def _count_decoded_frames(monkeypatch) -> list[float]:
             pulled.append(item[1])
         return item
 
-    monkeypatch.setattr(video_io._SeekingFrameReader, "_next_frame", counting)
+    monkeypatch.setattr(video_seeking.SeekingFrameReader, "_next_frame", counting)
     return pulled
 
 
@@ -525,10 +525,11 @@ FORK_AFTER_DECODING = """
 import gc, os, sys, time
 import av
 import numpy as np
+import modeling_svitt.video_container as video_container
 import modeling_svitt.video_io as video_io
 
 if sys.argv[2] == "without-the-collection":
-    video_io._collects_before_fork = True  # as if the hook were never registered
+    video_container._collects_before_fork = True  # as if the hook were never registered
 path = sys.argv[1]
 with av.open(path, "w") as out:
     stream = out.add_stream("libx264", rate=25)
