@@ -35,7 +35,9 @@ MODEL_SOURCES = (
     "sparse_attention.py",
     "token_selection.py",
     "tokenization_svitt.py",
+    "video_container.py",
     "video_io.py",
+    "video_seeking.py",
 )
 
 # A folder of the composite model or of a head answers every Auto class; a folder of one tower rebuilds that tower.

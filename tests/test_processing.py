@@ -270,7 +270,8 @@ def test_remote_code_processor_loads_without_the_package(tokenizer, tmp_path):
     register_processing_auto_classes()
     saved = tmp_path / "saved"
     _processor(tokenizer).save_pretrained(saved)
-    for name in ("processing_svitt.py", "tokenization_svitt.py", "video_io.py"):
+    shipped = ("processing_svitt.py", "tokenization_svitt.py", "video_io.py", "video_container.py", "video_seeking.py")
+    for name in shipped:
         assert (saved / name).is_file()
     hub_copy = tmp_path / "elsewhere" / "svitt-processor"
     shutil.copytree(saved, hub_copy)

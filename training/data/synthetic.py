@@ -389,135 +389,22 @@ def _encode(path: Path, frames: np.ndarray, config: SyntheticConfig) -> None:
 
 
 def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
+    # One generator drives every split, in this order: drawing anything in between would change every later split.
     rng = np.random.default_rng(config.seed)
-    travel = config.speed * (config.frames_per_clip // 2 - 1)
     (root / "clips").mkdir(parents=True)
     (root / "ego").mkdir()
-
-    splits: dict[str, list[ClipSpec]] = {
-        "pretrain": [sample_clip_spec(rng, config) for _ in range(config.num_pretrain_clips)],
-        "test": [sample_clip_spec(rng, config) for _ in range(config.num_test_clips)],
-    }
-    entries: dict[str, list[dict[str, Any]]] = {"pretrain": [], "test": []}
-    for split, specs in splits.items():
-        for i, spec in enumerate(specs):
-            relative = f"clips/{split}_{i:05d}.mp4"
-            _encode(root / relative, render_clip(spec, config), config)
-            entries[split].append({"video": relative, "spec": spec})
-
-    captions = []
-    for i, entry in enumerate(entries["pretrain"]):
-        captions.append({"video": entry["video"], "caption": entry["spec"].caption()})
-        if config.reversed_twins:
-            twin, relative = entry["spec"].reversed(travel), f"clips/pretrain_{i:05d}_reversed.mp4"
-            _encode(root / relative, render_clip(twin, config), config)
-            captions.append({"video": relative, "caption": twin.caption()})
-    _write_json(root / "pretrain.json", captions)
-    _write_json(root / "ret_train.json", captions)
-    _write_json(
-        root / "ret_test.json",
-        [
-            {
-                "video": e["video"],
-                "caption": e["spec"].caption(),
-                "distractor_caption": e["spec"].reversed(travel).caption(),
-            }
-            for e in entries["test"]
-        ],
-    )
-
-    for split, name in (("pretrain", "qa_train.json"), ("test", "qa_test.json")):
-        items = []
-        for e in entries[split]:
-            for question, answer, kind in _questions(e["spec"], rng, config.questions_per_clip):
-                items.append({"video": e["video"], "question": question, "answer": answer, "question_id": len(items),
-                              "question_type": kind})
-        _write_json(root / name, items)
-    _write_json(root / "qa_answer_list.json", list(DIRECTIONS) + list(COLORS) + OBJECTS)
-
-    ego_specs = {
-        split: [
-            sample_ego_video_spec(rng, config, f"{split}{i:04d}")
-            for i in range(config.num_ego_train_videos if split == "ego_train" else config.num_ego_test_videos)
-        ]
-        for split in ("ego_train", "ego_test")
-    }
-    for specs in ego_specs.values():
-        for spec in specs:
-            _encode(root / "ego" / f"{spec.video_uid}.mp4", render_ego_video(spec, config), config)
-
-    segment_seconds = config.frames_per_clip / config.fps
-    duration = config.segments_per_ego_video * segment_seconds
-
-    def clip_record(spec: EgoVideoSpec, segment: int) -> dict[str, Any]:
-        obj, direction = spec.moves[segment]
-        return {
-            "video_uid": spec.video_uid,
-            "clip_start": segment * segment_seconds,
-            "clip_end": (segment + 1) * segment_seconds,
-            "clip_text": ego_caption(spec, segment),
-            "tag_verb": str([list(DIRECTIONS).index(direction)]),
-            "tag_noun": str([OBJECTS.index(spec.objects[obj])]),
-        }
-
-    with open(root / "ego" / "egoclip.tsv", "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(
-            ["clip_idx", "video_uid", "video_dur", "narration_source", "narration_ind", "narration_time",
-             "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"]
-        )
-        clip_idx = 0
-        for spec in ego_specs["ego_train"]:
-            for segment in range(config.segments_per_ego_video):
-                record = clip_record(spec, segment)
-                writer.writerow(
-                    [clip_idx, spec.video_uid, duration, "narration_pass_1", segment,
-                     (segment + 0.5) * segment_seconds, record["clip_start"], record["clip_end"],
-                     record["clip_text"], record["tag_verb"], record["tag_noun"]]
-                )
-                clip_idx += 1
-
-    def mcq_items(videos: list[EgoVideoSpec], item_types: tuple[int, ...]) -> dict[str, Any]:
-        mcq: dict[str, Any] = {}
-        for item_type in item_types:
-            for _ in range(config.mcq_items_per_type):
-                video = int(rng.integers(len(videos)))
-                segment = int(rng.integers(config.segments_per_ego_video))
-                query = clip_record(videos[video], segment)
-                if item_type == EGOMCQ_INTRA_VIDEO:
-                    others = [s for s in range(config.segments_per_ego_video) if s != segment]
-                    picks = rng.choice(others, size=4, replace=False)
-                    candidates = [clip_record(videos[video], int(s)) for s in picks]
-                else:
-                    others = [v for v in range(len(videos)) if v != video]
-                    picks = rng.choice(others, size=4, replace=False)
-                    candidates = []
-                    for v in picks:
-                        # A segment narrated exactly like the query would be a second right answer (one video
-                        # narrates each move once, so at most one of its segments is excluded).
-                        segments = [
-                            s
-                            for s in range(config.segments_per_ego_video)
-                            if ego_caption(videos[int(v)], s) != query["clip_text"]
-                        ]
-                        candidates.append(clip_record(videos[int(v)], int(rng.choice(segments))))
-                answer = int(rng.integers(5))
-                candidates.insert(answer, query)
-                mcq[str(len(mcq))] = {
-                    "query": query,
-                    "choices": {str(k): clip for k, clip in enumerate(candidates)},
-                    "answer": answer,
-                    "types": item_type,
-                }
-        return mcq
-
+    clips = _write_clips(root, config, rng)
+    _write_caption_files(root, config, clips)
+    _write_qa_files(root, config, clips, rng)
+    ego_videos = _write_ego_videos(root, config, rng)
+    _write_egoclip(root / "ego" / "egoclip.tsv", config, ego_videos["ego_train"])
     # intra-video items are drawn first, so the items are those of v3 under the dataset's codes
-    mcq = mcq_items(ego_specs["ego_test"], (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO))
+    mcq = _egomcq_items(ego_videos["ego_test"], (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO), config, rng)
     # drawn after everything else, so the other splits stay what they were before this split existed
     train_types = (
-        (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO) if len(ego_specs["ego_train"]) >= 5 else (EGOMCQ_INTRA_VIDEO,)
+        (EGOMCQ_INTRA_VIDEO, EGOMCQ_INTER_VIDEO) if len(ego_videos["ego_train"]) >= 5 else (EGOMCQ_INTRA_VIDEO,)
     )
-    _write_json(root / "ego" / "egomcq_train.json", mcq_items(ego_specs["ego_train"], train_types))
+    _write_json(root / "ego" / "egomcq_train.json", _egomcq_items(ego_videos["ego_train"], train_types, config, rng))
     _write_json(root / "ego" / "egomcq.json", mcq)
     _write_json(root / "taxonomy.json", {"verbs": VERBS, "nouns": OBJECTS})
     return {
@@ -526,6 +413,157 @@ def _build(root: Path, config: SyntheticConfig) -> dict[str, Any]:
         "num_egoclip_clips": config.num_ego_train_videos * config.segments_per_ego_video,
         "num_egomcq_items": len(mcq),
     }
+
+
+_Clips = dict[str, list[tuple[str, ClipSpec]]]  # split -> (path relative to the set's root, spec) of each clip
+
+
+def _write_clips(root: Path, config: SyntheticConfig, rng: np.random.Generator) -> _Clips:
+    """Draw and encode the two-move clips of the `"pretrain"` and `"test"` splits."""
+    specs = {
+        "pretrain": [sample_clip_spec(rng, config) for _ in range(config.num_pretrain_clips)],
+        "test": [sample_clip_spec(rng, config) for _ in range(config.num_test_clips)],
+    }
+    clips: _Clips = {}
+    for split, split_specs in specs.items():
+        clips[split] = []
+        for i, spec in enumerate(split_specs):
+            relative = f"clips/{split}_{i:05d}.mp4"
+            _encode(root / relative, render_clip(spec, config), config)
+            clips[split].append((relative, spec))
+    return clips
+
+
+def _write_caption_files(root: Path, config: SyntheticConfig, clips: _Clips) -> None:
+    """`pretrain.json` and `ret_train.json` (encoding the reversed twins when asked for), and `ret_test.json` with the
+    reversed clip's caption as each test clip's distractor."""
+    travel = config.speed * (config.frames_per_clip // 2 - 1)
+    captions = []
+    for i, (relative, spec) in enumerate(clips["pretrain"]):
+        captions.append({"video": relative, "caption": spec.caption()})
+        if config.reversed_twins:
+            twin, twin_relative = spec.reversed(travel), f"clips/pretrain_{i:05d}_reversed.mp4"
+            _encode(root / twin_relative, render_clip(twin, config), config)
+            captions.append({"video": twin_relative, "caption": twin.caption()})
+    _write_json(root / "pretrain.json", captions)
+    _write_json(root / "ret_train.json", captions)
+    test_entries = [
+        {"video": relative, "caption": spec.caption(), "distractor_caption": spec.reversed(travel).caption()}
+        for relative, spec in clips["test"]
+    ]
+    _write_json(root / "ret_test.json", test_entries)
+
+
+def _write_qa_files(
+    root: Path, config: SyntheticConfig, clips: _Clips, rng: np.random.Generator
+) -> None:
+    """`qa_train.json` (questions about the pretraining clips), `qa_test.json` and `qa_answer_list.json`."""
+    for split, name in (("pretrain", "qa_train.json"), ("test", "qa_test.json")):
+        items = []
+        for relative, spec in clips[split]:
+            for question, answer, kind in _questions(spec, rng, config.questions_per_clip):
+                items.append({"video": relative, "question": question, "answer": answer, "question_id": len(items),
+                              "question_type": kind})
+        _write_json(root / name, items)
+    _write_json(root / "qa_answer_list.json", list(DIRECTIONS) + list(COLORS) + OBJECTS)
+
+
+def _write_ego_videos(root: Path, config: SyntheticConfig, rng: np.random.Generator) -> dict[str, list[EgoVideoSpec]]:
+    """Draw and encode the long videos: `{"ego_train": [...], "ego_test": [...]}`."""
+    counts = {"ego_train": config.num_ego_train_videos, "ego_test": config.num_ego_test_videos}
+    videos = {
+        split: [sample_ego_video_spec(rng, config, f"{split}{i:04d}") for i in range(count)]
+        for split, count in counts.items()
+    }
+    for split_videos in videos.values():
+        for spec in split_videos:
+            _encode(root / "ego" / f"{spec.video_uid}.mp4", render_ego_video(spec, config), config)
+    return videos
+
+
+def _ego_clip_record(spec: EgoVideoSpec, segment: int, config: SyntheticConfig) -> dict[str, Any]:
+    """The EgoClip fields of one narrated segment of a long video."""
+    segment_seconds = config.frames_per_clip / config.fps
+    obj, direction = spec.moves[segment]
+    return {
+        "video_uid": spec.video_uid,
+        "clip_start": segment * segment_seconds,
+        "clip_end": (segment + 1) * segment_seconds,
+        "clip_text": ego_caption(spec, segment),
+        "tag_verb": str([list(DIRECTIONS).index(direction)]),
+        "tag_noun": str([OBJECTS.index(spec.objects[obj])]),
+    }
+
+
+def _write_egoclip(path: Path, config: SyntheticConfig, videos: list[EgoVideoSpec]) -> None:
+    """The EgoClip metadata (TSV) of every segment of the training videos."""
+    segment_seconds = config.frames_per_clip / config.fps
+    duration = config.segments_per_ego_video * segment_seconds
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(
+            ["clip_idx", "video_uid", "video_dur", "narration_source", "narration_ind", "narration_time",
+             "clip_start", "clip_end", "clip_text", "tag_verb", "tag_noun"]
+        )
+        clip_idx = 0
+        for spec in videos:
+            for segment in range(config.segments_per_ego_video):
+                record = _ego_clip_record(spec, segment, config)
+                writer.writerow(
+                    [clip_idx, spec.video_uid, duration, "narration_pass_1", segment,
+                     (segment + 0.5) * segment_seconds, record["clip_start"], record["clip_end"],
+                     record["clip_text"], record["tag_verb"], record["tag_noun"]]
+                )
+                clip_idx += 1
+
+
+def _intra_video_candidates(
+    video: EgoVideoSpec, segment: int, config: SyntheticConfig, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """Four other segments of the query's own video."""
+    others = [s for s in range(config.segments_per_ego_video) if s != segment]
+    picks = rng.choice(others, size=4, replace=False)
+    return [_ego_clip_record(video, int(s), config) for s in picks]
+
+
+def _inter_video_candidates(
+    videos: list[EgoVideoSpec], video: int, query_text: str, config: SyntheticConfig, rng: np.random.Generator
+) -> list[dict[str, Any]]:
+    """A segment of each of four other videos, never one narrated exactly like the query: that would be a second right
+    answer (one video narrates each move once, so at most one of its segments is excluded)."""
+    others = [v for v in range(len(videos)) if v != video]
+    picks = rng.choice(others, size=4, replace=False)
+    candidates = []
+    for v in picks:
+        other = videos[int(v)]
+        segments = [s for s in range(config.segments_per_ego_video) if ego_caption(other, s) != query_text]
+        candidates.append(_ego_clip_record(other, int(rng.choice(segments)), config))
+    return candidates
+
+
+def _egomcq_items(
+    videos: list[EgoVideoSpec], item_types: tuple[int, ...], config: SyntheticConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """`mcq_items_per_type` EgoMCQ items of each type over `videos`, keyed `"0"`, `"1"`, ... as in the real file."""
+    mcq: dict[str, Any] = {}
+    for item_type in item_types:
+        for _ in range(config.mcq_items_per_type):
+            video = int(rng.integers(len(videos)))
+            segment = int(rng.integers(config.segments_per_ego_video))
+            query = _ego_clip_record(videos[video], segment, config)
+            if item_type == EGOMCQ_INTRA_VIDEO:
+                candidates = _intra_video_candidates(videos[video], segment, config, rng)
+            else:
+                candidates = _inter_video_candidates(videos, video, query["clip_text"], config, rng)
+            answer = int(rng.integers(5))
+            candidates.insert(answer, query)
+            mcq[str(len(mcq))] = {
+                "query": query,
+                "choices": {str(k): clip for k, clip in enumerate(candidates)},
+                "answer": answer,
+                "types": item_type,
+            }
+    return mcq
 
 
 def generate_synthetic_dataset(
