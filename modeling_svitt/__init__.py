@@ -7,7 +7,8 @@ from transformers import AutoConfig, AutoModel
 from .configuration_svitt import SViTTAnswerDecoderConfig, SViTTConfig, SViTTTextConfig, SViTTVisionConfig
 from .answer_ranking import SViTTAnswerRankingOutput
 from .losses import ContrastiveCache
-from .modeling_heads import SViTTForMultipleChoice, SViTTForPreTraining, SViTTForVideoTextRetrieval
+from .modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval
+from .modeling_multiple_choice import SViTTForMultipleChoice
 from .modeling_svitt import SViTTModel, SViTTOutput, SViTTPreTrainedModel
 from .modeling_svitt_text import SViTTTextModel, SViTTTextModelOutput
 from .modeling_svitt_vision import SViTTVisionModel, SViTTVisionModelOutput

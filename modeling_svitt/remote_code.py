@@ -23,6 +23,7 @@ MODEL_SOURCES = (
     "losses.py",
     "modeling_common.py",
     "modeling_heads.py",
+    "modeling_multiple_choice.py",
     "modeling_svitt.py",
     "modeling_svitt_text.py",
     "modeling_svitt_vision.py",
@@ -47,7 +48,7 @@ _AUTO_MAPS = {
         "AutoModel": "modeling_svitt.SViTTModel",
         "AutoModelForPreTraining": "modeling_heads.SViTTForPreTraining",
         "AutoModelForVisualQuestionAnswering": "modeling_video_qa.SViTTForVideoQuestionAnswering",
-        "AutoModelForMultipleChoice": "modeling_heads.SViTTForMultipleChoice",
+        "AutoModelForMultipleChoice": "modeling_multiple_choice.SViTTForMultipleChoice",
     },
     "svitt_vision_model": {
         "AutoConfig": "configuration_svitt.SViTTVisionConfig",

@@ -13,12 +13,8 @@ from helpers.tiny_configs import ANSWERS, FRAMES, captions, make_model, videos
 
 from modeling_svitt import losses, register_head_auto_classes
 from modeling_svitt.clip_ensemble import aggregate_clips, split_into_clips
-from modeling_svitt.modeling_heads import (
-    SViTTForMultipleChoice,
-    SViTTForPreTraining,
-    SViTTForVideoTextRetrieval,
-    SViTTHeadPreTrainedModel,
-)
+from modeling_svitt.modeling_heads import SViTTForPreTraining, SViTTForVideoTextRetrieval, SViTTHeadPreTrainedModel
+from modeling_svitt.modeling_multiple_choice import SViTTForMultipleChoice
 from modeling_svitt.modeling_svitt import SViTTModel
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 from svitt_tools.metrics import retrieval_metrics

@@ -8,7 +8,8 @@ import torch
 from helpers.tiny_configs import captions, make_model, tiny_config, videos
 
 from modeling_svitt import SViTTConfig, SViTTModel, SViTTTextConfig, SViTTVisionConfig
-from modeling_svitt.modeling_heads import SViTTForMultipleChoice, SViTTForVideoTextRetrieval
+from modeling_svitt.modeling_heads import SViTTForVideoTextRetrieval
+from modeling_svitt.modeling_multiple_choice import SViTTForMultipleChoice
 from modeling_svitt.modeling_video_qa import SViTTForVideoQuestionAnswering
 from training.recipe import EvaluationSpec, RecipeError
 from training.sweep import settings_applied
