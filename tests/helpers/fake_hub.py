@@ -75,152 +75,156 @@ def _split_api_path(path: str, verb: str) -> tuple[str, str] | None:
     return unquote(repo_id), unquote(rest)
 
 
-def _handler_for(hub: FakeHub):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # keep the test output clean
-            pass
+class _FakeHubHandler(BaseHTTPRequestHandler):
+    hub: FakeHub  # set by `_handler_for`
 
-        def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, json_body=None) -> None:
-            if json_body is not None:
-                body = json.dumps(json_body).encode()
-                headers = {"Content-Type": "application/json", **(headers or {})}
-            self.send_response(status)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
 
-        def _not_found(self, code: str = "RepoNotFound") -> None:
-            self._reply(404, headers={"X-Error-Code": code}, json_body={"error": code})
+    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, json_body=None) -> None:
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def _not_found(self, code: str = "RepoNotFound") -> None:
+        self._reply(404, headers={"X-Error-Code": code}, json_body={"error": code})
 
-        def _record(self) -> tuple[str, dict[str, list[str]]]:
-            parts = urlsplit(self.path)
-            hub.requests.append((self.command, self.path, {key.lower(): value for key, value in self.headers.items()}))
-            return parts.path, parse_qs(parts.query)
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def do_POST(self) -> None:
-            path, query = self._record()
-            body = self._body()
-            if path == "/api/repos/create":
-                payload = json.loads(body)
-                repo_id = "/".join(filter(None, (payload.get("organization"), payload["name"])))
-                if repo_id in hub.repos:
-                    return self._reply(409, json_body={"error": "exists", "url": f"{hub.url}/{repo_id}"})
-                private = bool(payload.get("private")) or payload.get("visibility") == "private"
-                hub.repos[repo_id] = FakeRepo(private=private)
-                return self._reply(200, json_body={"url": f"{hub.url}/{repo_id}", "name": repo_id})
-            if path == "/api/validate-yaml":
-                return self._reply(200, json_body={"errors": [], "warnings": []})
-            if target := _split_api_path(path, "preupload"):
-                files = json.loads(body)["files"]
-                modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
-                return self._reply(200, json_body={"files": modes, "commitOid": "0" * 40})
-            if target := _split_api_path(path, "branch"):
-                repo_id, branch = target
-                if repo_id not in hub.repos:
-                    return self._not_found()
-                repo = hub.repos[repo_id]
-                if branch in repo.branches:
-                    return self._reply(409, json_body={"error": "Reference already exists"})
-                repo.branches[branch] = dict(repo.branches["main"])
-                repo.commits[branch] = repo.commits["main"]
-                return self._reply(200, json_body={})
-            if path.startswith("/api/models/") and path.endswith("/discussions"):  # upload_folder's pull requests
-                repo_id = unquote(path[len("/api/models/") : -len("/discussions")])
-                if repo_id not in hub.repos:
-                    return self._not_found()
-                return self._reply(200, json_body={"num": hub.open_pull_request(repo_id)})
-            if target := _split_api_path(path, "commit"):
-                repo_id, revision = target
-                if repo_id not in hub.repos:
-                    return self._not_found()
-                files, deleted = {}, []
-                for line in body.decode().splitlines():
-                    entry = json.loads(line)
-                    if entry["key"] == "file":
-                        files[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
-                    elif entry["key"] in ("deletedFile", "deletedFolder"):
-                        deleted.append(entry["value"]["path"])
-                pr_url = None
-                if query.get("create_pr") == ["1"]:  # create_commit's pull requests
-                    number = hub.open_pull_request(repo_id)
-                    revision, pr_url = f"refs/pr/{number}", f"{hub.url}/{repo_id}/discussions/{number}"
-                oid = hub.commit(repo_id, revision, files, deleted)
-                return self._reply(
-                    200,
-                    json_body={
-                        "commitUrl": f"{hub.url}/{repo_id}/commit/{oid}",
-                        "commitOid": oid,
-                        "pullRequestUrl": pr_url,
-                    },
-                )
-            self._not_found("EntryNotFound")
+    def _record(self) -> tuple[str, dict[str, list[str]]]:
+        parts = urlsplit(self.path)
+        self.hub.requests.append((self.command, self.path, {key.lower(): value for key, value in self.headers.items()}))
+        return parts.path, parse_qs(parts.query)
 
-        def _repo_info(self, repo_id: str, revision: str) -> None:
-            repo = hub.repos.get(repo_id)
-            if repo is None or revision not in repo.branches:
-                return self._not_found("RepoNotFound" if repo is None else "RevisionNotFound")
-            files = repo.branches[revision]
-            self._reply(
+    def do_POST(self) -> None:
+        path, query = self._record()
+        body = self._body()
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_id = "/".join(filter(None, (payload.get("organization"), payload["name"])))
+            if repo_id in self.hub.repos:
+                return self._reply(409, json_body={"error": "exists", "url": f"{self.hub.url}/{repo_id}"})
+            private = bool(payload.get("private")) or payload.get("visibility") == "private"
+            self.hub.repos[repo_id] = FakeRepo(private=private)
+            return self._reply(200, json_body={"url": f"{self.hub.url}/{repo_id}", "name": repo_id})
+        if path == "/api/validate-yaml":
+            return self._reply(200, json_body={"errors": [], "warnings": []})
+        if target := _split_api_path(path, "preupload"):
+            files = json.loads(body)["files"]
+            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            return self._reply(200, json_body={"files": modes, "commitOid": "0" * 40})
+        if target := _split_api_path(path, "branch"):
+            repo_id, branch = target
+            if repo_id not in self.hub.repos:
+                return self._not_found()
+            repo = self.hub.repos[repo_id]
+            if branch in repo.branches:
+                return self._reply(409, json_body={"error": "Reference already exists"})
+            repo.branches[branch] = dict(repo.branches["main"])
+            repo.commits[branch] = repo.commits["main"]
+            return self._reply(200, json_body={})
+        if path.startswith("/api/models/") and path.endswith("/discussions"):  # upload_folder's pull requests
+            repo_id = unquote(path[len("/api/models/") : -len("/discussions")])
+            if repo_id not in self.hub.repos:
+                return self._not_found()
+            return self._reply(200, json_body={"num": self.hub.open_pull_request(repo_id)})
+        if target := _split_api_path(path, "commit"):
+            repo_id, revision = target
+            if repo_id not in self.hub.repos:
+                return self._not_found()
+            files, deleted = {}, []
+            for line in body.decode().splitlines():
+                entry = json.loads(line)
+                if entry["key"] == "file":
+                    files[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
+                elif entry["key"] in ("deletedFile", "deletedFolder"):
+                    deleted.append(entry["value"]["path"])
+            pr_url = None
+            if query.get("create_pr") == ["1"]:  # create_commit's pull requests
+                number = self.hub.open_pull_request(repo_id)
+                revision, pr_url = f"refs/pr/{number}", f"{self.hub.url}/{repo_id}/discussions/{number}"
+            oid = self.hub.commit(repo_id, revision, files, deleted)
+            return self._reply(
                 200,
                 json_body={
-                    "id": repo_id,
-                    "modelId": repo_id,
-                    "sha": repo.commits[revision],
-                    "private": repo.private,
-                    "siblings": [{"rfilename": name, "size": len(data)} for name, data in sorted(files.items())],
+                    "commitUrl": f"{self.hub.url}/{repo_id}/commit/{oid}",
+                    "commitOid": oid,
+                    "pullRequestUrl": pr_url,
                 },
             )
+        self._not_found("EntryNotFound")
 
-        def _resolve(self, path: str) -> None:
-            repo_id, rest = path.lstrip("/").split("/resolve/", 1)
-            repo = hub.repos.get(unquote(repo_id))
-            rest = unquote(rest)
-            if repo is None:
-                return self._reply(401, headers={"X-Error-Code": "RepoNotFound"}, json_body={"error": "not found"})
-            # the revision may contain slashes (refs/pr/1) and may be a commit id
-            for branch, commit in repo.commits.items():
-                for name in (branch, commit):
-                    if rest.startswith(name + "/"):
-                        files = repo.branches[branch]
-                        file_path = rest[len(name) + 1 :]
-                        if file_path not in files:
-                            return self._reply(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
-                        data = files[file_path]
-                        headers = {"ETag": f'"{hashlib.sha1(data).hexdigest()}"', "X-Repo-Commit": commit}
-                        return self._reply(200, data, headers)
-            self._reply(404, headers={"X-Error-Code": "RevisionNotFound"}, json_body={"error": "revision"})
+    def _repo_info(self, repo_id: str, revision: str) -> None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is None or revision not in repo.branches:
+            return self._not_found("RepoNotFound" if repo is None else "RevisionNotFound")
+        files = repo.branches[revision]
+        self._reply(
+            200,
+            json_body={
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": repo.commits[revision],
+                "private": repo.private,
+                "siblings": [{"rfilename": name, "size": len(data)} for name, data in sorted(files.items())],
+            },
+        )
 
-        def do_GET(self) -> None:
-            path, _ = self._record()
-            if "/resolve/" in path:
-                return self._resolve(path)
-            if target := _split_api_path(path, "discussions"):
-                repo_id, number = target
-                details = {
-                    "num": int(number),
-                    "title": "PR",
-                    "author": {"name": "someone"},
-                    "status": "draft",
-                    "createdAt": "2024-01-01T00:00:00.000Z",
-                    "repo": {"name": repo_id, "type": "model"},
-                    "isPullRequest": True,
-                    "events": [],
-                    "changes": {"base": "main"},
-                    "filesWithConflicts": [],
-                }
-                return self._reply(200, json_body=details)
-            if target := _split_api_path(path, "revision"):
-                return self._repo_info(*target)
-            if path.startswith("/api/models/") and path.count("/") == 4:
-                return self._repo_info(unquote(path[len("/api/models/") :]), "main")
-            self._not_found("EntryNotFound")
+    def _resolve(self, path: str) -> None:
+        repo_id, rest = path.lstrip("/").split("/resolve/", 1)
+        repo = self.hub.repos.get(unquote(repo_id))
+        rest = unquote(rest)
+        if repo is None:
+            return self._reply(401, headers={"X-Error-Code": "RepoNotFound"}, json_body={"error": "not found"})
+        # the revision may contain slashes (refs/pr/1) and may be a commit id
+        for branch, commit in repo.commits.items():
+            for name in (branch, commit):
+                if rest.startswith(name + "/"):
+                    files = repo.branches[branch]
+                    file_path = rest[len(name) + 1 :]
+                    if file_path not in files:
+                        return self._reply(404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
+                    data = files[file_path]
+                    headers = {"ETag": f'"{hashlib.sha1(data).hexdigest()}"', "X-Repo-Commit": commit}
+                    return self._reply(200, data, headers)
+        self._reply(404, headers={"X-Error-Code": "RevisionNotFound"}, json_body={"error": "revision"})
 
-        do_HEAD = do_GET
+    def do_GET(self) -> None:
+        path, _ = self._record()
+        if "/resolve/" in path:
+            return self._resolve(path)
+        if target := _split_api_path(path, "discussions"):
+            repo_id, number = target
+            details = {
+                "num": int(number),
+                "title": "PR",
+                "author": {"name": "someone"},
+                "status": "draft",
+                "createdAt": "2024-01-01T00:00:00.000Z",
+                "repo": {"name": repo_id, "type": "model"},
+                "isPullRequest": True,
+                "events": [],
+                "changes": {"base": "main"},
+                "filesWithConflicts": [],
+            }
+            return self._reply(200, json_body=details)
+        if target := _split_api_path(path, "revision"):
+            return self._repo_info(*target)
+        if path.startswith("/api/models/") and path.count("/") == 4:
+            return self._repo_info(unquote(path[len("/api/models/") :]), "main")
+        self._not_found("EntryNotFound")
 
-    return Handler
+    do_HEAD = do_GET
+
+
+def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    """A request handler class answering for `hub` (the server makes one handler per request)."""
+    return type("Handler", (_FakeHubHandler,), {"hub": hub})
