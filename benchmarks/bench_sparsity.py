@@ -18,7 +18,6 @@ its own dense path; `bench_peers.py` compares it with the models a user would pi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

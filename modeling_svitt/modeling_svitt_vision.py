@@ -19,6 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import SViTTVisionConfig
+from .hash_random import RandomSource
 from .modeling_common import SViTTDropPath, SViTTPreTrainedModel, eager_attention_forward
 from .relative_position import (
     SViTTRelativePositionBias3D,
@@ -29,7 +30,6 @@ from .relative_position import (
 from .scaled_linear import FUSED_ACTIVATIONS, scaled_linear
 from .sparse_attention import (
     BlockSparseLayout,
-    RandomSource,
     block_sparse_attention,
     build_block_sparse_layout,
     num_blocks_for,
@@ -81,7 +81,7 @@ class SViTTPatchEmbeddings(nn.Module):
 
 
 class SViTTVisionEmbeddings(nn.Module):
-    """Patchify every frame on its own and prepend the global tokens: `(B, c + T*P*P, D)` in frame-major order."""
+    """Patchify every frame on its own and prepend the `G` global tokens: `(B, G + T*P*P, D)` in frame-major order."""
 
     def __init__(self, config: SViTTVisionConfig) -> None:
         super().__init__()
@@ -135,7 +135,7 @@ class SViTTVisionSelfAttention(nn.Module):
         key = self.key(hidden_states).view(shape).transpose(1, 2)
         value = self.value(hidden_states).view(shape).transpose(1, 2)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
-        c = self.config.num_global_tokens
+        num_global = self.config.num_global_tokens
 
         if layout is not None:
             context, global_attention = block_sparse_attention(
@@ -145,7 +145,7 @@ class SViTTVisionSelfAttention(nn.Module):
                 layout,
                 positions,
                 self.relative_position_bias,
-                num_global_tokens=c,
+                num_global_tokens=num_global,
                 scaling=self.scaling,
                 mask_padded_keys=self.config.mask_padded_keys,
                 dropout=dropout,
@@ -157,12 +157,13 @@ class SViTTVisionSelfAttention(nn.Module):
         # Dense: the bias is gathered once per layer for every distinct position set (one before pruning), and the
         # global queries' rows are computed from their probabilities, so the returned attentions are in the graph.
         bias = self.relative_position_bias.pair_bias(dense_bias_index).to(query.dtype)  # (P, H, S, S)
-        global_scores = torch.matmul(query[:, :, :c], key.transpose(-1, -2)) * self.scaling + bias[:, :, :c]
+        global_scores = torch.matmul(query[:, :, :num_global], key.transpose(-1, -2)) * self.scaling
+        global_scores = global_scores + bias[:, :, :num_global]
         global_attention = softmax_in_float32(global_scores)
         global_context = torch.matmul(F.dropout(global_attention, p=dropout, training=self.training), value)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         patch_context, _ = attention(
-            self, query[:, :, c:], key, value, bias[:, :, c:], scaling=self.scaling, dropout=dropout
+            self, query[:, :, num_global:], key, value, bias[:, :, num_global:], scaling=self.scaling, dropout=dropout
         )
         context = torch.cat([global_context.transpose(1, 2), patch_context], dim=1)
         return context.reshape(batch, length, -1), global_attention
@@ -232,11 +233,11 @@ class SViTTVisionLayer(GradientCheckpointingLayer):
             self.lambda_1, self.lambda_2 = None, None
 
     def _prune(self, hidden_states, positions, global_attention, keep_rate, random_scores):
-        c = self.config.num_global_tokens
+        num_global = self.config.num_global_tokens
         scores = video_token_scores(
-            global_attention, self.config.token_keep_strategy, positions.shape[1], c, random_scores
+            global_attention, self.config.token_keep_strategy, positions.shape[1], num_global, random_scores
         )
-        hidden_states, kept = keep_tokens(hidden_states, scores, keep_rate, c)
+        hidden_states, kept = keep_tokens(hidden_states, scores, keep_rate, num_global)
         return hidden_states, gather_tokens(positions.expand(kept.shape[0], -1), kept)
 
     def forward(
@@ -334,8 +335,8 @@ class SViTTVisionEncoder(nn.Module):
     ) -> SViTTVisionModelOutput:
         config = self.config
         batch, device = hidden_states.shape[0], hidden_states.device
-        c = config.num_global_tokens
-        counts = self.tokens_per_layer(hidden_states.shape[1] - c)
+        num_global = config.num_global_tokens
+        counts = self.tokens_per_layer(hidden_states.shape[1] - num_global)
         layouts, token_scores = self._draw(counts, batch, random_blocks, RandomSource(device, generator, seed))
         positions = torch.arange(counts[0], device=device)[None]  # shared by the batch until the first pruning
         all_hidden_states, all_attentions, kept_token_indices = [], [], []
@@ -345,9 +346,13 @@ class SViTTVisionEncoder(nn.Module):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if layouts[index] is None and dense_bias_index is None:  # shared by the layers until pruning
-                all_positions = with_global_positions(positions, c)
+                all_positions = with_global_positions(positions, num_global)
                 dense_bias_index = relative_position_index(
-                    all_positions[:, :, None], all_positions[:, None, :], config.num_frames, config.patches_per_side, c
+                    all_positions[:, :, None],
+                    all_positions[:, None, :],
+                    config.num_frames,
+                    config.patches_per_side,
+                    num_global,
                 )
             keep_rate = config.token_keep_rate if index in config.token_drop_layers else 1.0
             hidden_states, new_positions, global_attention = layer(

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeling_svitt import sparse_attention
+from modeling_svitt import block_sparse_kernel
 from modeling_svitt.relative_position import SViTTRelativePositionBias3D
 from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout, local_block_window
 
@@ -87,9 +87,9 @@ def test_gather_backend_equals_dense_masked_reference(
     if shared_positions:  # before pruning every sample has the same positions, passed once
         positions = positions[:1]
     results = {}
-    chunk_bytes = 1 if one_block_per_chunk else sparse_attention._CHUNK_BYTES
+    chunk_bytes = 1 if one_block_per_chunk else block_sparse_kernel._CHUNK_BYTES
     for backend in ("gather", "dense_masked"):
-        with patch.object(sparse_attention, "_CHUNK_BYTES", chunk_bytes):
+        with patch.object(block_sparse_kernel, "_CHUNK_BYTES", chunk_bytes):
             output, global_probs = block_sparse_attention(
                 *inputs, layout, positions, bias, num_global, head_dim**-0.5, mask_padded_keys, backend=backend
             )

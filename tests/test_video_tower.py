@@ -13,7 +13,8 @@ from modeling_svitt.relative_position import (
     with_global_positions,
 )
 from modeling_svitt.scaled_linear import scaled_linear
-from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout, hashed_uniform
+from modeling_svitt.hash_random import hashed_uniform
+from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout
 from modeling_svitt.token_selection import keep_tokens
 
 
