@@ -12,7 +12,7 @@ from modeling_svitt.relative_position import (
     relative_position_index,
     with_global_positions,
 )
-from modeling_svitt.scaled_linear import scaled_linear
+from modeling_svitt.scaled_linear import layer_norm_linear, scaled_linear
 from modeling_svitt.hash_random import hashed_uniform
 from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout
 from modeling_svitt.token_selection import keep_tokens
@@ -192,6 +192,29 @@ def test_scaled_linear_has_the_gradients_of_the_plain_ops_and_keeps_only_its_inp
         fused = scaled_linear(linear, hidden, scale, activation)
     assert saved.total == hidden.numel() * 4 + sum(p.numel() * 4 for p in parameters[1:])
     for got, expected in zip(torch.autograd.grad(fused.pow(2).sum(), parameters), reference):
+        torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("key_bias", [False, True])
+def test_layer_norm_linear_has_the_gradients_of_the_plain_ops_and_keeps_only_its_input(key_bias):
+    """Query, key and value projections over one layer norm (BEiT's key has no bias): the same outputs and gradients
+    as the separate modules, and backward keeps the un-normalised input, not the normalised one."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    linears = [torch.nn.Linear(6, 4), torch.nn.Linear(6, 4, bias=key_bias), torch.nn.Linear(6, 5)]
+    hidden = torch.randn(2, 3, 6, requires_grad=True)
+    parameters = [hidden, norm.weight, norm.bias] + [p for linear in linears for p in linear.parameters()]
+    reference_output = torch.cat([linear(norm(hidden)) for linear in linears], dim=-1)
+    weights = torch.randn(reference_output.shape)
+    reference = torch.autograd.grad((reference_output * weights).sum(), parameters)
+    with SavedBytes() as saved:
+        fused = torch.cat(layer_norm_linear(hidden, norm, linears), dim=-1)
+    rows = hidden.shape[0] * hidden.shape[1]
+    kept_parameters = [norm.weight, norm.bias] + [linear.weight for linear in linears]  # the biases are not needed
+    assert saved.total == (hidden.numel() + 2 * rows + sum(p.numel() for p in kept_parameters)) * 4  # + mean, 1/std
+    torch.testing.assert_close(fused, reference_output)
+    for got, expected in zip(torch.autograd.grad((fused * weights).sum(), parameters), reference):
         torch.testing.assert_close(got, expected)
 
 
