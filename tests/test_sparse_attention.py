@@ -144,3 +144,19 @@ def test_padded_keys_are_phantoms_unless_masked():
     key_positions = torch.cat([torch.tensor([-1]), torch.arange(8, 13)])
     scores = q[:, :, 9:] @ keys.transpose(-1, -2) * 8**-0.5 + bias(torch.arange(8, 13)[:, None], key_positions[None]).permute(2, 0, 1)
     torch.testing.assert_close(fixed[:, :, 9:], scores.softmax(-1) @ values)
+
+
+@pytest.mark.parametrize("mask_padded_keys", [False, True])
+def test_inference_softmax_equals_the_differentiable_path(mask_padded_keys):
+    """Without gradients the kernel takes one softmax pass and keeps no normaliser; the output is the same."""
+    torch.manual_seed(0)
+    bias = SViTTRelativePositionBias3D(2, 4, 2)
+    torch.nn.init.normal_(bias.relative_position_bias_table)
+    layout = build_block_sparse_layout(29, 8, 1, 2, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(29)[None]
+    inputs = [torch.randn(1, 2, 30, 8, requires_grad=True) for _ in range(3)]
+    differentiable, _ = block_sparse_attention(*inputs, layout, positions, bias, 1, 8**-0.5, mask_padded_keys)
+    assert differentiable.requires_grad
+    with torch.inference_mode():
+        inference, _ = block_sparse_attention(*inputs, layout, positions, bias, 1, 8**-0.5, mask_padded_keys)
+    torch.testing.assert_close(inference, differentiable.detach(), atol=1e-6, rtol=1e-6)
