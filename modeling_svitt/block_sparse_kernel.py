@@ -286,7 +286,8 @@ def _chunk_scores(queries, gathered_keys, table_by_head, index, scaling):
 
 def _scaled_bmm(first, second, scaling):
     """`scaling * first @ second`, the scale applied by the product itself."""
-    return first.new_empty(first.shape[0], first.shape[1], second.shape[2]).baddbmm_(first, second, beta=0, alpha=scaling)
+    output = first.new_empty(first.shape[0], first.shape[1], second.shape[2])
+    return output.baddbmm_(first, second, beta=0, alpha=scaling)
 
 
 def _scatter_bias_grad(grad_table, index, grad_scores):

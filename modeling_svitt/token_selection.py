@@ -35,12 +35,12 @@ def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 def keep_tokens(
     hidden_states: torch.Tensor, scores: torch.Tensor, keep_rate: float, num_global_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the `G = num_global_tokens` global tokens and the best-scoring other tokens of `hidden_states (B, G + n, D)`.
+    """Keep the `G = num_global_tokens` global tokens and the best-scoring others of `hidden_states (B, G + n, D)`.
 
     Returns the pruned sequence `(B, G + k, D)` and the kept indices `(B, k)` among the n non-global tokens.
     """
     kept = top_token_indices(scores, keep_rate)
-    global_tokens, other_tokens = hidden_states.split([num_global_tokens, hidden_states.shape[1] - num_global_tokens], 1)
+    global_tokens, other_tokens = hidden_states[:, :num_global_tokens], hidden_states[:, num_global_tokens:]
     pruned = torch.cat([global_tokens, gather_tokens(other_tokens, kept)], dim=1)
     return pruned, kept
 
