@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers.activations import ACT2FN
 
 # `config.hidden_act` values whose derivative is computed in backward; other activations run unfused
 FUSED_ACTIVATIONS = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}
@@ -78,6 +79,9 @@ def scaled_linear(
     activation it is the plain linear layer."""
     if scale is None and activation is None:
         return linear(hidden_states)
+    if not _is_plain(linear):  # an adapter (e.g. LoRA), a quantised layer or a hook: the module runs itself
+        output = linear(hidden_states if activation is None else ACT2FN[activation](hidden_states))
+        return output if scale is None else output * scale
     approximate = None if activation is None else FUSED_ACTIVATIONS[activation]
     return _ScaledLinear.apply(hidden_states, linear.weight, linear.bias, scale, approximate)
 
@@ -128,11 +132,22 @@ def layer_norm_linear(
 ) -> tuple[torch.Tensor, ...]:
     """`tuple(linear(layer_norm(hidden_states)) for linear in linears)`, keeping only `hidden_states` (and the layer
     norm's statistics) for backward (see the module docstring)."""
+    if not all(_is_plain(module) for module in (layer_norm, *linears)):
+        # an adapter (e.g. LoRA on the query), a quantised layer or a hook: every module runs itself
+        normed = layer_norm(hidden_states)
+        return tuple(linear(normed) for linear in linears)
     weights = [linear.weight for linear in linears]
     biases = [linear.bias for linear in linears]
     return _LayerNormLinear.apply(
         hidden_states, layer_norm.weight, layer_norm.bias, layer_norm.eps, len(linears), *weights, *biases
     )
+
+
+def _is_plain(module: torch.nn.Module) -> bool:
+    """A stock `nn.Linear` / `nn.LayerNorm` without hooks, whose weights these functions may use directly."""
+    plain_types = (torch.nn.Linear, torch.nn.LayerNorm)
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return type(module) in plain_types and not any(hooks)
 
 
 __all__ = ["FUSED_ACTIVATIONS", "layer_norm_linear", "scaled_linear"]

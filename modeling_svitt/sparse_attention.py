@@ -51,20 +51,21 @@ def _global_query_attention(query, key, value, position_bias, num_global, scalin
     returned as `attentions` are the tensor the output is made of: a gradient reaches them (attention rollout and
     gradient-weighted attention need it), and a loss on them reaches the projections and the bias table.
     """
-    n = query.shape[2] - num_global
-    index = _global_bias_index(n, num_global, position_bias.num_patch_rows, query.device)
-    bias = position_bias.relative_position_bias_table.t()[:, index]  # (H, G, G + n)
+    bias = _global_query_bias(position_bias, num_global, query.shape[2] - num_global)
     scores = torch.matmul(query[:, :, :num_global], key.transpose(-1, -2)) * scaling
     probs = softmax_in_float32(scores + bias.to(scores.dtype))
     return torch.matmul(F.dropout(probs, p=dropout, training=dropout > 0), value), probs
 
 
-def _global_bias_index(num_tokens, num_global, patch_rows, device):
-    """Table rows of the global queries `(G, G + n)`: global_i->global_j, then global_i->patch."""
-    rows = torch.arange(num_global, device=device)
-    to_global = patch_rows + 2 * num_global + rows[:, None] * num_global + rows[None, :]
-    to_patch = (patch_rows + rows)[:, None].expand(num_global, num_tokens)
-    return torch.cat([to_global, to_patch], dim=1)
+def _global_query_bias(position_bias, num_global, num_tokens):
+    """Bias `(H, G, G + n)` of the global queries: rows global_i->global_j, then one row global_i->patch for every
+    patch key. That row is looked up once and broadcast, so its gradient is a sum, not a scatter of `n` entries."""
+    table = position_bias.relative_position_bias_table  # (rows, H)
+    rows = torch.arange(num_global, device=table.device)
+    patch_rows = position_bias.num_patch_rows
+    to_global = table[patch_rows + 2 * num_global + rows[:, None] * num_global + rows[None, :]]  # (G, G, H)
+    to_patch = table[patch_rows + rows][:, None, :].expand(num_global, num_tokens, table.shape[1])
+    return torch.cat([to_global, to_patch], dim=1).permute(2, 0, 1)
 
 
 def _dense_masked_patch_attention(

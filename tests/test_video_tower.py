@@ -218,6 +218,30 @@ def test_layer_norm_linear_has_the_gradients_of_the_plain_ops_and_keeps_only_its
         torch.testing.assert_close(got, expected)
 
 
+class ShiftedLinear(torch.nn.Linear):
+    """Stands for an adapter (LoRA) or a quantised layer: a Linear whose forward is not `F.linear(x, weight, bias)`."""
+
+    def forward(self, hidden_states):
+        return super().forward(hidden_states) + 1.0
+
+
+def test_fused_projections_honour_adapters_and_hooks():
+    """The fused functions read the weights directly only from stock modules without hooks; an adapter, a subclass or
+    a hook on a projection (or on the layer norm) runs as the module it is."""
+    torch.manual_seed(0)
+    norm, hidden = torch.nn.LayerNorm(6), torch.randn(2, 3, 6)
+    plain, shifted = torch.nn.Linear(6, 4), ShiftedLinear(6, 4)
+    shifted.load_state_dict(plain.state_dict())
+    expected = plain(norm(hidden))
+    torch.testing.assert_close(layer_norm_linear(hidden, norm, [shifted])[0], expected + 1.0)
+    scale = torch.rand(4)
+    torch.testing.assert_close(scaled_linear(shifted, hidden, scale), scale * (plain(hidden) + 1.0))
+    calls = []
+    norm.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    torch.testing.assert_close(layer_norm_linear(hidden, norm, [plain])[0], expected)
+    assert calls == [hidden.shape]
+
+
 def test_evaluation_patterns_come_from_the_seed_and_the_layer():
     torch.manual_seed(0)
     config = tiny_vision_config(num_hidden_layers=2, token_keep_rate=1.0, num_frames=4)
