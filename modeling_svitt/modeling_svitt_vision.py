@@ -19,6 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_svitt import SViTTVisionConfig
+from .hash_random import RandomSource
 from .modeling_common import SViTTDropPath, SViTTPreTrainedModel, eager_attention_forward
 from .relative_position import (
     SViTTRelativePositionBias3D,
@@ -26,10 +27,9 @@ from .relative_position import (
     resample_relative_position_bias_table,
     with_global_positions,
 )
-from .scaled_linear import FUSED_ACTIVATIONS, scaled_linear
+from .scaled_linear import FUSED_ACTIVATIONS, layer_norm_linear, scaled_linear
 from .sparse_attention import (
     BlockSparseLayout,
-    RandomSource,
     block_sparse_attention,
     build_block_sparse_layout,
     num_blocks_for,
@@ -126,15 +126,18 @@ class SViTTVisionSelfAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
+        pre_norm: nn.LayerNorm,
         positions: torch.Tensor,
         layout: BlockSparseLayout | None,
         dense_bias_index: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden_states`: the layer's input, normalised by `pre_norm` together with the projections."""
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.query(hidden_states).view(shape).transpose(1, 2)
-        key = self.key(hidden_states).view(shape).transpose(1, 2)
-        value = self.value(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = (
+            projection.view(shape).transpose(1, 2)
+            for projection in layer_norm_linear(hidden_states, pre_norm, (self.query, self.key, self.value))
+        )
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         num_global = self.config.num_global_tokens
 
@@ -158,8 +161,8 @@ class SViTTVisionSelfAttention(nn.Module):
         # Dense: the bias is gathered once per layer for every distinct position set (one before pruning), and the
         # global queries' rows are computed from their probabilities, so the returned attentions are in the graph.
         bias = self.relative_position_bias.pair_bias(dense_bias_index).to(query.dtype)  # (P, H, S, S)
-        global_query, global_bias = query[:, :, :num_global], bias[:, :, :num_global]
-        global_scores = torch.matmul(global_query, key.transpose(-1, -2)) * self.scaling + global_bias
+        global_scores = torch.matmul(query[:, :, :num_global], key.transpose(-1, -2)) * self.scaling
+        global_scores = global_scores + bias[:, :, :num_global]
         global_attention = softmax_in_float32(global_scores)
         global_context = torch.matmul(F.dropout(global_attention, p=dropout, training=self.training), value)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
@@ -186,8 +189,8 @@ class SViTTVisionAttention(nn.Module):
         self.attention = SViTTVisionSelfAttention(config)
         self.output = SViTTVisionSelfOutput(config)
 
-    def forward(self, hidden_states, positions, layout, dense_bias_index, scale=None):
-        context, global_attention = self.attention(hidden_states, positions, layout, dense_bias_index)
+    def forward(self, hidden_states, pre_norm, positions, layout, dense_bias_index, scale=None):
+        context, global_attention = self.attention(hidden_states, pre_norm, positions, layout, dense_bias_index)
         return self.output(context, scale), global_attention
 
 
@@ -197,8 +200,9 @@ class SViTTVisionIntermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
 
-    def forward(self, hidden_states: torch.Tensor, activate: bool = True) -> torch.Tensor:
-        hidden_states = self.dense(hidden_states)
+    def forward(self, hidden_states: torch.Tensor, pre_norm: nn.LayerNorm, activate: bool = True) -> torch.Tensor:
+        """`hidden_states` are normalised by `pre_norm` together with the projection."""
+        (hidden_states,) = layer_norm_linear(hidden_states, pre_norm, (self.dense,))
         return self.intermediate_act_fn(hidden_states) if activate else hidden_states
 
 
@@ -253,13 +257,13 @@ class SViTTVisionLayer(GradientCheckpointingLayer):
         """`positions` `(P, n)`: original positions of the patch tokens, `P = 1` while all samples share them."""
         prune = keep_rate < 1.0
         attention_output, global_attention = self.attention(
-            self.layernorm_before(hidden_states), positions, layout, dense_bias_index, self.lambda_1
+            hidden_states, self.layernorm_before, positions, layout, dense_bias_index, self.lambda_1
         )
         hidden_states = hidden_states + self.drop_path(attention_output)
         if prune and not self.config.prune_after_mlp:
             hidden_states, positions = self._prune(hidden_states, positions, global_attention, keep_rate, random_scores)
         fused = self.config.hidden_act if self.config.hidden_act in FUSED_ACTIVATIONS else None
-        intermediate = self.intermediate(self.layernorm_after(hidden_states), activate=fused is None)
+        intermediate = self.intermediate(hidden_states, self.layernorm_after, activate=fused is None)
         mlp_output = self.output(intermediate, self.lambda_2, fused)
         hidden_states = hidden_states + self.drop_path(mlp_output)
         if prune and self.config.prune_after_mlp:

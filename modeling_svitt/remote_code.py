@@ -18,8 +18,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # `pretrained_init.py`) and the initialiser are not shipped.
 MODEL_SOURCES = (
     "answer_ranking.py",
+    "block_sparse_kernel.py",
     "clip_ensemble.py",
     "configuration_svitt.py",
+    "hash_random.py",
     "losses.py",
     "modeling_common.py",
     "modeling_heads.py",

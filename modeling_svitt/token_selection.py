@@ -35,13 +35,13 @@ def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 def keep_tokens(
     hidden_states: torch.Tensor, scores: torch.Tensor, keep_rate: float, num_global_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the global tokens and the best-scoring other tokens of `hidden_states (B, c+n, D)`.
+    """Keep the `G = num_global_tokens` global tokens and the best-scoring others of `hidden_states (B, G + n, D)`.
 
-    Returns the pruned sequence `(B, c+k, D)` and the kept indices `(B, k)` among the n non-global tokens.
+    Returns the pruned sequence `(B, G + k, D)` and the kept indices `(B, k)` among the n non-global tokens.
     """
     kept = top_token_indices(scores, keep_rate)
-    c = num_global_tokens
-    pruned = torch.cat([hidden_states[:, :c], gather_tokens(hidden_states[:, c:], kept)], dim=1)
+    global_tokens, other_tokens = hidden_states[:, :num_global_tokens], hidden_states[:, num_global_tokens:]
+    pruned = torch.cat([global_tokens, gather_tokens(other_tokens, kept)], dim=1)
     return pruned, kept
 
 
@@ -54,7 +54,7 @@ def video_token_scores(
 ) -> torch.Tensor:
     """Scores of the patch tokens at a drop layer of the video tower.
 
-    `cls_attn`: head-mean attention of the first global query `(B, H, c, c+n)` to each patch token.
+    `cls_attn`: head-mean attention of the first global query `(B, H, G, G + n)` to each patch token.
     `random`: `random_scores` (B, n), drawn by the caller so that gradient checkpointing replays them.
     """
     if strategy == "cls_attn":
@@ -75,7 +75,7 @@ def text_guided_video_scores(
     num_global_tokens: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Scores of the non-global video tokens from the text->video cross-attention `(B, H, Lt, c+n)`.
+    """Scores of the non-global video tokens from the text->video cross-attention `(B, H, Lt, G + n)`, `G` global.
 
     `cls_attn`: the text [CLS] row; `avg_attn`: the mean over real (unpadded) text queries; `random`: uniform
     scores drawn on the attention's device from `generator` (a generator on that device; the global RNG if None).

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeling_svitt import sparse_attention
+from modeling_svitt import block_sparse_kernel
 from modeling_svitt.relative_position import SViTTRelativePositionBias3D
 from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout, local_block_window
 
@@ -87,9 +87,9 @@ def test_gather_backend_equals_dense_masked_reference(
     if shared_positions:  # before pruning every sample has the same positions, passed once
         positions = positions[:1]
     results = {}
-    chunk_bytes = 1 if one_block_per_chunk else sparse_attention._CHUNK_BYTES
+    chunk_bytes = 1 if one_block_per_chunk else block_sparse_kernel._CHUNK_BYTES
     for backend in ("gather", "dense_masked"):
-        with patch.object(sparse_attention, "_CHUNK_BYTES", chunk_bytes):
+        with patch.object(block_sparse_kernel, "_CHUNK_BYTES", chunk_bytes):
             output, global_probs = block_sparse_attention(
                 *inputs, layout, positions, bias, num_global, head_dim**-0.5, mask_padded_keys, backend=backend
             )
@@ -144,3 +144,19 @@ def test_padded_keys_are_phantoms_unless_masked():
     key_positions = torch.cat([torch.tensor([-1]), torch.arange(8, 13)])
     scores = q[:, :, 9:] @ keys.transpose(-1, -2) * 8**-0.5 + bias(torch.arange(8, 13)[:, None], key_positions[None]).permute(2, 0, 1)
     torch.testing.assert_close(fixed[:, :, 9:], scores.softmax(-1) @ values)
+
+
+@pytest.mark.parametrize("mask_padded_keys", [False, True])
+def test_inference_softmax_equals_the_differentiable_path(mask_padded_keys):
+    """Without gradients the kernel takes one softmax pass and keeps no normaliser; the output is the same."""
+    torch.manual_seed(0)
+    bias = SViTTRelativePositionBias3D(2, 4, 2)
+    torch.nn.init.normal_(bias.relative_position_bias_table)
+    layout = build_block_sparse_layout(29, 8, 1, 2, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(29)[None]
+    inputs = [torch.randn(1, 2, 30, 8, requires_grad=True) for _ in range(3)]
+    differentiable, _ = block_sparse_attention(*inputs, layout, positions, bias, 1, 8**-0.5, mask_padded_keys)
+    assert differentiable.requires_grad
+    with torch.inference_mode():
+        inference, _ = block_sparse_attention(*inputs, layout, positions, bias, 1, 8**-0.5, mask_padded_keys)
+    torch.testing.assert_close(inference, differentiable.detach(), atol=1e-6, rtol=1e-6)

@@ -12,8 +12,9 @@ from modeling_svitt.relative_position import (
     relative_position_index,
     with_global_positions,
 )
-from modeling_svitt.scaled_linear import scaled_linear
-from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout, hashed_uniform
+from modeling_svitt.scaled_linear import layer_norm_linear, scaled_linear
+from modeling_svitt.hash_random import hashed_uniform
+from modeling_svitt.sparse_attention import block_sparse_attention, build_block_sparse_layout
 from modeling_svitt.token_selection import keep_tokens
 
 
@@ -192,6 +193,53 @@ def test_scaled_linear_has_the_gradients_of_the_plain_ops_and_keeps_only_its_inp
     assert saved.total == hidden.numel() * 4 + sum(p.numel() * 4 for p in parameters[1:])
     for got, expected in zip(torch.autograd.grad(fused.pow(2).sum(), parameters), reference):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("key_bias", [False, True])
+def test_layer_norm_linear_has_the_gradients_of_the_plain_ops_and_keeps_only_its_input(key_bias):
+    """Query, key and value projections over one layer norm (BEiT's key has no bias): the same outputs and gradients
+    as the separate modules, and backward keeps the un-normalised input, not the normalised one."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    linears = [torch.nn.Linear(6, 4), torch.nn.Linear(6, 4, bias=key_bias), torch.nn.Linear(6, 5)]
+    hidden = torch.randn(2, 3, 6, requires_grad=True)
+    parameters = [hidden, norm.weight, norm.bias] + [p for linear in linears for p in linear.parameters()]
+    reference_output = torch.cat([linear(norm(hidden)) for linear in linears], dim=-1)
+    weights = torch.randn(reference_output.shape)
+    reference = torch.autograd.grad((reference_output * weights).sum(), parameters)
+    with SavedBytes() as saved:
+        fused = torch.cat(layer_norm_linear(hidden, norm, linears), dim=-1)
+    rows = hidden.shape[0] * hidden.shape[1]
+    kept_parameters = [norm.weight, norm.bias] + [linear.weight for linear in linears]  # the biases are not needed
+    assert saved.total == (hidden.numel() + 2 * rows + sum(p.numel() for p in kept_parameters)) * 4  # + mean, 1/std
+    torch.testing.assert_close(fused, reference_output)
+    for got, expected in zip(torch.autograd.grad((fused * weights).sum(), parameters), reference):
+        torch.testing.assert_close(got, expected)
+
+
+class ShiftedLinear(torch.nn.Linear):
+    """Stands for an adapter (LoRA) or a quantised layer: a Linear whose forward is not `F.linear(x, weight, bias)`."""
+
+    def forward(self, hidden_states):
+        return super().forward(hidden_states) + 1.0
+
+
+def test_fused_projections_honour_adapters_and_hooks():
+    """The fused functions read the weights directly only from stock modules without hooks; an adapter, a subclass or
+    a hook on a projection (or on the layer norm) runs as the module it is."""
+    torch.manual_seed(0)
+    norm, hidden = torch.nn.LayerNorm(6), torch.randn(2, 3, 6)
+    plain, shifted = torch.nn.Linear(6, 4), ShiftedLinear(6, 4)
+    shifted.load_state_dict(plain.state_dict())
+    expected = plain(norm(hidden))
+    torch.testing.assert_close(layer_norm_linear(hidden, norm, [shifted])[0], expected + 1.0)
+    scale = torch.rand(4)
+    torch.testing.assert_close(scaled_linear(shifted, hidden, scale), scale * (plain(hidden) + 1.0))
+    calls = []
+    norm.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    torch.testing.assert_close(layer_norm_linear(hidden, norm, [plain])[0], expected)
+    assert calls == [hidden.shape]
 
 
 def test_evaluation_patterns_come_from_the_seed_and_the_layer():
