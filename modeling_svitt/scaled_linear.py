@@ -144,10 +144,10 @@ def layer_norm_linear(
 
 
 def _is_plain(module: torch.nn.Module) -> bool:
-    """A stock `nn.Linear` / `nn.LayerNorm` without hooks, whose weights these functions may use directly."""
+    """A stock `nn.Linear` / affine `nn.LayerNorm` without hooks, whose weights these functions may use directly."""
     plain_types = (torch.nn.Linear, torch.nn.LayerNorm)
     hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
-    return type(module) in plain_types and not any(hooks)
+    return type(module) in plain_types and module.weight is not None and not any(hooks)
 
 
 __all__ = ["FUSED_ACTIVATIONS", "layer_norm_linear", "scaled_linear"]

@@ -240,6 +240,8 @@ def test_fused_projections_honour_adapters_and_hooks():
     norm.register_forward_hook(lambda module, args, output: calls.append(output.shape))
     torch.testing.assert_close(layer_norm_linear(hidden, norm, [plain])[0], expected)
     assert calls == [hidden.shape]
+    bare_norm = torch.nn.LayerNorm(6, elementwise_affine=False)  # no weight to fuse: the modules run themselves
+    torch.testing.assert_close(layer_norm_linear(hidden, bare_norm, [plain])[0], plain(bare_norm(hidden)))
 
 
 def test_evaluation_patterns_come_from_the_seed_and_the_layer():
